@@ -1,0 +1,1 @@
+"""The `tcae` command line."""

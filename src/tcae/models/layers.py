@@ -1,0 +1,172 @@
+"""Transformer building blocks shared by the TC-AE tokenizer and the diffusion transformer.
+
+Shapes use einops letters, explained once here:
+    b = batch, n = tokens, d = model width, h = heads, k = head dim,
+    y/x = token grid rows/columns.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias, no mean subtraction)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """`layernorm` or `rmsnorm`."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=1e-6)
+    if kind == "rmsnorm":
+        return RMSNorm(dim)
+    raise ValueError(f"unknown norm {kind!r}; expected 'layernorm' or 'rmsnorm'")
+
+
+@lru_cache(maxsize=64)
+def _rope_angles(head_dim: int, grid_h: int, grid_w: int, theta: float, device: str) -> torch.Tensor:
+    """Angles (y*x, head_dim/2) of axial 2D RoPE: half the frequencies rotate by row, half by column."""
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    freqs = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
+    ang = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=1)
+    return ang.float().to(device)
+
+
+class Rope2D(nn.Module):
+    """Axial 2D rotary position embedding for a (y, x) token grid, so any grid size works at run time.
+
+    The first `num_prefix` tokens (e.g. [CLS]) are left unrotated: they have no position.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 100.0) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def cos_sin(self, grid: tuple[int, int], num_prefix: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        ang = _rope_angles(self.head_dim, grid[0], grid[1], self.theta, str(device))
+        if num_prefix:
+            ang = torch.cat([ang.new_zeros(num_prefix, ang.shape[1]), ang], dim=0)
+        return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :k/2], x[..., k/2:]) of x (b h n k) by angles (n, k/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional QK-norm and RoPE, via PyTorch SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b n (three h k) -> three b h n k", three=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(rearrange(out, "b h n k -> b n (h k)"))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: W2(silu(W1 x) * W3 x). Hidden width is 2/3 of `hidden` to match a GELU MLP's cost."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        hidden = int(2 * hidden / 3)
+        hidden = 8 * math.ceil(hidden / 8)
+        self.w13 = nn.Linear(dim, 2 * hidden)
+        self.w2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+class GeluMLP(nn.Sequential):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+def make_mlp(kind: str, dim: int, hidden: int) -> nn.Module:
+    """`swiglu` or `gelu`."""
+    if kind == "swiglu":
+        return SwiGLU(dim, hidden)
+    if kind == "gelu":
+        return GeluMLP(dim, hidden)
+    raise ValueError(f"unknown mlp {kind!r}; expected 'swiglu' or 'gelu'")
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, mlp: str = "swiglu",
+        norm: str = "layernorm", qk_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = make_norm(norm, dim)
+        self.attn = Attention(dim, num_heads, qk_norm)
+        self.norm2 = make_norm(norm, dim)
+        self.mlp = make_mlp(mlp, dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of `Block`s on a token grid with 2D RoPE; `grad_checkpointing` trades compute for memory."""
+
+    def __init__(
+        self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, mlp: str = "swiglu",
+        norm: str = "layernorm", qk_norm: bool = True, rope_theta: float = 100.0,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, mlp, norm, qk_norm) for _ in range(depth)
+        )
+        self.rope = Rope2D(dim // num_heads, rope_theta)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix: int = 0) -> torch.Tensor:
+        """x: (b, num_prefix + y*x, d) -> same shape."""
+        rope = self.rope.cos_sin(grid, num_prefix, x.device)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope)
+        return x

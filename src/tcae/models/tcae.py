@@ -1,0 +1,384 @@
+"""TC-AE: a ViT autoencoder with staged token compression (see shared PAPER.md).
+
+Encoder, for an image (B, 3, H, W) in [-1, 1], patch size p and overall compression f:
+
+    patch embed (p)            -> fine tokens   (H/p  x W/p),  width `fine_width`
+    `fine_depth` blocks (M)    +  a [CLS] token carried through the encoder
+    intermediate bottleneck    -> coarse tokens (H/2p x W/2p), width `coarse_width`   (staged only:
+                                  2-layer conv, 2x2 merge; the single-stage baseline only changes width)
+    `coarse_depth` blocks (N)
+    final bottleneck           -> latent z (B, c, H/f, W/f): pixel-unshuffle + MLP
+
+The decoder mirrors it: MLP + pixel-shuffle, N blocks, 2x conv upsample (staged), M blocks, unpatchify.
+Positions are 2D RoPE on each stage's own token grid, so any H, W divisible by f works at run time.
+
+einops letters: b batch, n tokens, d width, c latent channels, y/x token grid, h/w latent grid,
+r = tokens per latent position along one axis (the final bottleneck's unshuffle factor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file
+from torch import nn
+
+from tcae.models.checkpoint_io import load_state_dict_checked
+from tcae.models.layers import Transformer, make_norm
+
+
+@dataclass
+class TCAEConfig:
+    """Architecture of a TC-AE tokenizer. `image_size` is nominal (FLOPs, training); any H, W divisible
+    by `compression` works at run time."""
+
+    image_size: int = 256
+    in_channels: int = 3
+    patch_size: int = 8
+    compression: int = 32
+    latent_channels: int = 128
+    staged: bool = True
+    fine_width: int = 512
+    coarse_width: int = 768
+    fine_depth: int = 4
+    coarse_depth: int = 8
+    decoder_fine_depth: int | None = None  # None: same as the encoder (symmetric)
+    decoder_coarse_depth: int | None = None
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    mlp: str = "swiglu"
+    norm: str = "layernorm"
+    qk_norm: bool = True
+    rope_theta: float = 100.0
+    bottleneck_hidden: int | None = None  # hidden width of the final bottleneck MLP; None: coarse_width
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        stride = self.token_stride
+        if self.compression % stride:
+            raise ValueError(
+                f"compression f={self.compression} must be a multiple of the token stride {stride} "
+                f"(patch_size={self.patch_size}{' x 2 for the staged merge' if self.staged else ''})"
+            )
+        for name in ("fine_width", "coarse_width"):
+            if getattr(self, name) % self.head_dim:
+                raise ValueError(f"{name}={getattr(self, name)} is not divisible by head_dim={self.head_dim}")
+        if self.image_size % self.compression:
+            raise ValueError(f"image_size={self.image_size} is not divisible by compression f={self.compression}")
+
+    @property
+    def token_stride(self) -> int:
+        """Pixels per encoder output token along one axis: p, or 2p after the staged 2x2 merge."""
+        return self.patch_size * (2 if self.staged else 1)
+
+    @property
+    def unshuffle(self) -> int:
+        """Tokens merged per latent position along one axis by the final bottleneck."""
+        return self.compression // self.token_stride
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TCAEOutput:
+    """`sample`: reconstruction (B, 3, H, W), roughly in [-1, 1]; `latent`: raw latent (B, c, H/f, W/f)."""
+
+    sample: torch.Tensor
+    latent: torch.Tensor
+
+
+@dataclass
+class EncoderTokens:
+    """The encoder's final token sequence (where the SSL heads attach).
+
+    `cls`: (B, coarse_width); `tokens`: (B, y*x, coarse_width), after the output norm; `grid`: (y, x).
+    """
+
+    cls: torch.Tensor
+    tokens: torch.Tensor
+    grid: tuple[int, int] = field(default=(0, 0))
+
+
+class TokenMerge(nn.Module):
+    """Intermediate bottleneck, encoder side: 2-layer conv, 2x2 merge (4x fewer tokens), width d1 -> d2."""
+
+    def __init__(self, d_in: int, d_out: int, norm: str) -> None:
+        super().__init__()
+        self.norm = make_norm(norm, d_in)
+        self.down = nn.Conv2d(d_in, d_out, kernel_size=2, stride=2)
+        self.mix = nn.Conv2d(d_out, d_out, kernel_size=3, padding=1)
+        self.cls_proj = nn.Linear(d_in, d_out)
+
+    def forward(self, cls: torch.Tensor, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        x = rearrange(self.norm(x), "b (y x) d -> b d y x", y=grid[0])
+        x = self.mix(F.gelu(self.down(x)))
+        return self.cls_proj(cls), rearrange(x, "b d y x -> b (y x) d")
+
+
+class TokenUnmerge(nn.Module):
+    """Intermediate bottleneck, decoder side: 2-layer conv with 2x upsample (pixel-shuffle), d2 -> d1."""
+
+    def __init__(self, d_in: int, d_out: int, norm: str) -> None:
+        super().__init__()
+        self.norm = make_norm(norm, d_in)
+        self.mix = nn.Conv2d(d_in, d_in, kernel_size=3, padding=1)
+        self.up = nn.Conv2d(d_in, 4 * d_out, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = rearrange(self.norm(x), "b (y x) d -> b d y x", y=grid[0])
+        x = F.pixel_shuffle(self.up(F.gelu(self.mix(x))), 2)
+        return rearrange(x, "b d y x -> b (y x) d")
+
+
+class TCAE(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="tcae",
+    tags=["tcae", "image-tokenizer", "autoencoder"],
+):
+    """TC-AE tokenizer. `staged=False` gives the single-stage baseline (same class, one flag).
+
+    encode: float (B, 3, H, W) in [-1, 1] -> raw latent (B, c, H/f, W/f)
+    decode: latent (B, c, h, w) -> image (B, 3, h*f, w*f)
+    """
+
+    def __init__(self, config: TCAEConfig) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = TCAEConfig(**config)
+        self.config = config
+        cfg = config
+        d1, d2, p, r, c = cfg.fine_width, cfg.coarse_width, cfg.patch_size, cfg.unshuffle, cfg.latent_channels
+        hidden = cfg.bottleneck_hidden or d2
+        block_kw = dict(mlp_ratio=cfg.mlp_ratio, mlp=cfg.mlp, norm=cfg.norm, qk_norm=cfg.qk_norm,
+                        rope_theta=cfg.rope_theta)
+
+        # encoder
+        self.patch_embed = nn.Conv2d(cfg.in_channels, d1, kernel_size=p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d1))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d1))
+        self.enc_fine = Transformer(d1, cfg.fine_depth, d1 // cfg.head_dim, **block_kw)
+        self.merge = TokenMerge(d1, d2, cfg.norm) if cfg.staged else nn.Linear(d1, d2)
+        self.enc_coarse = Transformer(d2, cfg.coarse_depth, d2 // cfg.head_dim, **block_kw)
+        self.enc_norm = make_norm(cfg.norm, d2)
+        self.to_latent = nn.Sequential(nn.Linear(d2 * r * r, hidden), nn.GELU(), nn.Linear(hidden, c))
+
+        # decoder
+        dec_coarse = cfg.coarse_depth if cfg.decoder_coarse_depth is None else cfg.decoder_coarse_depth
+        dec_fine = cfg.fine_depth if cfg.decoder_fine_depth is None else cfg.decoder_fine_depth
+        self.from_latent = nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, d2 * r * r))
+        self.dec_coarse = Transformer(d2, dec_coarse, d2 // cfg.head_dim, **block_kw)
+        self.unmerge = TokenUnmerge(d2, d1, cfg.norm) if cfg.staged else nn.Linear(d2, d1)
+        self.dec_fine = Transformer(d1, dec_fine, d1 // cfg.head_dim, **block_kw)
+        self.dec_norm = make_norm(cfg.norm, d1)
+        self.to_pixels = nn.Linear(d1, p * p * cfg.in_channels)
+
+        # per-channel latent statistics, saved with the model; count 0 = not measured yet
+        self.register_buffer("latent_mean", torch.zeros(c))
+        self.register_buffer("latent_std", torch.ones(c))
+        self.register_buffer("latent_stats_count", torch.zeros((), dtype=torch.float64))
+
+        self._init_weights()
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    # ------------------------------------------------------------------ setup
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        for t in (self.enc_fine, self.enc_coarse, self.dec_coarse, self.dec_fine):
+            t.grad_checkpointing = enabled
+
+    @property
+    def decoder_last_layer(self) -> torch.Tensor:
+        """Weight of the last decoder layer (for the GAN loss's adaptive weight)."""
+        return self.to_pixels.weight
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        mods = (self.patch_embed, self.enc_fine, self.merge, self.enc_coarse, self.enc_norm, self.to_latent)
+        return [self.cls_token, self.mask_token] + [p for m in mods for p in m.parameters()]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        mods = (self.from_latent, self.dec_coarse, self.unmerge, self.dec_fine, self.dec_norm, self.to_pixels)
+        return [p for m in mods for p in m.parameters()]
+
+    # ------------------------------------------------------------------ checks
+    def _check_image(self, x: torch.Tensor, multiple: int, what: str) -> None:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"expected an image batch (B, {cfg.in_channels}, H, W), got shape {tuple(x.shape)}"
+            )
+        h, w = x.shape[-2:]
+        if h % multiple or w % multiple:
+            raise ValueError(
+                f"{what}: H and W must be divisible by {multiple}, got H={h}, W={w} "
+                f"(nearest valid: {max(multiple, h // multiple * multiple)}x{max(multiple, w // multiple * multiple)})"
+            )
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(c, h, w) of the latent of a (height, width) image."""
+        f = self.config.compression
+        return self.config.latent_channels, height // f, width // f
+
+    # ------------------------------------------------------------------ encoder
+    def encode_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderTokens:
+        """Encoder up to its final token sequence, for SSL heads and diagnostics.
+
+        x: (B, 3, H, W) in [-1, 1], H and W divisible by the token stride (p, or 2p when staged).
+        mask: optional bool (B, y, x) on the *output* token grid (H/stride, W/stride); masked positions
+        enter the encoder as the learned mask token (every fine patch under a masked output token).
+        """
+        cfg = self.config
+        self._check_image(x, cfg.token_stride, "encode_tokens")
+        tokens = self.patch_embed(x)
+        fine_grid = tokens.shape[-2:]
+        tokens = rearrange(tokens, "b d y x -> b (y x) d")
+        if mask is not None:
+            out_grid = (fine_grid[0] * cfg.patch_size // cfg.token_stride,
+                        fine_grid[1] * cfg.patch_size // cfg.token_stride)
+            if mask.shape != (x.shape[0], *out_grid):
+                raise ValueError(f"mask must have shape {(x.shape[0], *out_grid)}, got {tuple(mask.shape)}")
+            if cfg.staged:
+                mask = mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+            m = rearrange(mask, "b y x -> b (y x) 1").to(tokens.dtype)
+            tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
+        x_tok = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        x_tok = self.enc_fine(x_tok, tuple(fine_grid), num_prefix=1)
+        cls, tokens = x_tok[:, 0], x_tok[:, 1:]
+        if cfg.staged:
+            cls, tokens = self.merge(cls, tokens, tuple(fine_grid))
+            grid = (fine_grid[0] // 2, fine_grid[1] // 2)
+        else:
+            cls, tokens, grid = self.merge(cls), self.merge(tokens), tuple(fine_grid)
+        x_tok = self.enc_coarse(torch.cat([cls[:, None], tokens], dim=1), grid, num_prefix=1)
+        x_tok = self.enc_norm(x_tok)
+        return EncoderTokens(cls=x_tok[:, 0], tokens=x_tok[:, 1:], grid=grid)
+
+    def tokens_to_latent(self, enc: EncoderTokens) -> torch.Tensor:
+        """Final bottleneck: (B, y*x, d2) tokens -> latent (B, c, y/r, x/r)."""
+        r = self.config.unshuffle
+        y, x = enc.grid
+        if y % r or x % r:
+            raise ValueError(f"token grid {enc.grid} is not divisible by the final unshuffle factor {r}")
+        z = rearrange(enc.tokens, "b (h r1 w r2) d -> b h w (r1 r2 d)", h=y // r, r1=r, r2=r)
+        return rearrange(self.to_latent(z), "b h w c -> b c h w")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) in [-1, 1], H and W divisible by f -> raw latent (B, c, H/f, W/f)."""
+        self._check_image(x, self.config.compression, "encode")
+        return self.tokens_to_latent(self.encode_tokens(x))
+
+    # ------------------------------------------------------------------ decoder
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latent (B, c, h, w) -> image (B, 3, h*f, w*f), roughly in [-1, 1] (not clamped)."""
+        cfg = self.config
+        if z.ndim != 4 or z.shape[1] != cfg.latent_channels:
+            raise ValueError(
+                f"expected a latent (B, {cfg.latent_channels}, h, w), got shape {tuple(z.shape)}"
+            )
+        r, h, w = cfg.unshuffle, z.shape[2], z.shape[3]
+        t = self.from_latent(rearrange(z, "b c h w -> b h w c"))
+        t = rearrange(t, "b h w (r1 r2 d) -> b (h r1 w r2) d", r1=r, r2=r)
+        grid = (h * r, w * r)
+        t = self.dec_coarse(t, grid)
+        if cfg.staged:
+            t = self.unmerge(t, grid)
+            grid = (grid[0] * 2, grid[1] * 2)
+        else:
+            t = self.unmerge(t)
+        t = self.to_pixels(self.dec_norm(self.dec_fine(t, grid)))
+        p = cfg.patch_size
+        return rearrange(t, "b (y x) (p1 p2 c) -> b c (y p1) (x p2)", y=grid[0], p1=p, p2=p)
+
+    def forward(self, x: torch.Tensor) -> TCAEOutput:
+        """Reconstruct: (B, 3, H, W) -> TCAEOutput(sample (B, 3, H, W), latent (B, c, H/f, W/f))."""
+        z = self.encode(x)
+        return TCAEOutput(sample=self.decode(z), latent=z)
+
+    # ------------------------------------------------------------------ latent statistics
+    @torch.no_grad()
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor, count: int = 1) -> None:
+        """Store per-channel latent mean/std (each shape (c,)) in the model's buffers."""
+        c = self.config.latent_channels
+        mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
+        if mean.shape != (c,) or std.shape != (c,):
+            raise ValueError(f"latent stats must have shape ({c},), got mean {tuple(mean.shape)}, "
+                             f"std {tuple(std.shape)}")
+        if not torch.all(std > 0):
+            raise ValueError("latent std must be positive in every channel")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
+        self.latent_stats_count.fill_(float(count))
+
+    @property
+    def has_latent_stats(self) -> bool:
+        return bool(self.latent_stats_count > 0)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latent -> per-channel standardised latent (what a diffusion model should see)."""
+        return (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
+
+    # ------------------------------------------------------------------ persistence
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write model.safetensors and config.json (the mixin's save_pretrained calls this)."""
+        from safetensors.torch import save_file
+
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(save_directory / "model.safetensors"), metadata={"format": "pt"})
+        (save_directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         proxies=None, resume_download=None, local_files_only=False, token=None,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs) -> TCAE:
+        """Load from a local directory or a Hub repo id; weights must match the config exactly."""
+        from huggingface_hub import hf_hub_download
+
+        path = Path(model_id)
+        if path.is_dir():
+            config_file, weights_file = path / "config.json", path / "model.safetensors"
+            for f in (config_file, weights_file):
+                if not f.is_file():
+                    raise FileNotFoundError(f"{f} not found: a TC-AE model directory holds config.json "
+                                            "and model.safetensors (written by save_pretrained)")
+        else:
+            kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
+                      token=token, local_files_only=local_files_only)
+            config_file = Path(hf_hub_download(model_id, "config.json", **kw))
+            weights_file = Path(hf_hub_download(model_id, "model.safetensors", **kw))
+        raw = json.loads(config_file.read_text())
+        raw = raw.get("config", raw)
+        config = config_from_dict(raw, source=str(config_file))
+        model = cls(config)
+        load_state_dict_checked(model, load_file(str(weights_file), device=map_location),
+                                source=str(weights_file))
+        return model
+
+
+def config_from_dict(raw: dict, source: str = "config") -> TCAEConfig:
+    """TCAEConfig from a dict, rejecting unknown keys by name."""
+    known = {f.name for f in dataclasses.fields(TCAEConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown TC-AE config key(s) {unknown}; valid keys: {sorted(known)}")
+    return TCAEConfig(**raw)
