@@ -1,0 +1,47 @@
+"""`tcae` command line: one sub-command per job; each module registers its own parsers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tcae.config import ConfigError
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from tcae.cli import bench_cmd, diffusion_cmds, eval_cmd, models_cmd, train_cmds
+
+    parser = argparse.ArgumentParser(
+        prog="tcae", description="Train, evaluate and serve TC-AE tokenizers and latent diffusion models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (models_cmd, train_cmds, eval_cmd, diffusion_cmds, bench_cmd):
+        module.register(sub)
+    try:
+        from tcae.cli import repro_cmd
+    except ImportError:  # the reproduction harness is optional
+        pass
+    else:
+        repro_cmd.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        result = args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        # user errors: the message names the problem; a traceback would only hide it
+        if args.verbose:
+            raise
+        print(f"tcae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Run configs: typed dataclass defaults <- a YAML file <- `key=value` overrides (OmegaConf).
+
+A misspelt key anywhere is an error that names it. Everyday keys have short top-level aliases
+(`lr=3e-4` means `optim.lr=3e-4`); everything else is set by its dotted path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from tcae.models.tcae import TCAEConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _optional_fields(cls: type, name: str, extra: list[tuple]) -> type:
+    """A dataclass with every field of `cls` optional (None = keep the preset's value), plus `extra`.
+
+    Types come from each field's default (OmegaConf then type-checks overrides); fields whose
+    default is None accept any value and are checked when the model is built."""
+    typed = []
+    for f in dataclasses.fields(cls):
+        kind = type(f.default) if f.default is not None else Any
+        typed.append((f.name, Any if kind is Any else kind | None, field(default=None)))
+    return dataclasses.make_dataclass(name, extra + typed)
+
+
+# `model.name` picks a preset; any TCAEConfig field (`model.staged=false`) overrides it.
+ModelSection = _optional_fields(TCAEConfig, "ModelSection", [("name", str, field(default="tcae-tiny"))])
+
+
+def model_overrides(section: Any) -> dict[str, Any]:
+    """The TCAEConfig overrides set in a ModelSection (fields that are not None)."""
+    d = OmegaConf.to_container(section) if isinstance(section, DictConfig) else dataclasses.asdict(section)
+    return {k: v for k, v in d.items() if k != "name" and v is not None}
+
+
+@dataclass
+class DataConfig:
+    spec: str = "builtin:photos"  # data spec for training (see tcae.data.build_dataset)
+    val_spec: str | None = None  # None: the train spec's val split where it has one
+    image_size: int = 64
+    batch_size: int = 16  # global batch across all DDP ranks
+    num_workers: int = 0
+    epoch_size: int | None = None  # virtual epoch length for infinite built-in datasets
+
+
+@dataclass
+class SSLConfig:
+    """iBOT joint training (PAPER.md; defaults from iBOT/DINOv2)."""
+
+    enabled: bool = True
+    out_dim: int = 4096
+    patch_out_dim: int = 4096
+    shared_head: bool = True  # iBOT shares the [CLS] and patch head
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    num_global: int = 2
+    num_local: int = 4
+    local_size: int | None = None  # None: largest valid size <= 0.4 x image_size
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_sample_prob: float = 1.0  # share of the masked-eligible global views (all but crop 0) masked
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_steps: int = 1000
+    momentum: float = 0.996  # teacher EMA momentum, cosine to 1 over the run
+    centering: str = "centering"  # or "sinkhorn"
+    cls_weight: float = 1.0
+    patch_weight: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    alpha: float = 1.0  # weight of L_rec in alpha * L_rec + L_iBOT
+    l1_weight: float = 1.0
+    perceptual: str = "lpips"  # or "none"
+    perceptual_weight: float = 1.0
+    lpips_weights: str | None = None  # VGG16 file; None: torch hub cache
+    gan: bool = False
+    gan_weight: float = 0.5
+    gan_start: int = 0  # step at which the adversarial loss (and discriminator training) starts
+    adaptive_gan_weight: bool = True
+    lecam_weight: float = 0.0
+    disc_channels: int = 64
+    disc_layers: int = 3
+    disc_lr: float | None = None  # None: the generator's lr
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Tokenizer training: phase `joint` (reconstruction + iBOT) or `decoder` (encoder frozen)."""
+
+    name: str = "tcae"
+    run_dir: str = "runs"
+    phase: str = "joint"
+    init: str | None = None  # phase 2: a run dir or a model dir
+    model: ModelSection = field(default_factory=ModelSection)  # type: ignore[valid-type]
+    data: DataConfig = field(default_factory=DataConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp32
+    compile: bool = False
+    ema_decay: float = 0.999
+    log_every: int = 10
+    image_every: int = 200
+    checkpoint_every: int = 200
+    keep_last: int = 3
+    resume: str = "auto"  # auto: continue runs/NAME if it has a checkpoint; never; or a checkpoint path
+    progress: bool = True
+
+
+TRAIN_ALIASES = {
+    "data": "data.spec", "image_size": "data.image_size", "batch_size": "data.batch_size",
+    "lr": "optim.lr", "ssl": "ssl.enabled", "perceptual": "loss.perceptual", "gan": "loss.gan",
+}
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a config shipped in tcae/configs (`tiny`, `b`, ...)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        return p
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"unknown config {name_or_path!r}: not a file and not a shipped config "
+                      f"({', '.join(list_configs())})")
+
+
+def list_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _key_error(err: Exception, schema: type, where: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or str(err)
+    known = _all_keys(OmegaConf.structured(schema))
+    close = difflib.get_close_matches(str(key), known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{where}: unknown or invalid config key {key!r}{hint} ({err.__class__.__name__}: "
+                       f"{str(err).splitlines()[0]})")
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    out = []
+    for k in cfg:
+        v = cfg[k] if not OmegaConf.is_missing(cfg, k) else None
+        full = f"{prefix}{k}"
+        out.append(full)
+        if isinstance(v, DictConfig):
+            out += _all_keys(v, full + ".")
+    return out
+
+
+def load_config(schema: type, config: str | None, overrides: list[str] = (),
+                aliases: dict[str, str] | None = None) -> DictConfig:
+    """defaults(schema) <- YAML `config` <- overrides ("key=value"); strict about keys and types."""
+    aliases = aliases or {}
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    merged = base
+    try:
+        if config is not None:
+            path = resolve_config_path(config)
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+    except (ConfigKeyError, ConfigAttributeError, ValidationError) as e:
+        raise _key_error(e, schema, f"config {config}") from None
+    dotlist = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        dotlist.append(f"{aliases.get(key, key)}={value}")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))
+    except (ConfigKeyError, ConfigAttributeError, ValidationError) as e:
+        raise _key_error(e, schema, "override") from None
+    return merged
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg))
