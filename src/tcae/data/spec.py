@@ -1,0 +1,147 @@
+"""Data spec strings: one string names a dataset the same way for every command.
+
+Accepted forms (see :data:`SPEC_HELP`):
+
+- ``builtin:photos``, ``builtin:photos:train``, ``builtin:photos:val`` — built-in natural photos.
+- ``builtin:digits``, ``builtin:digits:train``, ``builtin:digits:val`` — scikit-learn digits, 10 classes.
+- ``path/to/folder`` — image folder, recursive; one class per first-level sub-folder (when all
+  images are in sub-folders). If the folder has ``train/`` and ``val/`` sub-folders, they are the
+  splits: ``path/to/folder:val`` selects one explicitly.
+- ``path/to/shard.tar``, ``path/to/train-{000000..000127}.tar`` — WebDataset shards (streamed).
+
+Without an explicit split, a spec means its ``train`` split when building a training dataset
+(``train=True``) and its ``val`` split otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset, IterableDataset
+
+from tcae.data.base import Transform
+from tcae.data.builtin import SPLITS, DigitsDataset, PhotosDataset
+from tcae.data.folder import ImageFolderDataset
+from tcae.data.shards import ShardDataset, read_meta
+from tcae.data.transforms import eval_transform, train_transform
+
+SPEC_HELP = """accepted data specs:
+  builtin:photos[:train|:val]          built-in natural photos (random crops), unlabelled
+  builtin:digits[:train|:val]          scikit-learn digits, upsampled, 10 classes
+  path/to/folder[:train|:val]          image folder (recursive; .jpg .jpeg .png .webp .bmp);
+                                       a class per sub-folder; :train/:val pick sub-folders
+  path/shard.tar, path/s-{000..127}.tar  WebDataset tar shards (streamed)
+without a split, the train split is used for training and the val split otherwise"""
+
+BUILTINS = ("photos", "digits")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed spec: ``kind`` in {"photos", "digits", "folder", "shards"}, ``target`` (a path or
+    the shard spec), ``split`` ("train", "val" or None when not given)."""
+
+    kind: str
+    target: str
+    split: str | None = None
+
+
+def _error(spec: str, why: str, exc: type[Exception] = ValueError) -> Exception:
+    return exc(f"data spec {spec!r}: {why}\n{SPEC_HELP}")
+
+
+def parse_spec(spec: str) -> DataSpec:
+    """Parse a spec string; raises ``ValueError`` (bad form) or ``FileNotFoundError`` (no such path)."""
+    if not isinstance(spec, str) or not spec:
+        raise _error(str(spec), "empty or not a string")
+    if spec.startswith("builtin:"):
+        parts = spec.split(":")
+        if len(parts) > 3 or parts[1] not in BUILTINS:
+            raise _error(spec, f"unknown built-in dataset (known: {', '.join(BUILTINS)})")
+        split = parts[2] if len(parts) == 3 else None
+        if split is not None and split not in SPLITS:
+            raise _error(spec, f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+        return DataSpec(parts[1], parts[1], split)
+    if os.path.isdir(spec):
+        return DataSpec("folder", spec)
+    if spec.endswith(".tar") or ("{" in spec and ".." in spec):
+        return DataSpec("shards", spec)
+    base, _, split = spec.rpartition(":")
+    if base and split in SPLITS and os.path.isdir(base):
+        return DataSpec("folder", base, split)
+    if os.path.exists(spec):
+        raise _error(spec, "is a file, not a folder of images or a .tar shard")
+    raise _error(spec, "no such folder", FileNotFoundError)
+
+
+def _folder_root(spec: str, parsed: DataSpec, train: bool) -> str:
+    """The directory to scan: the split sub-folder when one is named or the folder has both."""
+    has_splits = all(os.path.isdir(os.path.join(parsed.target, s)) for s in SPLITS)
+    split = parsed.split or (("train" if train else "val") if has_splits else None)
+    if split is None:
+        return parsed.target
+    root = os.path.join(parsed.target, split)
+    if not os.path.isdir(root):
+        raise _error(spec, f"split folder {root!r} does not exist", FileNotFoundError)
+    return root
+
+
+def build_dataset(
+    spec: str,
+    image_size: int,
+    train: bool = True,
+    transform: Transform | None = None,
+    seed: int = 0,
+    epoch_size: int | None = None,
+) -> Dataset | IterableDataset:
+    """The dataset a spec names (see the module docstring for the forms).
+
+    Args:
+        spec: data spec string.
+        image_size: side of the square output images.
+        train: random augmentation (and the train split when the spec names none), else
+            deterministic resize + center crop (and the val split).
+        transform: replaces the default transform: PIL RGB -> tensor (3, H, W) in [-1, 1], or ->
+            dict merged into the sample (e.g. :class:`~tcae.data.transforms.MultiCropTransform`).
+        seed: base seed of the per-sample random crops (and shard shuffling).
+        epoch_size: samples per epoch where the data does not fix it: ``builtin:photos`` (virtual
+            length; default 1000 for training) and shards (all ranks together; default from the
+            shards' meta.json, else one pass). Ignored for folders and digits.
+
+    Returns:
+        A map-style dataset (photos, digits, folder) or an ``IterableDataset`` (shards) of samples
+        ``{"image": FloatTensor (3, image_size, image_size) in [-1, 1], "label": int (-1 if
+        unlabelled), "seed": int}`` (plus the keys of a dict-returning ``transform``).
+    """
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    parsed = parse_spec(spec)
+    if parsed.kind == "photos":
+        split = parsed.split or ("train" if train else "val")
+        return PhotosDataset(split, image_size, transform, seed=seed, epoch_size=epoch_size, train=train)
+    if parsed.kind == "digits":
+        split = parsed.split or ("train" if train else "val")
+        return DigitsDataset(split, image_size, transform, seed=seed)
+    transform = transform or (train_transform(image_size) if train else eval_transform(image_size))
+    if parsed.kind == "shards":
+        try:
+            return ShardDataset(parsed.target, transform, train=train, seed=seed, epoch_size=epoch_size)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}\n{SPEC_HELP}") from None
+    return ImageFolderDataset(_folder_root(spec, parsed, train), transform, seed=seed)
+
+
+def dataset_num_classes(spec: str) -> int:
+    """Number of classes of the data a spec names (0 when unlabelled or unknown).
+
+    Folders are scanned (as for training); shards report their meta.json's ``num_classes``.
+    """
+    parsed = parse_spec(spec)
+    if parsed.kind == "digits":
+        return DigitsDataset.num_classes
+    if parsed.kind == "photos":
+        return 0
+    if parsed.kind == "shards":
+        return int(read_meta(parsed.target).get("num_classes", 0))
+    return ImageFolderDataset(_folder_root(spec, parsed, train=True), transform=lambda image: image).num_classes
