@@ -10,20 +10,14 @@ from tcae.config import ConfigError
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tcae.cli import bench_cmd, diffusion_cmds, eval_cmd, models_cmd, train_cmds
+    from tcae.cli import bench_cmd, diffusion_cmds, eval_cmd, models_cmd, repro_cmd, train_cmds
 
     parser = argparse.ArgumentParser(
         prog="tcae", description="Train, evaluate and serve TC-AE tokenizers and latent diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models_cmd, train_cmds, eval_cmd, diffusion_cmds, bench_cmd):
+    for module in (models_cmd, train_cmds, eval_cmd, diffusion_cmds, bench_cmd, repro_cmd):
         module.register(sub)
-    try:
-        from tcae.cli import repro_cmd
-    except ImportError:  # the reproduction harness is optional
-        pass
-    else:
-        repro_cmd.register(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ A trainer subclasses `TrainLoop` and fills in `build`, `train_step`, `state_extr
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -22,8 +23,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from tcae.config import save_config
+from tcae.data import set_loader_epoch
 from tcae.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tcae.training.distributed import any_rank, barrier, init_distributed
+from tcae.training.distributed import all_reduce_mean, any_rank, barrier, init_distributed
 from tcae.training.schedule import warmup_cosine
 
 log = logging.getLogger("tcae.train")
@@ -176,9 +178,10 @@ class TrainLoop:
             raise ValueError("the training data yields no full batch: lower batch_size or add data")
         epoch, offset = divmod(self.step, per_epoch)
         while True:
-            self.loader.sampler.set_epoch(epoch)
-            self.loader.sampler.set_start_index(offset * self.loader.batch_size)
-            yield from self.loader
+            skip = set_loader_epoch(self.loader, epoch, offset)  # streams cannot seek: skip by hand
+            for i, batch in enumerate(self.loader):
+                if i >= skip:
+                    yield batch
             epoch, offset = epoch + 1, 0
 
     def fit(self) -> Path:
@@ -208,13 +211,19 @@ class TrainLoop:
                 )
             self.step += 1
             seen += self.images_per_step
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                # every rank joins the reduction; the logged loss is the global-batch mean
+                scalars = {k: float(all_reduce_mean(torch.as_tensor(v, device=self.device).detach().float()))
+                           for k, v in terms.items()}
             if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                scalars = {k: float(v) for k, v in terms.items()}
                 for k, v in scalars.items():
                     self.writer.add_scalar(f"train/{k}", v, self.step)
                 self.writer.add_scalar("train/lr_mult", lr_mult, self.step)
                 self.writer.add_scalar("train/images_per_s", rate, self.step)
+                with open(self.run_dir / "scalars.jsonl", "a") as f:  # for plots without TensorBoard
+                    f.write(json.dumps({"step": self.step, "lr_mult": lr_mult, "images_per_s": rate,
+                                        **scalars}) + "\n")
                 bar.set_postfix({**{k: f"{v:.4f}" for k, v in scalars.items()}, "img/s": f"{rate:.1f}"})
             if self.is_main and cfg.image_every and self.step % cfg.image_every == 0:
                 self.on_log_images()
@@ -231,5 +240,5 @@ class TrainLoop:
 
     @property
     def images_per_step(self) -> int:
-        """Images processed per step on this rank (for the images/s figure)."""
-        return self.cfg.data.batch_size // self.dist.world_size
+        """Images per optimisation step over all ranks (for the images/s figure)."""
+        return self.cfg.data.batch_size

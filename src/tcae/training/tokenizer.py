@@ -34,6 +34,7 @@ from tcae.losses import (
 from tcae.models import TCAE, EncoderTokens, create_model
 from tcae.training.ema import EMA, cosine_momentum
 from tcae.training.loop import TrainLoop
+from tcae.training.optim import param_groups
 
 log = logging.getLogger("tcae.train")
 
@@ -84,17 +85,6 @@ class TokenizerStudent(nn.Module):
             cls = torch.cat([cls, self.cls_head(m.encode_tokens(local_crops).cls)], dim=0)
         out.update(cls=cls, patch=patch)
         return out
-
-
-def _param_groups(module: nn.Module, weight_decay: float, lr: float) -> list[dict]:
-    """No weight decay on biases, norms and learned tokens (1-D or token parameters)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith("_token") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
 
 
 def load_init_model(init: str) -> TCAE:
@@ -164,14 +154,14 @@ class TokenizerTrainer(TrainLoop):
             self.lecam = LeCam().to(self.device) if lc.lecam_weight > 0 else None
             self.disc_ddp = DDP(self.disc) if self.dist.enabled else self.disc
             self.add_optimizer("disc", torch.optim.AdamW(
-                _param_groups(self.disc, cfg.optim.weight_decay, lc.disc_lr or cfg.optim.lr),
+                param_groups(self.disc, cfg.optim.weight_decay, lc.disc_lr or cfg.optim.lr),
                 betas=tuple(cfg.optim.betas)))
 
         self.train_module = DDP(self.student) if self.dist.enabled else self.student
         if cfg.compile:
             self.train_module = torch.compile(self.train_module)
         self.add_optimizer("model", torch.optim.AdamW(
-            _param_groups(self.student, cfg.optim.weight_decay, cfg.optim.lr), betas=tuple(cfg.optim.betas)))
+            param_groups(self.student, cfg.optim.weight_decay, cfg.optim.lr), betas=tuple(cfg.optim.betas)))
         self._build_data(model)
 
     def _build_data(self, model: TCAE) -> None:

@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv, install tcae, run the demo pipeline on built-in data (out/demo/report.md)
+#   make test   - create .venv, install tcae with test extras, run the whole test suite (CI runs this)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tcae-installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tcae demo --out out/demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(VENV)/bin/tcae bench --image-size 256 --out-md out/bench.md --out-json out/bench.json
+
+clean:
+	rm -rf out runs .pytest_cache

@@ -1,0 +1,212 @@
+"""`tcae cache-latents`, `tcae sample`, `tcae eval-gen`: the latent diffusion side of the project.
+
+    tcae cache-latents --model runs/b/model --data /data/imagenet --flip --out latents/b
+    tcae train-dit dit-b latents=latents/b
+    tcae sample --dit runs/dit-b/model --tokenizer runs/b/model --num 50000 --cfg 1.5 --out samples/
+    tcae eval-gen --samples samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.replace(",", " ").split()]
+
+
+def _interval(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected 'lo,hi' (two noise levels in [0, 1]), got {text!r}")
+    lo, hi = float(parts[0]), float(parts[1])
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= lo <= hi <= 1, got {text!r}")
+    return lo, hi
+
+
+def _model_dir(path: str) -> str:
+    """A model directory, or a training run directory holding one in `model/`."""
+    p = Path(path)
+    if not (p / "config.json").is_file() and (p / "model" / "config.json").is_file():
+        return str(p / "model")
+    return path
+
+
+# ---------------------------------------------------------------------- cache-latents
+def _cache_latents(args: argparse.Namespace) -> int:
+    from tcae.data import build_dataset
+    from tcae.diffusion.latents import cache_latents
+    from tcae.models import TCAE
+
+    tokenizer = TCAE.from_pretrained(_model_dir(args.model))
+    size = args.image_size or tokenizer.config.image_size
+    dataset = build_dataset(args.data, size, train=False)
+    summary = cache_latents(
+        tokenizer, dataset, args.out, batch_size=args.batch_size, flip=args.flip, shard_size=args.shard_size,
+        device=_device(args.device), num_workers=args.num_workers, progress=not args.no_progress,
+        data_spec=args.data, image_size=size)
+    brief = {k: v for k, v in summary.items() if k not in ("mean", "std")}
+    print(json.dumps(brief, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------- sample
+def _grid_layout(labels: torch.Tensor, num: int, classes: list[int] | None, grid_rows: int | None
+                 ) -> tuple[list[int], int]:
+    """(sample indices shown in grid.png, images per row).
+
+    With classes: one row per class (first 32 classes), its first 16 samples. Without: the first 64
+    samples in `grid_rows` rows (default: about square).
+    """
+    if classes:
+        cols = min(num, 16)
+        return [r * num + j for r in range(min(len(classes), 32)) for j in range(cols)], cols
+    n = min(len(labels), 64)
+    rows = grid_rows or max(1, round(math.sqrt(n)))
+    return list(range(n)), math.ceil(n / rows)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    from tcae.diffusion.dit import DiT
+    from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
+    from tcae.diffusion.npz import NpzSampleWriter, to_uint8
+    from tcae.models import TCAE
+
+    device = _device(args.device)
+    dit_dir = _model_dir(args.dit)
+    dit = DiT.from_pretrained(dit_dir).to(device).eval()
+    tokenizer = TCAE.from_pretrained(_model_dir(args.tokenizer)).to(device).eval()
+    mean, std, stats_source = load_latent_stats(dit_dir, tokenizer)
+    classes = _int_list(",".join(args.classes)) if args.classes else None
+    labels = class_labels(args.num, dit.config.num_classes, classes)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.pngs:
+        (out / "samples").mkdir(exist_ok=True)
+    grid_idx, grid_cols = _grid_layout(labels, args.num, classes, args.grid_rows)
+    grid_pos = {i: j for j, i in enumerate(grid_idx)}
+    grid: list[torch.Tensor | None] = [None] * len(grid_idx)
+    writer = None
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(labels), unit="img", desc="sample", disable=args.no_progress)
+    for start, images in generate_images(
+        dit, tokenizer, labels, mean, std, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg,
+        cfg_interval=args.cfg_interval, seed=args.seed, batch_size=args.batch_size, shift=args.shift,
+        bf16=args.bf16,
+    ):
+        if writer is None:
+            writer = NpzSampleWriter(out / "samples.npz", len(labels), images.shape[2], images.shape[3])
+        u8 = to_uint8(images)
+        writer.write(u8)
+        for j in range(images.shape[0]):
+            i = start + j
+            if i in grid_pos:
+                grid[grid_pos[i]] = images[j].cpu()
+            if args.pngs:
+                Image.fromarray(u8[j].numpy()).save(out / "samples" / f"{i:06d}.png")
+        bar.update(images.shape[0])
+    bar.close()
+    writer.close(labels)
+    save_image(torch.stack(grid) * 0.5 + 0.5, out / "grid.png", nrow=grid_cols, padding=2)
+    info = {"dit": dit_dir, "tokenizer": args.tokenizer, "latent_stats": stats_source, "num_samples": len(labels),
+            "classes": classes, "cfg": args.cfg, "cfg_interval": list(args.cfg_interval), "steps": args.steps,
+            "sampler": args.sampler, "shift": args.shift, "seed": args.seed, "dit_config": dit.config.to_dict()}
+    (out / "sample_config.json").write_text(json.dumps(info, indent=2))
+    print(f"wrote {len(labels)} samples to {out / 'samples.npz'} and {out / 'grid.png'}")
+    return 0
+
+
+# ---------------------------------------------------------------------- eval-gen
+def _eval_gen(args: argparse.Namespace) -> int:
+    from tcae.diffusion.gen_eval import evaluate_samples
+
+    result = evaluate_samples(args.samples, args.ref, image_size=args.image_size,
+                              inception_weights=args.inception_weights, batch_size=args.batch_size,
+                              device=_device(args.device), max_reference=args.max_ref,
+                              progress=not args.no_progress)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache-latents", help="encode a dataset into sharded latents (+ per-channel stats); resumable",
+                       description="Encode a dataset with a TC-AE tokenizer into sharded safetensors of raw latents "
+                                   "and labels, with per-channel mean/std in meta.json (for `tcae train-dit`). "
+                                   "Rerunning with the same arguments resumes.")
+    p.add_argument("--model", required=True, help="tokenizer directory (or training run directory)")
+    p.add_argument("--data", required=True, help="data spec (builtin:digits, an image folder, shards; val split "
+                                                 "unless the spec names one)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--image-size", type=int, default=None, help="default: the tokenizer's config image_size")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--flip", action="store_true", help="also cache each image's horizontal flip")
+    p.add_argument("--shard-size", type=int, default=4096, help="dataset samples per shard")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cache_latents)
+
+    p = sub.add_parser("sample", help="generate images with a DiT and a tokenizer (samples.npz + grid.png)",
+                       description="Sample class-conditional latents with a flow-matching DiT, decode them with the "
+                                   "tokenizer, write samples.npz (ADM evaluator layout: arr_0 uint8 (N, H, W, 3), "
+                                   "arr_1 labels) and grid.png.")
+    p.add_argument("--dit", required=True, help="DiT directory (or train-dit run directory)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (or training run directory)")
+    p.add_argument("--num", type=int, required=True,
+                   help="samples in total (labels cycle through all classes), or per class with --classes")
+    p.add_argument("--classes", nargs="+", default=None, help="class ids, e.g. 0,1,2 or 0 1 2: one grid row each")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--cfg-interval", type=_interval, default=(0.0, 1.0),
+                   help="'lo,hi': apply guidance only at noise levels t in [lo, hi] (t = 1 is noise)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    p.add_argument("--shift", type=float, default=1.0, help="timestep shift (use the training value)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the DiT")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--grid-rows", type=int, default=None, help="rows of grid.png without --classes")
+    p.add_argument("--pngs", action="store_true", help="also write each sample as samples/NNNNNN.png")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("eval-gen", help="gFID and Inception Score of a samples.npz",
+                       description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
+                                   "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
+                                   "VIRTUAL_imagenet256_labeled.npz), reference images (.npz arr_0) or a data spec.")
+    p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
+    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0) or data spec")
+    p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
+    p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
+    p.add_argument("--max-ref", type=int, default=None, help="use the first N reference images only")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="also write the result JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval_gen)

@@ -1,0 +1,198 @@
+"""`tcae eval` (reconstruction metrics of one or several models) and `tcae diagnose` (latent diagnostics).
+
+Missing pretrained weights (InceptionV3 for rFID, VGG16 for LPIPS) raise a FileNotFoundError whose
+message names the file and where it goes; `tcae.cli.main` prints it without a traceback and exits
+with code 2. `--metrics psnr,ssim` needs no pretrained weights at all. Under `torchrun`, `tcae eval`
+splits the images between ranks and rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _model_name(model_dir: str) -> str:
+    """A short name for a model directory: its folder name, or the run's name for RUN/model."""
+    p = Path(model_dir.rstrip("/"))
+    return p.parent.name if p.name == "model" and p.parent.name else p.name
+
+
+def _feature_weights(args: argparse.Namespace) -> dict[str, str]:
+    weights: dict[str, str] = {}
+    for item in args.feature_weights or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--feature-weights expects NETWORK=PATH (e.g. dinov2=/w/model.safetensors), got {item!r}")
+        weights[name] = path
+    if args.inception_weights:
+        weights["inception"] = args.inception_weights
+    return weights
+
+
+def _grid_path(grid: str | None, name: str, several: bool) -> str | None:
+    if grid is None or not several:
+        return grid
+    p = Path(grid)
+    return str(p.with_name(f"{p.stem}_{name}{p.suffix or '.png'}"))
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from tcae.evaluation import compare, evaluate, format_table, parse_metrics, results_to_json
+    from tcae.models import TCAE
+    from tcae.training.distributed import cleanup, init_distributed
+
+    metrics = parse_metrics(args.metrics)
+    names = args.names.split(",") if args.names else [_model_name(m) for m in args.model]
+    if len(names) != len(args.model):
+        raise ValueError(f"--names has {len(names)} entries for {len(args.model)} --model(s)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names {names} are not unique; pass --names a,b,...")
+    weights = _feature_weights(args)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    info = init_distributed(args.device or "auto") if distributed else None
+    device = info.device if info else args.device
+    main = info is None or info.is_main
+    results = []
+    try:
+        for model_dir, name in zip(args.model, names):
+            model = TCAE.from_pretrained(model_dir).eval()
+            result = evaluate(model, args.data, image_size=args.image_size, metrics=metrics,
+                              batch_size=args.batch_size, device=device, fid_stats=args.fid_stats,
+                              feature_weights=weights, max_images=args.max_images,
+                              grid_path=_grid_path(args.grid, name, len(args.model) > 1),
+                              num_workers=args.num_workers, lpips_weights=args.lpips_weights,
+                              save_fid_stats=args.save_fid_stats, autocast=args.bf16, model_name=name)
+            result["model"]["dir"] = str(model_dir)
+            results.append(result)
+            if main:
+                print(format_table(result))
+                print()
+    finally:
+        if distributed:
+            cleanup()
+    if not main:
+        return 0
+    if args.out:
+        results_to_json(results[0] if len(results) == 1 else results, args.out)
+        print(f"wrote {args.out}")
+    if len(results) > 1 or args.compare_md or args.compare_png:
+        md = compare(results, names, args.compare_md, args.compare_png)
+        print(md)
+        for path in (args.compare_md, args.compare_png):
+            if path:
+                print(f"wrote {path}")
+    return 0
+
+
+def format_diagnostics(result: dict) -> str:
+    """A short plain-text summary of a :func:`tcae.evaluation.diagnose` result."""
+    s = result["latent_stats"]
+    c, h, w = result["latent_shape"]
+    lines = [
+        f"latent diagnostics on {result['data']} ({result['num_images']} images, latent {c}x{h}x{w})",
+        f"  latent channel mean: spread {s['mean_spread']:.4f}, max |mean| {s['mean_abs_max']:.4f}",
+        f"  latent channel std:  spread {s['std_spread']:.4f}, min {s['std_min']:.4f}, max {s['std_max']:.4f}",
+        f"  effective rank latents: {result['effective_rank_latents']:.2f} (of dim {result['latent_dim']})",
+        f"  effective rank tokens:  {result['effective_rank_tokens']:.2f} (of dim {result['token_dim']})",
+    ]
+    if "probe_acc_tokens" in result:
+        p = result["probe"]
+        lines += [
+            f"  linear probe ({p['num_classes']} classes, chance {p['chance']:.3f}; {p['split']}, "
+            f"{p['train_images']} train / {p['val_images']} val images)",
+            f"    A1 on pooled encoder tokens: {result['probe_acc_tokens']:.4f}",
+            f"    A2 on latents:               {result['probe_acc_latents']:.4f}",
+            f"    structural loss 1 - A2/A1:   {result['structural_loss']:.4f}",
+        ]
+    else:
+        lines.append("  linear probe: skipped (unlabelled data, or --no-probe)")
+    if "latent_stats_written_to" in result:
+        lines.append(f"  latent statistics written into {result['latent_stats_written_to']}")
+    return "\n".join(lines)
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from tcae.evaluation import diagnose, results_to_json
+    from tcae.models import TCAE
+
+    model = TCAE.from_pretrained(args.model).eval()
+    result = diagnose(model, args.data, image_size=args.image_size, batch_size=args.batch_size,
+                      device=args.device, max_images=args.max_images, num_workers=args.num_workers,
+                      probe=not args.no_probe, write_stats_to=args.model if args.write_stats else None)
+    result["model"] = {"dir": str(args.model), "config": model.config.to_dict()}
+    print(format_diagnostics(result))
+    if args.out:
+        results_to_json(result, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="data spec (builtin:photos, builtin:digits, a folder, shards); "
+                   "its val split unless the spec names one")
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's config.image_size")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `eval` and `diagnose` sub-commands to the `tcae` parser."""
+    p = sub.add_parser(
+        "eval", help="reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of one or several tokenizers",
+        description="Encode and decode every image of a dataset and report PSNR, SSIM, LPIPS and rFID "
+        "(Fréchet distance of InceptionV3 statistics, originals vs reconstructions, or vs --fid-stats). "
+        "Several --model give a side-by-side Markdown table and bar plot.")
+    p.add_argument("--model", action="append", required=True, metavar="DIR",
+                   help="model directory (save_pretrained); repeat for a comparison")
+    p.add_argument("--names", default=None, help="comma-separated display names for the models")
+    _common(p)
+    p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
+                   help="comma-separated: psnr, ssim, lpips, rfid, fd:dinov2, fd:torchvision:NAME "
+                   "(psnr,ssim need no pretrained weights)")
+    p.add_argument("--fid-stats", default=None, metavar="FILE.npz",
+                   help="reference InceptionV3 statistics (ADM/clean-fid .npz with mu, sigma): rFID of the "
+                   "reconstructions against them")
+    p.add_argument("--save-fid-stats", default=None, metavar="FILE.npz",
+                   help="also write the originals' InceptionV3 statistics (a reference for later runs)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="InceptionV3 file weights-inception-2015-12-05-6726825d.pth (default: torch hub cache)")
+    p.add_argument("--lpips-weights", default=None, metavar="PATH",
+                   help="VGG16 weights file for LPIPS (default: torch hub cache)")
+    p.add_argument("--feature-weights", action="append", default=None, metavar="NETWORK=PATH",
+                   help="weights of an fd: network, e.g. dinov2=model.safetensors, torchvision:resnet50=r50.pth")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--grid", default=None, metavar="FILE.png",
+                   help="originals above reconstructions (first 8 images); one file per model")
+    p.add_argument("--compare-md", default=None, metavar="FILE.md", help="side-by-side Markdown table")
+    p.add_argument("--compare-png", default=None, metavar="FILE.png", help="side-by-side bar plot")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the tokenizer")
+    p.set_defaults(func=_run_eval)
+
+    d = sub.add_parser(
+        "diagnose", help="latent diagnostics: channel stats, effective ranks, linear probes (A1, A2)",
+        description="Per-channel latent mean/std, effective rank of latents and encoder tokens, and on "
+        "labelled data linear-probe accuracy on pooled tokens (A1) and latents (A2) with the structural "
+        "loss 1 - A2/A1. --write-stats stores the latent statistics in the model for diffusion training.")
+    d.add_argument("--model", required=True, metavar="DIR", help="model directory (save_pretrained)")
+    _common(d)
+    d.add_argument("--max-images", type=int, default=2000, help="images per split (default 2000)")
+    d.add_argument("--no-probe", action="store_true", help="skip the linear probes")
+    d.add_argument("--write-stats", action="store_true",
+                   help="store the per-channel latent mean/std in the model directory's weights")
+    d.set_defaults(func=_run_diagnose, batch_size=64)
+
+
+if __name__ == "__main__":  # python -m tcae.cli.eval_cmd ... (without the rest of the CLI)
+    parser = argparse.ArgumentParser(prog="tcae")
+    register(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args()
+    try:
+        sys.exit(ns.func(ns))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"tcae {ns.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)

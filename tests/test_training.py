@@ -1,0 +1,176 @@
+"""Tokenizer training: loss falls, SSL teacher, exact resume after SIGKILL, DDP, bad input, phase 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tcae.cli.main import main as cli
+from tcae.config import TRAIN_ALIASES, ConfigError, TrainConfig, load_config
+from tcae.models import TCAE
+from tcae.training.checkpoint import latest_checkpoint, load_checkpoint
+from tcae.training.loop import NonFiniteLossError
+from tcae.training.tokenizer import TokenizerTrainer
+
+# A tiny, fast setting of the shipped `tiny` config: 32 px, small heads, few local crops.
+FAST = ["image_size=32", "batch_size=4", "data.epoch_size=64", "ssl.out_dim=64", "ssl.patch_out_dim=64",
+        "ssl.head_hidden_dim=32", "ssl.head_bottleneck_dim=16", "ssl.num_local=2", "optim.warmup_steps=2",
+        "log_every=1", "image_every=0", "progress=false"]
+
+
+def make_cfg(tmp_path: Path, *overrides: str, config: str = "tiny"):
+    return load_config(TrainConfig, config, [*FAST, f"run_dir={tmp_path}", *overrides], TRAIN_ALIASES)
+
+
+def scalars(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "scalars.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_loss_falls(tmp_path):
+    run = TokenizerTrainer(make_cfg(tmp_path, "name=fall", "ssl=false", "steps=40", "lr=2e-3",
+                                    "batch_size=8")).fit()
+    losses = [r["l1"] for r in scalars(run)]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    model = TCAE.from_pretrained(run / "model")
+    assert model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 32, 2, 2)
+    assert (run / "config.yaml").is_file() and list((run / "tb").iterdir())
+
+
+def test_joint_ssl_step_teacher_gets_no_gradient(tmp_path):
+    trainer = TokenizerTrainer(make_cfg(tmp_path, "name=ssl", "steps=3"))
+    student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    trainer.fit()
+    rows = scalars(trainer.run_dir)
+    assert all(np.isfinite(r["ibot_cls"]) and np.isfinite(r["ibot_mim"]) for r in rows)
+    teacher = trainer.teacher.module
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    # the teacher follows the student's encoder and heads (EMA), never the decoder
+    name = "model.enc_coarse.blocks.0.attn.qkv.weight"
+    t, s, s0 = teacher.state_dict()[name], trainer.student.state_dict()[name], student_before[name]
+    assert not torch.equal(t, s0) and not torch.equal(t, s)
+    dec = "model.to_pixels.weight"
+    assert torch.equal(teacher.state_dict()[dec], student_before[dec])
+
+
+def _train_cmd(tmp_path, name, steps, *extra):
+    return [sys.executable, "-m", "tcae.cli.main", "train", "tiny", *FAST, f"run_dir={tmp_path}",
+            f"name={name}", f"steps={steps}", "checkpoint_every=3", "keep_last=10", *extra]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(tmp_path, "straight", 9), check=True, env=env, capture_output=True)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    proc = subprocess.Popen(_train_cmd(tmp_path, "killed", 9, "checkpoint_every=3"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts / "step-00000003.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(ckpts) is not None
+    assert latest_checkpoint(ckpts).name != "step-00000009.pt", "killed too late to test resume"
+    subprocess.run(_train_cmd(tmp_path, "killed", 9, "resume=auto"), check=True, env=env, capture_output=True)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step-00000009.pt")
+    b = load_checkpoint(ckpts / "step-00000009.pt")
+    for key in ("student", "ema", "teacher"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs after resume"
+    for k in a["ibot_loss"]:
+        assert torch.equal(a["ibot_loss"][k], b["ibot_loss"][k])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process(tmp_path):
+    common = [*FAST, f"run_dir={tmp_path}", "steps=1", "ssl=false", "batch_size=8", "optim.warmup_steps=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "tcae.cli.main", "train", "tiny", *common, "name=one"],
+                   check=True, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", "29531", "-m", "tcae.cli.main", "train", "tiny", *common, "name=two"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = scalars(tmp_path / "one")[0], scalars(tmp_path / "two")[0]
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5), (one, two)
+    # the gradient all-reduce makes the updated weights agree as well
+    a = load_checkpoint(latest_checkpoint(tmp_path / "one" / "checkpoints"))["student"]
+    b = load_checkpoint(latest_checkpoint(tmp_path / "two" / "checkpoints"))["student"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def _odd_folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "a").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "a" / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "a" / "gray.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8)).save(root / "a" / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16)).save(root / "a" / "deep.png")
+    (root / "a" / "broken.jpg").write_bytes(b"not an image at all")
+    return root
+
+
+def test_folder_with_corrupt_and_odd_images_trains(tmp_path):
+    data = _odd_folder(tmp_path / "imgs")
+    run = TokenizerTrainer(make_cfg(tmp_path, "name=folder", f"data={data}", "steps=4")).fit()
+    assert all(np.isfinite(r["loss"]) for r in scalars(run))
+
+
+def test_misspelt_key_is_rejected_with_its_name(capsys):
+    assert cli(["train", "tiny", "optim.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "optim.lr" in err
+    with pytest.raises(ConfigError, match="ssl.num_locals"):
+        load_config(TrainConfig, "tiny", ["ssl.num_locals=3"], TRAIN_ALIASES)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    trainer = TokenizerTrainer(make_cfg(tmp_path, "name=nan", "ssl=false", "steps=6", "checkpoint_every=2"))
+    real_step = trainer.train_step
+
+    def poisoned(batch):
+        terms = real_step(batch)
+        if trainer.step == 3:
+            terms["loss"] = torch.tensor(float("nan"))
+        return terms
+
+    trainer.train_step = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3.*step-00000002.pt"):
+        trainer.fit()
+    ckpt = latest_checkpoint(trainer.ckpt_dir)
+    assert ckpt.name == "step-00000002.pt" and load_checkpoint(ckpt)["step"] == 2
+
+
+def test_bf16_autocast_and_gan_path(tmp_path):
+    run = TokenizerTrainer(make_cfg(tmp_path, "name=bf16", "precision=bf16", "gan=true", "loss.gan_start=1",
+                                    "loss.lecam_weight=0.01", "loss.disc_channels=8", "steps=3")).fit()
+    rows = scalars(run)
+    assert "gan_g" not in rows[0] and "gan_d" in rows[-1] and "lecam" in rows[-1]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_finetune_decoder_freezes_encoder(tmp_path):
+    phase1 = TokenizerTrainer(make_cfg(tmp_path, "name=p1", "ssl=false", "steps=2")).fit()
+    assert cli(["finetune-decoder", "tiny-decoder", *FAST, f"run_dir={tmp_path}", "name=p2", "steps=3",
+                f"init={phase1}"]) == 0
+    before, after = TCAE.from_pretrained(phase1 / "model"), TCAE.from_pretrained(tmp_path / "p2" / "model")
+    enc = {id(p) for p in before.encoder_parameters()}
+    for (n, a), b in zip(before.named_parameters(), after.parameters()):
+        if id(a) in enc:
+            assert torch.equal(a, b), f"encoder parameter {n} changed in phase 2"
+    assert not torch.equal(before.to_pixels.weight, after.to_pixels.weight)
+
+
+def test_resume_rejects_checkpoint_of_another_model(tmp_path):
+    TokenizerTrainer(make_cfg(tmp_path, "name=x", "ssl=false", "steps=1")).fit()
+    with pytest.raises(ValueError, match="different model config"):
+        TokenizerTrainer(make_cfg(tmp_path, "name=x", "ssl=false", "steps=2", "model.latent_channels=16")).fit()
