@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tcae
-from tcae.models import CheckpointMismatchError, TCAE
+from tcae.models import TCAE, CheckpointMismatchError
 
 
 @pytest.fixture(params=[True, False], ids=["staged", "single-stage"])

@@ -36,7 +36,7 @@ def scalars(run_dir: Path) -> list[dict]:
 
 def test_tiny_run_loss_falls(tmp_path):
     run = TokenizerTrainer(make_cfg(tmp_path, "name=fall", "ssl=false", "steps=40", "lr=2e-3",
-                                    "batch_size=8")).fit()
+                                    "batch_size=8", "data=builtin:digits")).fit()
     losses = [r["l1"] for r in scalars(run)]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     model = TCAE.from_pretrained(run / "model")

@@ -183,7 +183,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-images", type=int, default=2000, help="images per split (default 2000)")
     d.add_argument("--no-probe", action="store_true", help="skip the linear probes")
     d.add_argument("--write-stats", action="store_true",
-                   help="store the per-channel latent mean/std in the model directory's weights")
+                   help="store the per-channel latent mean/std (measured on --data as given: name the "
+                   "training split, e.g. builtin:digits:train) in the model directory's weights")
     d.set_defaults(func=_run_diagnose, batch_size=64)
 
 

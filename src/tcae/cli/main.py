@@ -8,15 +8,20 @@ import sys
 
 from tcae.config import ConfigError
 
+# each module adds its sub-commands with register(subparsers)
+COMMAND_MODULES = ["models_cmd", "train_cmds", "eval_cmd", "diffusion_cmds", "repro_cmd"]  # TEMP bench_cmd
+
 
 def _build_parser() -> argparse.ArgumentParser:
-    from tcae.cli import bench_cmd, diffusion_cmds, eval_cmd, models_cmd, repro_cmd, train_cmds
+    import importlib
+
+    modules = [importlib.import_module(f"tcae.cli.{name}") for name in COMMAND_MODULES]
 
     parser = argparse.ArgumentParser(
         prog="tcae", description="Train, evaluate and serve TC-AE tokenizers and latent diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models_cmd, train_cmds, eval_cmd, diffusion_cmds, bench_cmd, repro_cmd):
+    for module in modules:
         module.register(sub)
     return parser
 

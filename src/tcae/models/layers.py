@@ -12,7 +12,6 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -70,11 +69,27 @@ class Rope2D(nn.Module):
         return ang.cos(), ang.sin()
 
 
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-width tables (n, k) for the rotate-half form of RoPE: [cos, cos] and [-sin, sin]."""
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos_full: torch.Tensor, sin_full: torch.Tensor) -> torch.Tensor:
+    """x * [cos, cos] + [x2, x1] * [-sin, sin], in float32 (the tables' dtype), back to x's dtype.
+
+    Bitwise equal to the pairwise form [x1 cos - x2 sin, x1 sin + x2 cos] (a + (-b) == a - b and
+    addition commutes exactly in IEEE arithmetic), with fewer passes over memory; a bf16/fp16 x is
+    promoted inside the multiplies instead of by a separate float32 copy.
+    """
+    xr = x.float() if x.dtype == torch.float64 else x  # rotate float64 in float32, as before
+    x1, x2 = xr.chunk(2, dim=-1)
+    out = xr * cos_full + torch.cat([x2, x1], dim=-1) * sin_full
+    return out.type_as(x)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[..., :k/2], x[..., k/2:]) of x (b h n k) by angles (n, k/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.type_as(x)
+    return _rotate(x, *rope_tables(cos, sin))
 
 
 class Attention(nn.Module):
@@ -92,12 +107,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b n (three h k) -> three b h n k", three=3, h=self.num_heads)
+        """x: (b, n, d); rope: (cos, sin), each (n, k/2). Returns (b, n, d).
+
+        q, k, v stay strided views of the fused qkv output in (b n h k) order and reach SDPA as
+        (b h n k) transposes: the CPU flash kernel and the CUDA kernels take strides, and SDPA's
+        output transposed back to (b n h k) is contiguous, so no layout copies are made.
+        """
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(out, "b h n k -> b n (h k)"))
+            cos_full, sin_full = rope_tables(*rope)
+            cos_full, sin_full = cos_full[:, None], sin_full[:, None]  # (n, 1, k): broadcast over heads
+            q, k = _rotate(q, cos_full, sin_full), _rotate(k, cos_full, sin_full)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class SwiGLU(nn.Module):

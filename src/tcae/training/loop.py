@@ -205,7 +205,7 @@ class TrainLoop:
                 last = latest_checkpoint(self.ckpt_dir)
                 raise NonFiniteLossError(
                     f"non-finite loss at step {self.step}: "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     + f". Stopped; the last good checkpoint is {last or 'none (no checkpoint yet)'}. "
                     "Try a lower lr, grad clipping or precision=fp32."
                 )

@@ -133,7 +133,7 @@ class TokenizerTrainer(TrainLoop):
                                                                  s.head_bottleneck_dim)
             self.ibot_loss = IBOTLoss(s.out_dim, patch_head.out_dim, student_temp=s.student_temp,
                                       centering=s.centering, cls_weight=s.cls_weight,
-                                      patch_weight=s.patch_weight).to(self.device)
+                                      patch_weight=s.patch_weight, num_global_crops=s.num_global).to(self.device)
         self.student = TokenizerStudent(model, cls_head, patch_head, self.decoder_phase).to(self.device)
         self.model = model
         self.teacher = None
@@ -182,7 +182,8 @@ class TokenizerTrainer(TrainLoop):
                            epoch_size=d.epoch_size)
         self.loader = build_loader(ds, per_rank, train=True, num_workers=d.num_workers,
                                    collate_fn=collate, seed=cfg.seed)
-        val_spec = d.val_spec or (d.spec.rsplit(":", 1)[0] + ":val" if d.spec.startswith("builtin:") else None)
+        # the val split of a built-in set serves the reconstruction grids; other data: data.val_spec
+        val_spec = d.val_spec or (f"builtin:{d.spec.split(':')[1]}:val" if d.spec.startswith("builtin:") else None)
         self.val_images = None
         if val_spec:
             val = build_dataset(val_spec, d.image_size, train=False)

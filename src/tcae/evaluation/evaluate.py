@@ -1,0 +1,256 @@
+"""Reconstruction evaluation of a tokenizer over a dataset: PSNR, SSIM, LPIPS, rFID (+ other FDs).
+
+:func:`evaluate` streams the data in batches: each image is encoded and decoded once, per-image
+metrics are summed, feature statistics of originals and reconstructions are accumulated
+(:class:`~tcae.evaluation.fid.FeatureStats`), and nothing grows with the dataset. Under DDP
+(``torchrun``; process group already initialised) rank r of W takes images r, r + W, ...
+(no padding, so every image counts exactly once) and all sums are all-reduced at the end;
+every rank returns the same result.
+
+Metric names (``metrics=``):
+
+- ``psnr``, ``ssim``: torchmetrics (see :mod:`tcae.evaluation.metrics`); need no weights.
+- ``lpips``: LPIPS-VGG via :func:`tcae.losses.perceptual.load_lpips` (VGG16 weights file needed).
+- ``rfid``: Fréchet distance between InceptionV3 statistics of the originals and of the
+  reconstructions — or of the reconstructions and ``fid_stats`` (reference ``.npz``) if given.
+  With ``feature_network=<nn.Module>`` the same distance is computed over that module instead and
+  reported as ``rfd_custom``, labelled "frechet distance (custom network)", never as FID.
+- ``fd:<network>``: the same Fréchet distance over another network, e.g. ``fd:dinov2``,
+  ``fd:torchvision:resnet50`` (see :mod:`tcae.evaluation.features`); key ``rfd_<network>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from tcae.evaluation.diagnostics import eval_loader
+from tcae.evaluation.features import CUSTOM_LABEL, FeatureNetwork, MissingWeightsError, build_feature_network
+from tcae.evaluation.fid import FeatureStats, frechet_distance, load_stats, save_stats
+from tcae.evaluation.grid import reconstruction_grid
+from tcae.evaluation.metrics import LPIPSMetric, MetricSums, psnr_per_image, ssim_per_image
+from tcae.evaluation.report import environment_versions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("psnr", "ssim", "lpips", "rfid")
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS (VGG)", "rfid": "rFID (InceptionV3)"}
+
+
+def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
+    """``"psnr,ssim"`` or a sequence -> validated list of metric names (order kept, duplicates dropped)."""
+    names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    out: list[str] = []
+    for m in names:
+        if m not in ("psnr", "ssim", "lpips", "rfid") and not (m.startswith("fd:") and len(m) > 3):
+            raise ValueError(f"unknown metric {m!r}; expected psnr, ssim, lpips, rfid or fd:<network> "
+                             "(fd:dinov2, fd:torchvision:resnet50, ...)")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("no metric requested")
+    return out
+
+
+def _metric_key(network: FeatureNetwork) -> str:
+    if network.is_fid:
+        return "rfid"
+    if network.kind == "custom":
+        return "rfd_custom"
+    return "rfd_" + re.sub(r"[^0-9a-zA-Z]+", "_", network.name).strip("_")
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data_spec: str | Dataset,
+    image_size: int | None = None,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    fid_stats: str | os.PathLike | None = None,
+    feature_weights: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
+    max_images: int | None = None,
+    grid_path: str | os.PathLike | None = None,
+    num_workers: int = 0,
+    feature_network: str | nn.Module = "inception",
+    lpips_weights: str | os.PathLike | None = None,
+    save_fid_stats: str | os.PathLike | None = None,
+    autocast: bool = False,
+    model_name: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model``'s reconstructions on a dataset.
+
+    Args:
+        model: a tokenizer with ``encode(x)`` / ``decode(z)`` (x: (B, 3, H, W) in [-1, 1]).
+        data_spec: a data spec (``tcae.data``; its val split unless it names one, deterministic
+            transform) or a Dataset of ``{"image": (3, H, W) in [-1, 1], ...}`` samples.
+        image_size: side of the evaluated images; default the model's ``config.image_size``.
+        metrics: names or comma-separated string (module docstring).
+        fid_stats: reference ``.npz`` (``mu``, ``sigma``: InceptionV3 pool features); rFID is then
+            reconstructions vs reference.
+        feature_weights: weights file of the Inception network (a path), or a mapping network name
+            ("inception", "dinov2", "torchvision:resnet50", ...) -> path.
+        max_images: evaluate the first N images only.
+        grid_path: write a PNG of the first 8 originals above their reconstructions (rank 0).
+        feature_network: the network of the ``rfid`` metric: "inception" (FID proper) or any
+            nn.Module (reported as a custom-network Fréchet distance).
+        lpips_weights: VGG16 weights file for LPIPS (default: torch hub cache).
+        save_fid_stats: also write the originals' statistics of the rfid network to this ``.npz``
+            (a reference for later runs; rank 0).
+        autocast: bfloat16 autocast for the model (not for the metric networks).
+
+    Returns:
+        ``{"metrics": {key: float}, "labels": {key: str}, "num_images": int, "data": str,
+        "image_size": int, "feature_networks": {...}, "model": {...}, "versions": {...}, ...}``.
+
+    Raises:
+        MissingWeightsError / FileNotFoundError: a requested network's weights are not on disk
+            (raised before any image is processed).
+    """
+    names = parse_metrics(metrics)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = getattr(model, "config", None)
+    size = int(image_size or getattr(config, "image_size", 0) or 0)
+    if isinstance(data_spec, str):
+        if not size:
+            raise ValueError("image_size is needed when the model has no config.image_size")
+        from tcae.data import build_dataset
+
+        dataset = build_dataset(data_spec, size, train=False)
+        spec_text = data_spec
+    else:
+        dataset, spec_text = data_spec, f"<{type(data_spec).__name__}>"
+    rank, world = _dist()
+
+    # build every network first: a missing weights file fails before any image is processed
+    weights_map = dict(feature_weights) if isinstance(feature_weights, Mapping) else (
+        {"inception": feature_weights} if feature_weights is not None else {})
+    missing: list[str] = []  # every missing file in one message, not one per run
+    lpips_net = None
+    if "lpips" in names:
+        try:
+            lpips_net = LPIPSMetric(lpips_weights).to(device)
+        except FileNotFoundError as err:
+            missing.append(str(err))
+    networks: dict[str, FeatureNetwork] = {}
+    for m in names:
+        if m == "rfid" or m.startswith("fd:"):
+            spec = feature_network if m == "rfid" else m[3:]
+            key = spec if isinstance(spec, str) else "custom"
+            try:
+                net = build_feature_network(spec, weights_map.get(key)).to(device).eval()
+            except FileNotFoundError as err:
+                missing.append(str(err))
+                continue
+            networks[_metric_key(net)] = net
+    if missing:
+        raise MissingWeightsError("\n".join(missing) + "\n(psnr and ssim need no pretrained weights: "
+                                  "--metrics psnr,ssim)")
+    reference = load_stats(fid_stats) if fid_stats is not None else None
+    if reference is not None and "rfid" not in networks:
+        raise ValueError("fid_stats (reference statistics) given but the rfid (InceptionV3) metric is not "
+                         "requested")
+
+    model = model.to(device).eval()
+    sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names] + ["images"])
+    stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
+    loader = eval_loader(dataset, batch_size, num_workers, max_images, distributed=True)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
+    image_hw: list[int] | None = None
+    for batch in tqdm(loader, desc="eval", disable=rank != 0):
+        x = batch["image"].to(device, non_blocking=True)
+        image_hw = image_hw or list(x.shape[-2:])
+        with amp:
+            recon = model.decode(model.encode(x))
+        recon = recon.float().clamp(-1, 1)  # what a saved image shows; metrics see the same pixels
+        if "psnr" in names:
+            sums.add("psnr", psnr_per_image(recon, x))
+        if "ssim" in names:
+            sums.add("ssim", ssim_per_image(recon, x))
+        if lpips_net is not None:
+            sums.add("lpips", lpips_net(recon, x))
+        sums.add("images", torch.zeros(x.shape[0]))  # counts images even with FD metrics only
+        for key, net in networks.items():
+            real, fake = stats[key]
+            if _needs_real(key, reference, save_fid_stats):
+                real.update(net(x)["features"])
+            fake.update(net(recon)["features"])
+
+    sums.all_reduce(device if device.type == "cuda" else "cpu")
+    values = {k: v for k, v in sums.means().items() if k != "images"}
+    labels = {k: METRIC_LABELS[k] for k in values}
+    net_info: dict[str, Any] = {}
+    for key, net in networks.items():
+        real, fake = stats[key]
+        fake.all_reduce()
+        if _needs_real(key, reference, save_fid_stats):
+            real.all_reduce()
+        mu_f, sigma_f = fake.mean_cov()
+        if key == "rfid" and save_fid_stats is not None and rank == 0:
+            save_stats(save_fid_stats, *real.mean_cov())
+        if key == "rfid" and reference is not None:
+            mu_r, sigma_r = reference
+            against = str(fid_stats)
+        else:
+            mu_r, sigma_r = real.mean_cov()
+            against = "originals"
+        values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+        labels[key] = METRIC_LABELS["rfid"] if net.is_fid else (
+            CUSTOM_LABEL if net.kind == "custom" else f"r{net.label}")
+        net_info[key] = {"network": net.name, "label": labels[key], "dim": int(mu_f.shape[0]),
+                         "reference": against}
+
+    num_images = sums.counts.get("images", 0)
+    if grid_path is not None and rank == 0:
+        reconstruction_grid(model, dataset, grid_path, device=device, n=8)
+    return {
+        "metrics": {m: values[m] for m in _ordered(names, values)},
+        "labels": labels,
+        "num_images": num_images,
+        "data": spec_text,
+        "image_size": image_hw[0] if image_hw and image_hw[0] == image_hw[1] else (image_hw or size or None),
+        "feature_networks": net_info,
+        "model": _model_info(model, model_name),
+        "world_size": world,
+        "grid": None if grid_path is None else str(grid_path),
+        "versions": environment_versions(),
+    }
+
+
+def _needs_real(key: str, reference: Any, save_fid_stats: Any) -> bool:
+    """Whether the originals' features are needed: not for rfid against reference stats (unless saved)."""
+    return key != "rfid" or reference is None or save_fid_stats is not None
+
+
+def _ordered(names: list[str], values: dict[str, float]) -> list[str]:
+    """Metric keys in request order (an "rfid"/"fd:..." request maps to its rfid / rfd_* key)."""
+    keys = [k for k in ("psnr", "ssim", "lpips") if k in names and k in values]
+    return keys + [k for k in values if k not in keys]
+
+
+def _model_info(model: nn.Module, name: str | None) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    info: dict[str, Any] = {"name": name, "class": type(model).__name__,
+                            "params": sum(p.numel() for p in model.parameters())}
+    if config is not None and hasattr(config, "to_dict"):
+        info["config"] = config.to_dict()
+    if hasattr(model, "has_latent_stats"):
+        info["has_latent_stats"] = bool(model.has_latent_stats)
+    return info
