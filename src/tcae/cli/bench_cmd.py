@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from tcae.bench.run import DEFAULT_MODELS
 
     p = subparsers.add_parser(
-        "bench", help="benchmark TC-AE presets against DC-AE-f32c32: FLOPs, images/s, memory, % of matmul peak",
+        "bench", help="benchmark TC-AE presets against DC-AE-f32c32: FLOPs, images/s, memory, %% of matmul peak",
         description="Measures every model in one run, interleaved, with the same batch, device and dtype "
                     "policy: parameters, encode/decode FLOPs, images/s for encode, decode, encode+decode and a "
                     "training step, peak memory and achieved FLOP/s against the measured matmul peak. "

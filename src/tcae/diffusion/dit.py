@@ -20,19 +20,16 @@ einops letters: b batch, n tokens, d width, c latent channels, y/x token grid, p
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from einops import rearrange
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tcae.diffusion._io import dataclass_from_dict, load_weights, model_files, save_model_dir
 from tcae.diffusion.sampler import cfg_velocity
+from tcae.models.checkpoint_io import DataclassHubMixin
 from tcae.models.layers import Attention, RMSNorm, Rope2D, SwiGLU
 
 
@@ -157,7 +154,7 @@ class FinalLayer(nn.Module):
 # ---------------------------------------------------------------------- model
 class DiT(
     nn.Module,
-    PyTorchModelHubMixin,
+    DataclassHubMixin,
     library_name="tcae",
     tags=["tcae", "diffusion-transformer", "flow-matching"],
 ):
@@ -166,6 +163,9 @@ class DiT(
     forward: x (B, c, h, w) noisy latent, t (B,) float in [0, 1] (1 = noise), y (B,) long
     in [0, num_classes] (num_classes = null class) -> velocity (B, c, h, w), h and w divisible by p.
     """
+
+    config_class = DiTConfig
+    model_kind = "DiT"
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -252,24 +252,6 @@ class DiT(
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         return cfg_velocity(no_drop, x, t, y, cfg_scale, self.config.num_classes)
-
-    # ------------------------------------------------------------------ persistence
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write model.safetensors and config.json (the mixin's save_pretrained calls this)."""
-        save_model_dir(self, save_directory, self.config.to_dict())
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
-                         proxies=None, resume_download=None, local_files_only=False, token=None,
-                         map_location: str = "cpu", strict: bool = True, **model_kwargs) -> DiT:
-        """Load from a local directory or a Hub repo id; weights must match the config exactly."""
-        config_file, weights_file = model_files(
-            model_id, "DiT", revision=revision, cache_dir=cache_dir, force_download=force_download,
-            token=token, local_files_only=local_files_only)
-        config = dataclass_from_dict(DiTConfig, json.loads(config_file.read_text()), "DiT", str(config_file))
-        model = cls(config)
-        load_weights(model, weights_file, map_location)
-        return model
 
 
 # ---------------------------------------------------------------------- presets

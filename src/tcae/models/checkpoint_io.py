@@ -1,8 +1,16 @@
-"""Loading weights with errors that name what does not match."""
+"""Model directories (config.json + model.safetensors) and loading weights with errors that name
+what does not match."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -33,3 +41,67 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
             f"{source} does not match the model (was it saved from a different config?)\n" + "\n".join(parts)
         )
     module.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------- model directories
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+def save_model_dir(model: nn.Module, directory: str | Path, config: dict[str, Any]) -> None:
+    """Write `directory`/model.safetensors (the state dict, on CPU) and `directory`/config.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+
+def model_files(model_id: str, what: str, **hub_kwargs: Any) -> tuple[Path, Path]:
+    """(config.json, model.safetensors) of a local model directory or a Hugging Face Hub repo id."""
+    path = Path(model_id)
+    if path.is_dir():
+        files = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} not found: a {what} model directory holds {CONFIG_NAME} and "
+                                        f"{WEIGHTS_NAME} (written by save_pretrained)")
+        return files
+    from huggingface_hub import hf_hub_download
+
+    return (Path(hf_hub_download(model_id, CONFIG_NAME, **hub_kwargs)),
+            Path(hf_hub_download(model_id, WEIGHTS_NAME, **hub_kwargs)))
+
+
+def dataclass_from_dict(cls: type, raw: dict[str, Any], what: str, source: str = "config") -> Any:
+    """`cls(**raw)`, rejecting unknown keys by name (a mixin-style {"config": {...}} wrapper is unwrapped)."""
+    raw = raw.get("config", raw)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown {what} config key(s) {unknown}; valid keys: {sorted(known)}")
+    return cls(**raw)
+
+
+class DataclassHubMixin(PyTorchModelHubMixin):
+    """save_pretrained / from_pretrained for a module built as `Model(config)` from a dataclass
+    `config_class`: config.json + model.safetensors, loaded strictly with named mismatches."""
+
+    config_class: type
+    model_kind: str = "model"
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_model_dir(self, save_directory, dataclasses.asdict(self.config))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         proxies=None, resume_download=None, local_files_only=False, token=None,
+                         map_location: str = "cpu", strict: bool = True, **model_kwargs):
+        config_file, weights_file = model_files(
+            model_id, cls.model_kind, revision=revision, cache_dir=cache_dir, force_download=force_download,
+            token=token, local_files_only=local_files_only)
+        config = dataclass_from_dict(cls.config_class, json.loads(config_file.read_text()), cls.model_kind,
+                                     str(config_file))
+        model = cls(config)
+        load_state_dict_checked(model, load_file(str(weights_file), device=str(map_location)),
+                                source=str(weights_file))
+        return model

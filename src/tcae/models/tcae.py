@@ -19,18 +19,14 @@ r = tokens per latent position along one axis (the final bottleneck's unshuffle 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_file
 from torch import nn
 
-from tcae.models.checkpoint_io import load_state_dict_checked
+from tcae.models.checkpoint_io import DataclassHubMixin
 from tcae.models.layers import Transformer, make_norm
 
 
@@ -140,7 +136,7 @@ class TokenUnmerge(nn.Module):
 
 class TCAE(
     nn.Module,
-    PyTorchModelHubMixin,
+    DataclassHubMixin,
     library_name="tcae",
     tags=["tcae", "image-tokenizer", "autoencoder"],
 ):
@@ -149,6 +145,9 @@ class TCAE(
     encode: float (B, 3, H, W) in [-1, 1] -> raw latent (B, c, H/f, W/f)
     decode: latent (B, c, h, w) -> image (B, 3, h*f, w*f)
     """
+
+    config_class = TCAEConfig
+    model_kind = "TC-AE"
 
     def __init__(self, config: TCAEConfig) -> None:
         super().__init__()
@@ -336,49 +335,4 @@ class TCAE(
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
 
-    # ------------------------------------------------------------------ persistence
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write model.safetensors and config.json (the mixin's save_pretrained calls this)."""
-        from safetensors.torch import save_file
 
-        save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(save_directory / "model.safetensors"), metadata={"format": "pt"})
-        (save_directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
-                         proxies=None, resume_download=None, local_files_only=False, token=None,
-                         map_location: str = "cpu", strict: bool = True, **model_kwargs) -> TCAE:
-        """Load from a local directory or a Hub repo id; weights must match the config exactly."""
-        from huggingface_hub import hf_hub_download
-
-        path = Path(model_id)
-        if path.is_dir():
-            config_file, weights_file = path / "config.json", path / "model.safetensors"
-            for f in (config_file, weights_file):
-                if not f.is_file():
-                    raise FileNotFoundError(f"{f} not found: a TC-AE model directory holds config.json "
-                                            "and model.safetensors (written by save_pretrained)")
-        else:
-            kw = dict(revision=revision, cache_dir=cache_dir, force_download=force_download,
-                      token=token, local_files_only=local_files_only)
-            config_file = Path(hf_hub_download(model_id, "config.json", **kw))
-            weights_file = Path(hf_hub_download(model_id, "model.safetensors", **kw))
-        raw = json.loads(config_file.read_text())
-        raw = raw.get("config", raw)
-        config = config_from_dict(raw, source=str(config_file))
-        model = cls(config)
-        load_state_dict_checked(model, load_file(str(weights_file), device=map_location),
-                                source=str(weights_file))
-        return model
-
-
-def config_from_dict(raw: dict, source: str = "config") -> TCAEConfig:
-    """TCAEConfig from a dict, rejecting unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(TCAEConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown TC-AE config key(s) {unknown}; valid keys: {sorted(known)}")
-    return TCAEConfig(**raw)
