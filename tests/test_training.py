@@ -174,3 +174,11 @@ def test_resume_rejects_checkpoint_of_another_model(tmp_path):
     TokenizerTrainer(make_cfg(tmp_path, "name=x", "ssl=false", "steps=1")).fit()
     with pytest.raises(ValueError, match="different model config"):
         TokenizerTrainer(make_cfg(tmp_path, "name=x", "ssl=false", "steps=2", "model.latent_channels=16")).fit()
+
+
+def test_short_override_keys_reach_their_dotted_paths():
+    cfg = load_config(TrainConfig, "tiny", ["model=tcae-s", "data=builtin:digits", "image_size=32", "batch_size=8",
+                                            "lr=1e-4", "ssl=false", "perceptual=none", "gan=true"], TRAIN_ALIASES)
+    assert (cfg.model.name, cfg.data.spec, cfg.data.image_size, cfg.data.batch_size) == ("tcae-s", "builtin:digits",
+                                                                                         32, 8)
+    assert (cfg.optim.lr, cfg.ssl.enabled, cfg.loss.perceptual, cfg.loss.gan) == (1e-4, False, "none", True)

@@ -138,7 +138,7 @@ class TrainConfig:
 
 
 TRAIN_ALIASES = {
-    "data": "data.spec", "image_size": "data.image_size", "batch_size": "data.batch_size",
+    "data": "data.spec", "model": "model.name", "image_size": "data.image_size", "batch_size": "data.batch_size",
     "lr": "optim.lr", "ssl": "ssl.enabled", "perceptual": "loss.perceptual", "gan": "loss.gan",
 }
 

@@ -56,6 +56,21 @@ def save_model_dir(model: nn.Module, directory: str | Path, config: dict[str, An
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
 
+def check_local_model_path(model_id: str, what: str) -> None:
+    """Raise FileNotFoundError for a model path that is not a directory and cannot be a Hugging Face
+    Hub repo id ('name' or 'owner/name'): an existing file, an absolute or ./ ../ ~ path, or a deeper
+    path such as runs/tiny/model."""
+    path = Path(model_id)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise FileNotFoundError(f"{model_id} is a file, not a {what} model directory ({CONFIG_NAME} + "
+                                f"{WEIGHTS_NAME}, written by save_pretrained)")
+    if path.is_absolute() or model_id.startswith((".", "~")) or len(path.parts) > 2:
+        raise FileNotFoundError(f"{what} model directory {model_id} not found (a model directory holds "
+                                f"{CONFIG_NAME} and {WEIGHTS_NAME}, written by save_pretrained)")
+
+
 def model_files(model_id: str, what: str, **hub_kwargs: Any) -> tuple[Path, Path]:
     """(config.json, model.safetensors) of a local model directory or a Hugging Face Hub repo id."""
     path = Path(model_id)
@@ -88,6 +103,12 @@ class DataclassHubMixin(PyTorchModelHubMixin):
 
     config_class: type
     model_kind: str = "model"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # a path that cannot be a Hub repo id is named as a missing directory, not a repo-id error
+        check_local_model_path(str(pretrained_model_name_or_path), cls.model_kind)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_model_dir(self, save_directory, dataclasses.asdict(self.config))

@@ -54,7 +54,7 @@ class DiTTrainConfig:
     progress: bool = True
 
 
-DIT_ALIASES = {"latents": "data.latents", "batch_size": "data.batch_size", "lr": "optim.lr"}
+DIT_ALIASES = {"latents": "data.latents", "model": "model.name", "batch_size": "data.batch_size", "lr": "optim.lr"}
 
 
 class DiTTrainer(TrainLoop):
