@@ -55,6 +55,7 @@ def _cache_latents(args: argparse.Namespace) -> int:
 
     tokenizer = TCAE.from_pretrained(_model_dir(args.model))
     size = args.image_size or tokenizer.config.image_size
+    tokenizer.check_image_size(size)  # before anything is written to --out
     dataset = build_dataset(args.data, size, train=False)
     summary = cache_latents(
         tokenizer, dataset, args.out, batch_size=args.batch_size, flip=args.flip, shard_size=args.shard_size,

@@ -259,6 +259,7 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     size = image_size or model.config.image_size
+    model.check_image_size(size)
     dataset = build_dataset(data_spec, size, train=False)
     main = encode_dataset(model, eval_loader(dataset, batch_size, num_workers, max_images), device, desc="diagnose")
     n = len(main["labels"])

@@ -128,6 +128,8 @@ def evaluate(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = getattr(model, "config", None)
     size = int(image_size or getattr(config, "image_size", 0) or 0)
+    if size and hasattr(model, "check_image_size"):
+        model.check_image_size(size)  # fail before loading data and feature networks
     if isinstance(data_spec, str):
         if not size:
             raise ValueError("image_size is needed when the model has no config.image_size")

@@ -58,15 +58,17 @@ def save_model_dir(model: nn.Module, directory: str | Path, config: dict[str, An
 
 def check_local_model_path(model_id: str, what: str) -> None:
     """Raise FileNotFoundError for a model path that is not a directory and cannot be a Hugging Face
-    Hub repo id ('name' or 'owner/name'): an existing file, an absolute or ./ ../ ~ path, or a deeper
-    path such as runs/tiny/model."""
+    Hub repo id ('name' or 'owner/name'): an existing file, an absolute or ./ ../ ~ path, a deeper
+    path such as runs/tiny/model, or 'dir/name' where dir exists here."""
     path = Path(model_id)
     if path.is_dir():
         return
     if path.exists():
         raise FileNotFoundError(f"{model_id} is a file, not a {what} model directory ({CONFIG_NAME} + "
                                 f"{WEIGHTS_NAME}, written by save_pretrained)")
-    if path.is_absolute() or model_id.startswith((".", "~")) or len(path.parts) > 2:
+    # 'owner/name' whose 'owner' is a local directory is a local path too (runs/nothere)
+    local_parent = len(path.parts) == 2 and path.parent.is_dir()
+    if path.is_absolute() or model_id.startswith((".", "~")) or len(path.parts) > 2 or local_parent:
         raise FileNotFoundError(f"{what} model directory {model_id} not found (a model directory holds "
                                 f"{CONFIG_NAME} and {WEIGHTS_NAME}, written by save_pretrained)")
 

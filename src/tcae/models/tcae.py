@@ -134,6 +134,14 @@ class TokenUnmerge(nn.Module):
         return rearrange(x, "b d y x -> b (y x) d")
 
 
+def check_divisible(h: int, w: int, multiple: int, what: str) -> None:
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"{what}: H and W must be divisible by {multiple}, got H={h}, W={w} "
+            f"(nearest valid: {max(multiple, h // multiple * multiple)}x{max(multiple, w // multiple * multiple)})"
+        )
+
+
 class TCAE(
     nn.Module,
     DataclassHubMixin,
@@ -222,12 +230,11 @@ class TCAE(
             raise ValueError(
                 f"expected an image batch (B, {cfg.in_channels}, H, W), got shape {tuple(x.shape)}"
             )
-        h, w = x.shape[-2:]
-        if h % multiple or w % multiple:
-            raise ValueError(
-                f"{what}: H and W must be divisible by {multiple}, got H={h}, W={w} "
-                f"(nearest valid: {max(multiple, h // multiple * multiple)}x{max(multiple, w // multiple * multiple)})"
-            )
+        check_divisible(x.shape[-2], x.shape[-1], multiple, what)
+
+    def check_image_size(self, height: int, width: int | None = None) -> None:
+        """Raise ValueError unless a (height, width) image can be encoded (both divisible by f)."""
+        check_divisible(height, height if width is None else width, self.config.compression, "image size")
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(c, h, w) of the latent of a (height, width) image."""

@@ -1,0 +1,473 @@
+"""The `tcae` command line end to end on tiny configs.
+
+Commands run in-process through `tcae.cli.main.main(argv)` (it returns the exit code); only the
+interrupted-run test needs a real process to SIGKILL. One tiny tokenizer, one latent cache and one
+DiT are trained once per module and shared.
+"""
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tcae import repro
+from tcae.cli.main import main as cli
+from tcae.config import TRAIN_ALIASES, TrainConfig, list_configs, load_config, model_overrides
+from tcae.evaluation.features import INCEPTION_FILE
+from tcae.models import TCAE, create_model
+from tcae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+
+# The shipped `tiny` config made fast: 32 px, small iBOT heads, two local crops (as in test_training.py).
+FAST = ["image_size=32", "batch_size=4", "data.epoch_size=64", "ssl.out_dim=64", "ssl.patch_out_dim=64",
+        "ssl.head_hidden_dim=32", "ssl.head_bottleneck_dim=16", "ssl.num_local=2", "optim.warmup_steps=2",
+        "log_every=1", "image_every=0", "progress=false"]
+
+
+def run_cli(argv: list[str]) -> SimpleNamespace:
+    """`tcae ARGV` in-process: exit code and captured stdout (for module-scoped fixtures, where capsys
+    is not available)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli([str(a) for a in argv])
+    return SimpleNamespace(code=code, out=out.getvalue())
+
+
+def files_under(root: Path) -> dict[str, int]:
+    """Relative path -> mtime_ns of every file under `root`."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(work) -> SimpleNamespace:
+    """`tcae train tiny <FAST> run_dir=WORK name=t steps=3`."""
+    r = run_cli(["train", "tiny", *FAST, f"run_dir={work}", "name=t", "steps=3"])
+    assert r.code == 0
+    return SimpleNamespace(run=work / "t", model=work / "t" / "model", out=r.out)
+
+
+@pytest.fixture(scope="module")
+def latents(work, tokenizer_run) -> SimpleNamespace:
+    out = work / "latents"
+    r = run_cli(["cache-latents", "--model", tokenizer_run.model, "--data", "builtin:digits:train",
+                 "--image-size", "32", "--out", out, "--no-progress"])
+    assert r.code == 0
+    return SimpleNamespace(dir=out, out=r.out)
+
+
+@pytest.fixture(scope="module")
+def dit_run(work, latents) -> SimpleNamespace:
+    r = run_cli(["train-dit", "dit-tiny", f"latents={latents.dir}", f"run_dir={work}", "name=d", "steps=4",
+                 "batch_size=16", "progress=false"])
+    assert r.code == 0
+    return SimpleNamespace(run=work / "d", model=work / "d" / "model", out=r.out)
+
+
+# ---------------------------------------------------------------------------- tcae models
+def test_models_prints_preset_table(capsys):
+    assert cli(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert {"model", "latent", "params_M", "encode_gflops", "decode_gflops", "total_gflops"} <= set(header)
+    rows = {r["model"]: r for r in (dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+                                    for line in lines[2:])}
+    assert set(rows) == {"tcae-tiny", "tcae-s", "tcae-b"}
+    assert rows["tcae-tiny"]["latent"] == "32x4x4" and rows["tcae-b"]["latent"] == "128x8x8"
+    for r in rows.values():
+        enc, dec, total = (float(r[k]) for k in ("encode_gflops", "decode_gflops", "total_gflops"))
+        assert enc > 0 and dec > 0 and total == pytest.approx(enc + dec, abs=2e-3)
+    assert float(rows["tcae-b"]["total_gflops"]) > float(rows["tcae-s"]["total_gflops"]) > float(
+        rows["tcae-tiny"]["total_gflops"])
+
+
+def test_models_json_both(capsys):
+    assert cli(["models", "tcae-tiny", "--both", "--json", "--image-size", "32"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["staged"], r["image_size"]) for r in rows] == [("tcae-tiny", True, 32),
+                                                                          ("tcae-tiny", False, 32)]
+    assert rows[0]["latent"] == rows[1]["latent"] == "32x2x2"
+
+
+# ---------------------------------------------------------------------------- tokenizer training
+def test_train_writes_run_directory(tokenizer_run):
+    run = tokenizer_run.run
+    assert f"run directory: {run}" in tokenizer_run.out
+    cfg = load_config(TrainConfig, str(run / "config.yaml"))
+    assert (cfg.name, cfg.steps, cfg.data.image_size, cfg.data.batch_size, cfg.phase) == ("t", 3, 32, 4, "joint")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000003.pt"]
+    assert (run / "model" / "config.json").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
+    rows = [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and "ibot_cls" in r for r in rows)
+    model = TCAE.from_pretrained(run / "model")
+    assert model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 32, 2, 2)
+
+
+def test_finetune_decoder_from_run(tokenizer_run, tmp_path):
+    r = run_cli(["finetune-decoder", "tiny-decoder", *FAST, f"run_dir={tmp_path}", "name=ft", "steps=2",
+                 f"init={tokenizer_run.run}"])
+    assert r.code == 0 and "run directory" in r.out
+    run = tmp_path / "ft"
+    assert load_config(TrainConfig, str(run / "config.yaml")).phase == "decoder"
+    before, after = TCAE.from_pretrained(tokenizer_run.model), TCAE.from_pretrained(run / "model")
+    enc = {id(p) for p in before.encoder_parameters()}
+    for (name, a), b in zip(before.named_parameters(), after.parameters()):
+        if id(a) in enc:
+            assert torch.equal(a, b), f"encoder parameter {name} changed in phase 2"
+    assert not torch.equal(before.to_pixels.weight, after.to_pixels.weight)
+
+
+# ---------------------------------------------------------------------------- eval / diagnose
+def test_eval_psnr_ssim_json_and_grid(tokenizer_run, tmp_path, capsys):
+    out, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    assert cli(["eval", "--model", str(tokenizer_run.model), "--data", "builtin:digits:val", "--image-size", "32",
+                "--metrics", "psnr,ssim", "--out", str(out), "--grid", str(grid)]) == 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "SSIM" in printed and f"wrote {out}" in printed
+    result = json.loads(out.read_text())
+    assert set(result["metrics"]) == {"psnr", "ssim"}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in result["metrics"].values())
+    assert 0 < result["metrics"]["psnr"] < 100 and -1 <= result["metrics"]["ssim"] <= 1
+    assert result["num_images"] == 360 and result["image_size"] == 32 and result["data"] == "builtin:digits:val"
+    assert result["model"]["name"] == "t" and result["model"]["dir"] == str(tokenizer_run.model)
+    with Image.open(grid) as im:  # 8 originals above their 8 reconstructions
+        assert im.format == "PNG" and im.width > im.height > 2 * 32
+
+
+def test_eval_rfid_without_inception_weights_names_the_file(tokenizer_run, tmp_path, monkeypatch, capsys):
+    torch_home = tmp_path / "torch_home"  # empty: a developer's hub cache must not change the outcome
+    torch_home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    out = tmp_path / "rfid.json"
+    assert cli(["eval", "--model", str(tokenizer_run.model), "--data", "builtin:digits:val", "--image-size", "32",
+                "--metrics", "rfid", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert INCEPTION_FILE in err and str(torch_home / "hub" / "checkpoints") in err
+    assert "--inception-weights" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
+    model_dir = tmp_path / "model"  # a copy: the shared model stays as trained
+    shutil.copytree(tokenizer_run.model, model_dir)
+    assert not TCAE.from_pretrained(model_dir).has_latent_stats
+    out = tmp_path / "diag.json"
+    assert cli(["diagnose", "--model", str(model_dir), "--data", "builtin:digits:train", "--write-stats",
+                "--max-images", "256", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "latent diagnostics on builtin:digits:train" in printed and "latent 32x2x2" in printed
+    assert "A1 on pooled encoder tokens" in printed and f"latent statistics written into {model_dir}" in printed
+    model = TCAE.from_pretrained(model_dir)
+    assert model.has_latent_stats
+    assert model.latent_mean.shape == model.latent_std.shape == (32,) and bool((model.latent_std > 0).all())
+    result = json.loads(out.read_text())
+    assert 0 <= result["probe_acc_tokens"] <= 1 and result["latent_shape"] == [32, 2, 2]
+
+
+# ---------------------------------------------------------------------------- latent diffusion
+def test_cache_latents_and_train_dit(latents, dit_run):
+    summary = json.loads(latents.out)
+    assert summary["num_samples"] == 1437 and summary["latent_shape"] == [32, 2, 2] and summary["num_classes"] == 10
+    meta = json.loads((latents.dir / "meta.json").read_text())
+    assert meta["complete"] and list(latents.dir.glob("shard-*.safetensors"))
+
+    assert f"run directory: {dit_run.run}" in dit_run.out
+    for name in ("config.json", "model.safetensors", "latent_stats.json"):
+        assert (dit_run.model / name).is_file(), name
+    stats = json.loads((dit_run.model / "latent_stats.json").read_text())
+    assert stats["mean"] == pytest.approx(meta["mean"]) and stats["std"] == pytest.approx(meta["std"])
+    assert latest_checkpoint(dit_run.run / "checkpoints").name == "step-00000004.pt"
+    dit_cfg = json.loads((dit_run.model / "config.json").read_text())
+    assert (dit_cfg["in_channels"], dit_cfg["input_size"], dit_cfg["num_classes"]) == (32, 2, 10)
+
+
+def test_sample_writes_npz_and_grid(dit_run, tokenizer_run, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert cli(["sample", "--dit", str(dit_run.run), "--tokenizer", str(tokenizer_run.model), "--num", "2",
+                "--classes", "0,1", "--cfg", "1.5", "--steps", "4", "--out", str(out), "--no-progress"]) == 0
+    assert "wrote 4 samples" in capsys.readouterr().out
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (4, 32, 32, 3)
+        assert npz["arr_1"].tolist() == [0, 0, 1, 1]
+    with Image.open(out / "grid.png") as im:
+        assert im.format == "PNG"
+    info = json.loads((out / "sample_config.json").read_text())
+    assert info["cfg"] == 1.5 and info["steps"] == 4 and info["latent_stats"].endswith("latent_stats.json")
+
+
+# ---------------------------------------------------------------------------- exact resume after SIGKILL
+# Runs `tcae ARGS` and SIGKILLs its own process when the loop is about to take its 5th step: after
+# checkpoint 3 is on disk and step 4 is done but not checkpointed. (A DiT step on 2x2 latents takes
+# milliseconds, so a kill from outside after step-00000003.pt appears would race the run's end.)
+_KILL_AT_STEP_4 = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from tcae.training import dit
+_step = dit.DiTTrainer.train_step
+def train_step(self, batch):
+    if self.step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _step(self, batch)
+dit.DiTTrainer.train_step = train_step
+from tcae.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _assert_same(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_dit_resume_after_sigkill_equals_uninterrupted(latents, tmp_path):
+    common = ["train-dit", "dit-tiny", f"latents={latents.dir}", f"run_dir={tmp_path}", "steps=6",
+              "checkpoint_every=3", "keep_last=10", "batch_size=16", "log_every=1", "progress=false"]
+    assert run_cli([*common, "name=a"]).code == 0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_STEP_4, *common, "name=b"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    b = tmp_path / "b"
+    assert [p.name for p in list_checkpoints(b / "checkpoints")] == ["step-00000003.pt"]
+    assert not (b / "model").exists()
+
+    r = run_cli([*common, "name=b", "resume=auto"])
+    assert r.code == 0
+    final_a = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-00000006.pt")
+    final_b = load_checkpoint(b / "checkpoints" / "step-00000006.pt")
+    assert final_a["step"] == final_b["step"] == 6
+    for key in ("model", "ema", "optimizers"):
+        _assert_same(final_a[key], final_b[key], key)
+    _assert_same(final_a["rng"]["torch"], final_b["rng"]["torch"], "rng.torch")
+    # the logged losses agree too (step 4 was logged before the kill and again after the resume)
+    rows = {name: {json.loads(x)["step"]: json.loads(x)["loss"]
+                   for x in (tmp_path / name / "scalars.jsonl").read_text().splitlines()} for name in "ab"}
+    assert rows["a"] == rows["b"]
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_misspelt_key_exits_2_naming_it(tmp_path, capsys):
+    assert cli(["train", "tiny", f"run_dir={tmp_path}", "ssl.num_locals=2"]) == 2
+    err = capsys.readouterr().err
+    assert "ssl.num_locals" in err and "did you mean ssl.num_local" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "a rejected config must not create a run directory"
+    assert cli(["train-dit", "dit-tiny", "data.latent=x"]) == 2
+    assert "data.latent" in capsys.readouterr().err
+
+
+def test_unknown_config_exits_2_listing_shipped_configs(capsys):
+    assert cli(["train", "no-such-config"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-config" in err
+    assert all(name in err for name in list_configs())
+    assert {"tiny", "tiny-decoder", "digits", "s", "b", "b-decoder", "dit-tiny", "dit-b"} <= set(list_configs())
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["eval", "--model", "/nonexistent", "--data", "builtin:digits:val", "--metrics", "psnr"], "/nonexistent"),
+    (["diagnose", "--model", "/nonexistent/run/model", "--data", "builtin:digits"], "/nonexistent/run/model"),
+    (["cache-latents", "--model", "./no-such-run", "--data", "builtin:digits", "--out", "x"], "./no-such-run"),
+    (["train-dit", "dit-tiny", "latents=/nonexistent"], "/nonexistent/meta.json"),
+])
+def test_missing_model_or_data_exits_2_with_clear_message(argv, names, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert names in err and "not found" in err
+    assert "Traceback" not in err and "Repo id" not in err
+
+
+def test_sample_with_missing_dit_exits_2(tokenizer_run, tmp_path, capsys):
+    assert cli(["sample", "--dit", str(tmp_path / "none"), "--tokenizer", str(tokenizer_run.model), "--num", "1",
+                "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "none") in err and "not found" in err and "Repo id" not in err
+
+
+def test_eval_image_size_not_divisible_by_f_exits_2(tokenizer_run, capsys):
+    assert TCAE.from_pretrained(tokenizer_run.model).config.compression == 16
+    assert cli(["eval", "--model", str(tokenizer_run.model), "--data", "builtin:digits:val", "--image-size", "40",
+                "--metrics", "psnr"]) == 2
+    err = capsys.readouterr().err
+    assert "divisible by 16" in err and "40" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- demo
+def test_demo_writes_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli(["demo", "--out", str(out), "--tokenizer-steps", "10", "--dit-steps", "20", "--per-class", "2"]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    for name in ("samples.png", "reconstructions.png", "loss_tokenizer.png", "loss_dit.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG", name
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["tokenizer_steps"] == 10 and results["settings"]["dit_steps"] == 20
+    assert math.isfinite(results["reconstruction"]["metrics"]["psnr"])
+    assert 0 <= results["generation"]["recognised_share"] <= 1
+    report = (out / "report.md").read_text()
+    assert "# tcae demo report" in report and "10 steps" in report and "20 steps" in report
+    for name in ("samples.png", "reconstructions.png", "loss_tokenizer.png", "loss_dit.png"):
+        assert f"({name})" in report
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].shape == (20, 32, 32, 3) and npz["labels"].tolist() == list(np.repeat(range(10), 2))
+
+
+# ---------------------------------------------------------------------------- repro
+EXPECTED_CELLS = {
+    "stc-ssl": {"single-stage, no SSL", "staged, no SSL", "single-stage, SSL", "staged, SSL"},
+    "ssl-method": {"iBOT", "DINO", "none"},
+}
+
+
+@pytest.mark.parametrize("scale_name", list(repro.SCALES))
+@pytest.mark.parametrize("experiment", list(repro.PAPER))
+def test_experiment_cells(experiment, scale_name):
+    scale = repro.SCALES[scale_name]
+    cells = repro.experiment_cells(experiment, scale)
+    c = scale.base_channels
+    expected = EXPECTED_CELLS.get(experiment) or {
+        "channels": {f"c={c}", f"c={2 * c}"},
+        "token-scaling": {f"p={p}, {st}" for st in ("staged", "single-stage")
+                          for p in ((2, 4, 8) if scale.image_size <= 64 else (4, 8, 16))},
+    }[experiment]
+    assert set(cells) == expected
+    if experiment in EXPECTED_CELLS:  # the report sets the paper's rows beside these cells
+        assert set(cells) == set(repro.PAPER[experiment])
+    slugs = {repro._slug(cell) for cell in cells}  # one directory per cell
+    assert len(slugs) == len(cells) and all(s and "/" not in s and " " not in s for s in slugs)
+    for cell, overrides in cells.items():
+        # every override is a valid key of the scale's tokenizer config ...
+        cfg = load_config(TrainConfig, scale.tokenizer_config, [*scale.extra, *overrides], TRAIN_ALIASES)
+        # ... and sets what the cell's name says
+        if "no SSL" in cell or cell == "none":
+            assert cfg.ssl.enabled is False
+        if "single-stage" in cell:
+            assert cfg.model.staged is False
+        elif "staged" in cell:
+            assert cfg.model.staged in (None, True)
+        if cell == "DINO":
+            assert cfg.ssl.patch_weight == 0
+        if cell.startswith("c="):
+            assert cfg.model.latent_channels == int(cell[2:])
+        if cell.startswith("p="):
+            assert cfg.model.patch_size == int(cell[2:cell.index(",")])
+        if scale_name == "tiny":  # the tiny cells also build and encode at the scale's image size
+            over = model_overrides(cfg.model)
+            over.setdefault("image_size", cfg.data.image_size)
+            model = create_model(cfg.model.name, **over)
+            size = scale.image_size
+            assert model.config.image_size == size
+            latent = model.encode(torch.zeros(1, 3, size, size))
+            assert latent.shape[1] == model.config.latent_channels
+
+
+def test_unknown_experiment():
+    with pytest.raises(ValueError, match="unknown experiment"):
+        repro.experiment_cells("nope", repro.SCALES["tiny"])
+
+
+@pytest.fixture
+def tiny_scale(monkeypatch) -> repro.Scale:
+    scale = dataclasses.replace(repro.SCALES["tiny"], tokenizer_steps=3, dit_steps=3, per_class=2)
+    monkeypatch.setitem(repro.SCALES, "tiny", scale)
+    return scale
+
+
+def _no_training(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    for name in ("train_tokenizer_stage", "dit_stage"):
+        monkeypatch.setattr(repro, name, fail)
+
+
+def test_run_cell_is_resumable(tiny_scale, tmp_path, monkeypatch):
+    cell = tmp_path / "cell"
+    result = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=None)
+    assert result["overrides"] == ["ssl=false"] and math.isfinite(result["reconstruction"]["metrics"]["psnr"])
+    assert {"tokenizer", "evaluate", "latents", "dit", "sample"} <= set(result["timings_s"])
+    assert json.loads((cell / "result.json").read_text()) == json.loads(json.dumps(result, default=float))
+    tok = load_config(TrainConfig, str(cell / "runs" / "tokenizer" / "config.yaml"))
+    assert tok.steps == 3 and tok.ssl.enabled is False and tok.data.spec == "builtin:digits:train"
+    trained = files_under(cell / "runs")
+    tok_weights = load_file(cell / "runs" / "tokenizer" / "model" / "model.safetensors")
+
+    # a finished cell: result.json is read back, nothing runs or is written
+    before = files_under(cell)
+    with monkeypatch.context() as m:
+        _no_training(m)
+        assert repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=None) == json.loads(
+            (cell / "result.json").read_text())
+    assert files_under(cell) == before
+
+    # a cell interrupted after training (no result.json): evaluated again, trained models reused as they are
+    (cell / "result.json").unlink()
+    again = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=None)
+    assert (cell / "result.json").is_file()
+    assert again["reconstruction"]["metrics"]["psnr"] == pytest.approx(result["reconstruction"]["metrics"]["psnr"])
+    now = files_under(cell / "runs")
+    for path in ("tokenizer/checkpoints/step-00000003.pt", "dit/checkpoints/step-00000003.pt",
+                 "dit/model/model.safetensors"):
+        assert now[path] == trained[path], f"{path} was rewritten: the cell retrained"
+    # the tokenizer's model file is rewritten by the evaluation (latent statistics), with the same tensors
+    _assert_same(load_file(cell / "runs" / "tokenizer" / "model" / "model.safetensors"), tok_weights, "tokenizer")
+
+
+@pytest.mark.slow
+def test_repro_stc_ssl_tiny_report_and_resume(tiny_scale, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "repro"
+    report = repro.run_experiment("stc-ssl", "tiny", out=out)
+    assert report == out / "report.md"
+    text = report.read_text()
+    assert "## Paper (ImageNet 256x256)" in text and "## Measured" in text and (out / "plots.png").is_file()
+    paper, measured = text.split("## Measured")
+    for cell, values in repro.PAPER["stc-ssl"].items():
+        assert f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in values.items()) + " |" in paper
+    rows = [line for line in measured.splitlines() if line.startswith("| ") and not line.startswith("| cell")]
+    assert [r.split("|")[1].strip() for r in rows] == list(repro.experiment_cells("stc-ssl", tiny_scale))
+    for r in rows:
+        cols = [c.strip() for c in r.strip("|").split("|")]
+        assert len(cols) == len(repro.COLUMNS) + 2
+        assert float(cols[1]) > 0  # PSNR measured, not n/a
+    results = {cell: json.loads((out / repro._slug(cell) / "result.json").read_text())
+               for cell in repro.PAPER["stc-ssl"]}
+    assert all("recognised_share" in r["generation"] for r in results.values())
+
+    # again through the CLI: every cell is read back from its result.json, nothing retrains
+    cells_before = {cell: files_under(out / repro._slug(cell)) for cell in results}
+    _no_training(monkeypatch)
+    capsys.readouterr()
+    assert cli(["repro", "stc-ssl", "--scale", "tiny", "--out", str(out)]) == 0
+    assert f"report: {report}" in capsys.readouterr().out
+    assert {cell: files_under(out / repro._slug(cell)) for cell in results} == cells_before
