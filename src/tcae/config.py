@@ -111,18 +111,11 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Tokenizer training: phase `joint` (reconstruction + iBOT) or `decoder` (encoder frozen)."""
+class LoopConfig:
+    """Settings of the shared training loop (tcae.training.loop), for every trainer."""
 
-    name: str = "tcae"
+    name: str = "run"
     run_dir: str = "runs"
-    phase: str = "joint"
-    init: str | None = None  # phase 2: a run dir or a model dir
-    model: ModelSection = field(default_factory=ModelSection)  # type: ignore[valid-type]
-    data: DataConfig = field(default_factory=DataConfig)
-    ssl: SSLConfig = field(default_factory=SSLConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000
     seed: int = 0
     device: str = "auto"  # auto: cuda if available
@@ -130,11 +123,28 @@ class TrainConfig:
     compile: bool = False
     ema_decay: float = 0.999
     log_every: int = 10
-    image_every: int = 200
-    checkpoint_every: int = 200
+    image_every: int = 0
+    checkpoint_every: int = 500
     keep_last: int = 3
     resume: str = "auto"  # auto: continue runs/NAME if it has a checkpoint; never; or a checkpoint path
     progress: bool = True
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Tokenizer training: phase `joint` (reconstruction + iBOT) or `decoder` (encoder frozen)."""
+
+    name: str = "tcae"
+    phase: str = "joint"
+    init: str | None = None  # phase 2: a run dir or a model dir
+    model: ModelSection = field(default_factory=ModelSection)  # type: ignore[valid-type]
+    data: DataConfig = field(default_factory=DataConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema_decay: float = 0.999
+    image_every: int = 200
+    checkpoint_every: int = 200
 
 
 TRAIN_ALIASES = {

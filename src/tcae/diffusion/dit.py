@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from tcae.diffusion.sampler import cfg_velocity
 from tcae.models.checkpoint_io import DataclassHubMixin
 from tcae.models.layers import Attention, RMSNorm, Rope2D, SwiGLU
+from tcae.models.presets import config_from_presets
 
 
 @dataclass
@@ -275,13 +276,7 @@ def list_dits() -> list[str]:
 
 def dit_config(name: str, **overrides) -> DiTConfig:
     """The config of preset `name` with `overrides` applied; unknown names or fields are a ValueError."""
-    if name not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {name!r}; available: {', '.join(list_dits())}")
-    fields = {f.name for f in dataclasses.fields(DiTConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown override(s) {unknown} for {name!r}; valid: {sorted(fields)}")
-    return dataclasses.replace(DIT_PRESETS[name], **overrides)
+    return config_from_presets(DIT_PRESETS, name, "DiT", **overrides)
 
 
 def create_dit(name: str, **overrides) -> DiT:

@@ -32,15 +32,20 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
-def preset_config(name: str, **overrides) -> TCAEConfig:
-    """The config of preset `name` with `overrides` applied; unknown names or fields are a ValueError."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown TC-AE preset {name!r}; available: {', '.join(list_models())}")
-    fields = {f.name for f in dataclasses.fields(TCAEConfig)}
+def config_from_presets(presets: dict, name: str, what: str, **overrides):
+    """presets[name] with `overrides` replaced; an unknown name or field is a ValueError naming it."""
+    if name not in presets:
+        raise ValueError(f"unknown {what} preset {name!r}; available: {', '.join(sorted(presets))}")
+    fields = {f.name for f in dataclasses.fields(presets[name])}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown override(s) {unknown} for {name!r}; valid: {sorted(fields)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return dataclasses.replace(presets[name], **overrides)
+
+
+def preset_config(name: str, **overrides) -> TCAEConfig:
+    """The config of preset `name` with `overrides` applied; unknown names or fields are a ValueError."""
+    return config_from_presets(PRESETS, name, "TC-AE", **overrides)
 
 
 def create_model(name: str, **overrides) -> TCAE:

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from tcae.config import OptimConfig, _optional_fields, model_overrides
+from tcae.config import LoopConfig, OptimConfig, _optional_fields, model_overrides
 from tcae.data import build_loader
 from tcae.diffusion import DiTConfig, LatentDataset, create_dit, flow_matching_loss
 from tcae.training.ema import EMA
@@ -32,26 +32,14 @@ class LatentDataConfig:
 
 
 @dataclass
-class DiTTrainConfig:
+class DiTTrainConfig(LoopConfig):
     name: str = "dit"
-    run_dir: str = "runs"
     model: DiTModelSection = field(default_factory=DiTModelSection)  # type: ignore[valid-type]
     data: LatentDataConfig = field(default_factory=LatentDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=0,
                                                                    min_lr_ratio=1.0, betas=(0.9, 0.95)))
     timesteps: str = "logit_normal"  # or "uniform"
-    steps: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
     ema_decay: float = 0.9999
-    log_every: int = 10
-    image_every: int = 0
-    checkpoint_every: int = 500
-    keep_last: int = 3
-    resume: str = "auto"
-    progress: bool = True
 
 
 DIT_ALIASES = {"latents": "data.latents", "model": "model.name", "batch_size": "data.batch_size", "lr": "optim.lr"}
