@@ -65,6 +65,18 @@ def test_matmul_peak_and_stats():
         run_bench(models=("tcae-tiny",), image_size=40, dtypes=("fp32",), repeats=1, matmul_size=64)
 
 
+def test_grouped_conv_backward_flops_counted_once_per_gradient():
+    from tcae.bench.core import flop_counter
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)  # depthwise, as in DC-AE's EfficientViT blocks
+    x = torch.randn(1, 32, 16, 16, requires_grad=True)
+    with flop_counter() as fwd:
+        conv(x)
+    with flop_counter() as both:
+        conv(x).sum().backward()
+    assert both.get_total_flops() == 3 * fwd.get_total_flops()  # forward + grad input + grad weight
+
+
 def test_dcae_published_config_flops():
     """DC-AE-f32c32 from the published config: 1214 GFLOPs encode+decode at 256 px (= the paper's 607 GMACs)."""
     pytest.importorskip("diffusers")

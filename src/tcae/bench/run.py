@@ -39,8 +39,9 @@ PHASES = (*INFERENCE_PHASES, "train_step")
 DEFAULT_MODELS = ("tcae-tiny", "tcae-s", "tcae-b", DCAE_NAME)
 
 DEFINITIONS = {
-    "flops": "torch.utils.flop_counter (tcae.models.flops.flop_counter: CPU attention included), "
-             "multiply-add = 2 FLOPs, per image = batch count / batch size",
+    "flops": "torch.utils.flop_counter (tcae.models.flops.flop_counter: CPU attention included; grouped-conv "
+             "backward counted as 2x its forward, where torch's formula counts the weight gradient groups-fold), "
+             "multiply-add = 2 FLOPs, per image = batch count / batch size; matmul/conv/attention only",
     "images_per_s": "batch / wall time of one call after warm-up (CUDA synchronised); median, min, max, "
                     "q1, q3 over the repeats",
     "achieved_flops_per_s": "FLOPs per image x median images/s",

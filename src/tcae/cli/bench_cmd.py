@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _command_line() -> str | None:
+    """The command line, for the report's header, when run as `tcae bench` or the benchmarks script."""
+    prog = Path(sys.argv[0]).name if sys.argv else ""
+    if prog in ("tcae", "bench_tokenizers.py", "__main__.py", "main.py"):
+        return shlex.join([prog if prog == "tcae" else sys.argv[0], *sys.argv[1:]])
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         baseline=args.baseline if args.baseline in models else None, matmul_size=args.matmul_size,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
-    command = "tcae " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    command = _command_line()
     md = write_results(out, args.out_json, args.out_md, command=command)
     print(md)
     return 0
@@ -61,7 +70,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--matmul-size", type=int, default=None, help="matmul peak size (default 4096 CPU, 8192 CUDA)")
     p.add_argument("--out-json", default=None, help="write the full results as JSON here")
     p.add_argument("--out-md", default=None, help="write the Markdown table here")
-    p.set_defaults(func=_run, argv=None)
-    # remember the command line for the report's header
-    if sys.argv and sys.argv[1:2] == ["bench"]:
-        p.set_defaults(argv=sys.argv[1:])
+    p.set_defaults(func=_run)
