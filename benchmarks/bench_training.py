@@ -7,7 +7,13 @@ Peak memory (ru_maxrss) comes from each setting run alone in its own subprocess.
 trainers built in one process and stepped alternately (recon, joint, recon, ...), so whatever else the
 machine is doing slows both alike; `train_step` is timed on batches fetched beforehand (data loading
 excluded: it overlaps with compute in DataLoader workers). Reports images/s (median over steps) and
-the joint/recon cost ratio.
+the joint/recon cost ratio, and the FLOPs of one step of each (torch.utils.flop_counter: matmuls, convolutions,
+attention), whose ratio is the floor any kernel-level speed-up leaves the time ratio at.
+
+`--objective l1` (default) is the tiny config's L_rec: L1 only. `--objective paper` is PAPER.md's
+L_rec = L1 + LPIPS + GAN, as phase 1 runs once the GAN has started: LPIPS's VGG16 from torch hub's cache if
+it is there, else a VGG16 with random weights -- *for cost only*: the benchmark reports time, never the
+loss value, and cost does not depend on weights -- and the PatchGAN with its adaptive weight from step 0.
 """
 
 from __future__ import annotations
@@ -33,9 +39,47 @@ def build(args: argparse.Namespace, ssl: bool, tmp: str):
         f"ssl.num_local={args.num_local}", "ssl.num_global=2", "progress=false",
         f"steps={args.steps + args.warmup}", f"precision={args.precision}",
     ], TRAIN_ALIASES)
+    if args.objective == "paper":
+        cfg.loss.gan, cfg.loss.gan_start = True, 0
     trainer = TokenizerTrainer(cfg)
+    if args.objective == "paper":
+        trainer.perceptual = perceptual_for_timing().to(trainer.device)
     data = trainer.batches()
     return trainer, [next(data) for _ in range(args.steps + args.warmup)]
+
+
+def perceptual_for_timing():
+    """LPIPS-VGG16 with real weights when cached, else the same network with random weights (timing only)."""
+    import lpips
+    import torch
+
+    from tcae.losses.perceptual import LPIPSLoss, default_backbone_path
+
+    if default_backbone_path("vgg").is_file():
+        return LPIPSLoss("vgg")
+    print(f"note: {default_backbone_path('vgg')} is missing; LPIPS runs with a random VGG16 (cost only)",
+          file=sys.stderr)
+    net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval().requires_grad_(False)
+
+    class MeanLPIPS(torch.nn.Module):  # what LPIPSLoss computes: the batch mean
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, pred, target):
+            return self.net(pred, target).mean()
+
+    return MeanLPIPS()
+
+
+def step_flops(trainer, batch) -> int:
+    """FLOPs of one training step (forward, backward, optimizer), counted on a warm-up step."""
+    from tcae.models.flops import flop_counter
+
+    with flop_counter() as counter:
+        trainer.train_step(batch)
+    trainer.step += 1
+    return int(counter.get_total_flops())
 
 
 def timed_step(trainer, batch) -> float:
@@ -70,12 +114,13 @@ def measure_interleaved(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {kind: build(args, kind == "joint", tmp) for kind in ("recon", "joint")}
         times: dict[str, list[float]] = {"recon": [], "joint": []}
-        for i in range(args.steps + args.warmup):
+        flops = {kind: step_flops(trainer, batches[0]) for kind, (trainer, batches) in runs.items()}
+        for i in range(1, args.steps + args.warmup):
             for kind, (trainer, batches) in runs.items():
                 dt = timed_step(trainer, batches[i])
                 if i >= args.warmup:
                     times[kind].append(dt)
-    return {kind: summary(t, args.batch_size) for kind, t in times.items()}
+    return {kind: {**summary(t, args.batch_size), "step_gflops": flops[kind] / 1e9} for kind, t in times.items()}
 
 
 def main() -> None:
@@ -86,11 +131,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-local", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1: the first counts FLOPs)")
+    p.add_argument("--objective", choices=["l1", "paper"], default="l1",
+                   help="L_rec: L1 only, or L1 + LPIPS + GAN (PAPER.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="fp32")
     p.add_argument("--only", choices=["recon", "joint"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.warmup = max(args.warmup, 1)
     if args.only:
         print(json.dumps(measure_alone(args, args.only == "joint")))
         return
@@ -101,13 +149,17 @@ def main() -> None:
         memory[kind] = json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
     rows = measure_interleaved(args)
     ratio = rows["joint"]["step_s_median"] / rows["recon"]["step_s_median"]
+    flops_ratio = rows["joint"]["step_gflops"] / rows["recon"]["step_gflops"]
     print(f"command: python {' '.join(sys.argv)}")
-    print("| setting | images/s | step s (median, min-max) | peak RSS MiB (alone) |\n|---|---|---|---|")
+    print("| setting | images/s | step s (median, min-max) | step GFLOPs | peak RSS MiB (alone) |\n"
+          "|---|---|---|---|---|")
     for kind, r in rows.items():
         print(f"| {kind} | {r['images_per_s']:.2f} | {r['step_s_median']:.3f} ({r['step_s_min']:.3f}-"
-              f"{r['step_s_max']:.3f}) | {memory[kind]:.0f} |")
-    print(f"joint / recon step cost: {ratio:.2f}x (2 global + {args.num_local} local crops)")
-    print(json.dumps({"rows": rows, "peak_rss_mib": memory, "joint_over_recon": ratio}))
+              f"{r['step_s_max']:.3f}) | {r['step_gflops']:.1f} | {memory[kind]:.0f} |")
+    print(f"joint / recon step cost ({args.objective} L_rec; 2 global + {args.num_local} local crops): "
+          f"time {ratio:.2f}x, FLOPs {flops_ratio:.2f}x")
+    print(json.dumps({"args": vars(args), "rows": rows, "peak_rss_mib": memory, "joint_over_recon": ratio,
+                      "joint_over_recon_flops": flops_ratio}))
 
 
 if __name__ == "__main__":

@@ -112,3 +112,28 @@ def test_cli_registers_and_runs(tmp_path, capsys):
     out = json.loads((tmp_path / "o.json").read_text())
     assert "train_step" not in out["results"][0]["images_per_s"]
     assert "| tcae-tiny |" in capsys.readouterr().out
+
+
+def test_training_benchmark_script_runs_both_objectives():
+    """benchmarks/bench_training.py end to end at 32 px: both settings, FLOPs and the ratio in its JSON."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_training.py"
+    recon_gflops = {}
+    for objective in ("l1", "paper"):
+        res = subprocess.run([sys.executable, str(script), "--image-size", "32", "--batch-size", "2", "--steps", "1",
+                              "--warmup", "1", "--threads", "1", "--objective", objective],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        recon, joint = out["rows"]["recon"], out["rows"]["joint"]
+        # iBOT adds a second student view, 4 local crops and a teacher forward: strictly more FLOPs
+        assert joint["step_gflops"] > recon["step_gflops"] > 0
+        assert out["joint_over_recon_flops"] == pytest.approx(joint["step_gflops"] / recon["step_gflops"])
+        assert out["joint_over_recon"] == pytest.approx(joint["step_s_median"] / recon["step_s_median"])
+        assert out["peak_rss_mib"]["joint"] > 0 and out["args"]["objective"] == objective
+        assert f"({objective} L_rec; 2 global + 4 local crops)" in res.stdout
+        recon_gflops[objective] = recon["step_gflops"]
+    assert recon_gflops["paper"] > recon_gflops["l1"]  # LPIPS's VGG16 and the PatchGAN really ran
