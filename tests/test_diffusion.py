@@ -30,15 +30,6 @@ from tcae.diffusion import (
 from tcae.diffusion.npz import NpzSampleWriter, load_samples_npz
 from tcae.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------- toy 2D flow matching
 MEANS = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])
 STDS = torch.tensor([[0.3, 0.6], [0.5, 0.2], [0.4, 0.4]])

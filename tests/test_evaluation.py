@@ -70,15 +70,6 @@ def tiny_model() -> tcae.TCAE:
     return tcae.create_model("tcae-tiny").eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared cores: one intra-op thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
     """Point the torch hub cache at an empty directory: no pretrained weights anywhere."""
