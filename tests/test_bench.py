@@ -66,7 +66,7 @@ def test_matmul_peak_and_stats():
 
 
 def test_grouped_conv_backward_flops_counted_once_per_gradient():
-    from tcae.bench.core import flop_counter
+    from tcae.models.flops import flop_counter
 
     conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)  # depthwise, as in DC-AE's EfficientViT blocks
     x = torch.randn(1, 32, 16, 16, requires_grad=True)

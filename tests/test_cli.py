@@ -29,6 +29,7 @@ from tcae.cli.main import main as cli
 from tcae.config import TRAIN_ALIASES, TrainConfig, list_configs, load_config, model_overrides
 from tcae.evaluation.features import INCEPTION_FILE
 from tcae.models import TCAE, create_model
+from tcae.pipeline import DigitsJudge, split_spec
 from tcae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 # The shipped `tiny` config made fast: 32 px, small iBOT heads, two local crops (as in test_training.py).
@@ -194,7 +195,13 @@ def test_cache_latents_and_train_dit(latents, dit_run):
     for name in ("config.json", "model.safetensors", "latent_stats.json"):
         assert (dit_run.model / name).is_file(), name
     stats = json.loads((dit_run.model / "latent_stats.json").read_text())
-    assert stats["mean"] == pytest.approx(meta["mean"]) and stats["std"] == pytest.approx(meta["std"])
+    # recomputed from the cached latents themselves (not copied from meta.json): per channel, over all rows
+    # and latent positions
+    z = torch.cat([load_file(f)["latents"].double() for f in sorted(latents.dir.glob("shard-*.safetensors"))])
+    assert z.shape[0] == 1437
+    z = z.transpose(0, 1).flatten(1)
+    assert stats["mean"] == pytest.approx(z.mean(1).tolist(), rel=1e-5, abs=1e-6)
+    assert stats["std"] == pytest.approx(z.std(1, correction=0).tolist(), rel=1e-5, abs=1e-6)
     assert latest_checkpoint(dit_run.run / "checkpoints").name == "step-00000004.pt"
     dit_cfg = json.loads((dit_run.model / "config.json").read_text())
     assert (dit_cfg["in_channels"], dit_cfg["input_size"], dit_cfg["num_classes"]) == (32, 2, 10)
@@ -334,13 +341,22 @@ def test_demo_writes_report(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["tokenizer_steps"] == 10 and results["settings"]["dit_steps"] == 20
     assert math.isfinite(results["reconstruction"]["metrics"]["psnr"])
-    assert 0 <= results["generation"]["recognised_share"] <= 1
+    gen = results["generation"]
+    assert gen["per_class_total"] == 2 and set(gen["recognised_per_class"]) == {str(c) for c in range(10)}
+    assert gen["recognised_share"] == pytest.approx(sum(gen["recognised_per_class"].values()) / 20)
+    assert math.isfinite(gen["fd_digits"]) and gen["judge_val_accuracy"] > 0.9
+    # the reported judgement is that of the saved samples and labels
+    with np.load(out / "samples.npz") as npz:
+        images, labels = npz["arr_0"], npz["arr_1"]
+    again = DigitsJudge.fit().judge(images, labels)
+    assert again["recognised_share"] == pytest.approx(gen["recognised_share"])
+    assert again["fd_digits"] == pytest.approx(gen["fd_digits"])
     report = (out / "report.md").read_text()
     assert "# tcae demo report" in report and "10 steps" in report and "20 steps" in report
     for name in ("samples.png", "reconstructions.png", "loss_tokenizer.png", "loss_dit.png"):
         assert f"({name})" in report
     with np.load(out / "samples.npz") as npz:
-        assert npz["arr_0"].shape == (20, 32, 32, 3) and npz["labels"].tolist() == list(np.repeat(range(10), 2))
+        assert npz["arr_0"].shape == (20, 32, 32, 3) and npz["arr_1"].tolist() == list(np.repeat(range(10), 2))
 
 
 # ---------------------------------------------------------------------------- repro
@@ -414,9 +430,11 @@ def _no_training(monkeypatch) -> None:
 
 def test_run_cell_is_resumable(tiny_scale, tmp_path, monkeypatch):
     cell = tmp_path / "cell"
-    result = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=None)
+    judge = DigitsJudge.fit()  # as run_experiment passes for digits (without it nor Inception: no samples)
+    result = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=judge)
     assert result["overrides"] == ["ssl=false"] and math.isfinite(result["reconstruction"]["metrics"]["psnr"])
     assert {"tokenizer", "evaluate", "latents", "dit", "sample"} <= set(result["timings_s"])
+    assert "recognised_share" in result["generation"]
     assert json.loads((cell / "result.json").read_text()) == json.loads(json.dumps(result, default=float))
     tok = load_config(TrainConfig, str(cell / "runs" / "tokenizer" / "config.yaml"))
     assert tok.steps == 3 and tok.ssl.enabled is False and tok.data.spec == "builtin:digits:train"
@@ -433,7 +451,7 @@ def test_run_cell_is_resumable(tiny_scale, tmp_path, monkeypatch):
 
     # a cell interrupted after training (no result.json): evaluated again, trained models reused as they are
     (cell / "result.json").unlink()
-    again = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=None)
+    again = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=judge)
     assert (cell / "result.json").is_file()
     assert again["reconstruction"]["metrics"]["psnr"] == pytest.approx(result["reconstruction"]["metrics"]["psnr"])
     now = files_under(cell / "runs")
@@ -471,3 +489,68 @@ def test_repro_stc_ssl_tiny_report_and_resume(tiny_scale, tmp_path, monkeypatch,
     assert cli(["repro", "stc-ssl", "--scale", "tiny", "--out", str(out)]) == 0
     assert f"report: {report}" in capsys.readouterr().out
     assert {cell: files_under(out / repro._slug(cell)) for cell in results} == cells_before
+
+
+def _image_folder(root: Path, splits: bool) -> Path:
+    for split in ("train", "val") if splits else ("",):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(d / "x.png")
+    return root
+
+
+def test_split_spec(tmp_path):
+    split_root = _image_folder(tmp_path / "split", splits=True)
+    flat = _image_folder(tmp_path / "flat", splits=False)
+    assert split_spec("builtin:digits", "train") == "builtin:digits:train"
+    assert split_spec("builtin:digits:val", "train") == "builtin:digits:val"  # an explicit split wins
+    assert split_spec(str(split_root), "train") == f"{split_root}:train"
+    assert split_spec(str(split_root), "val") == f"{split_root}:val"
+    assert split_spec(str(flat), "train") == str(flat)  # no split folders: the whole folder
+    assert split_spec(str(tmp_path / "s-{000..003}.tar"), "train") == str(tmp_path / "s-{000..003}.tar")
+
+
+@pytest.mark.parametrize("inception", [False, True])
+def test_run_cell_splits_and_gen_metrics_for_a_folder(tiny_scale, tmp_path, monkeypatch, inception):
+    """A folder with train/ and val/: the tokenizer and the DiT's latents use train/, evaluation val/; gFID/IS
+    are computed (against val/) only when the Inception weights are present."""
+    from tcae.data import build_dataset
+    from tcae.diffusion import gen_eval
+
+    data = _image_folder(tmp_path / "data", splits=True)
+    calls = {}
+
+    def stage(name, ret):
+        def record(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return ret(*args) if callable(ret) else ret
+        return record
+
+    images = np.zeros((4, 32, 32, 3), np.uint8)
+    monkeypatch.setattr(repro, "train_tokenizer_stage", stage("tokenizer", tmp_path / "tok"))
+    monkeypatch.setattr(repro, "evaluate_stage", stage("evaluate", {"reconstruction": {}, "diagnostics": {}}))
+    monkeypatch.setattr(repro, "latents_stage", stage("latents", lambda tok, spec, size, out: out))
+    monkeypatch.setattr(repro, "dit_stage", stage("dit", tmp_path / "dit"))
+    monkeypatch.setattr(repro, "sample_stage", stage("sample", (images, np.array([0, 0, 1, 1]))))
+    monkeypatch.setattr(repro, "tokenizer_cost", stage("cost", {}))
+    monkeypatch.setattr(repro, "_inception_available", lambda: inception)
+    monkeypatch.setattr(gen_eval, "evaluate_samples", stage("gen_eval", {"metrics": {"gfid": 3.0, "is": 2.0,
+                                                                                     "is_std": 0.1}}))
+    result = repro.run_cell(tmp_path / "cell", [], tiny_scale, str(data), judge=None)
+
+    def root(spec):
+        return build_dataset(spec, 8, train=False).root
+
+    latent_spec = calls["latents"][0][1]
+    assert root(latent_spec) == data / "train"  # the DiT trains on the train split's latents
+    assert f"data={data}:train" in calls["tokenizer"][0][2]
+    assert root(calls["evaluate"][0][1]) == data / "val" and calls["evaluate"][1]["train_spec"] == latent_spec
+    if not inception:  # no judge, no Inception: no samples are drawn only to be thrown away
+        assert "sample" not in calls and "gen_eval" not in calls and result["generation"] == {}
+        return
+    assert result["generation"] == {"gfid": 3.0, "is": 2.0}
+    (samples, reference), kwargs = calls["gen_eval"]
+    assert root(reference) == data / "val" and kwargs["image_size"] == tiny_scale.image_size
+    with np.load(samples) as npz:
+        assert npz["arr_0"].shape == images.shape and npz["arr_1"].tolist() == [0, 0, 1, 1]

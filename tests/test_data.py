@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 
@@ -9,15 +10,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from tcae.data import (
+    IMAGE_EXTENSIONS,
     BlockMaskGenerator,
+    ImageFolderDataset,
     MultiCropCollate,
     MultiCropTransform,
     ResumableSampler,
     build_dataset,
     build_loader,
     dataset_num_classes,
+    eval_transform,
+    load_rgb,
     local_crop_size,
     parse_spec,
     photo_names,
@@ -25,6 +31,7 @@ from tcae.data import (
     to_rgb,
     write_shards,
 )
+from tcae.data import shards as shards_module
 
 S = 32  # image size used throughout: small keeps the file fast
 
@@ -76,6 +83,40 @@ def test_to_rgb_modes():
         assert to_rgb(Image.new(mode, (3, 2))).mode == "RGB"
 
 
+def test_load_rgb_no_extra_copy(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    pixels = _noise(rng, 6, 5)
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    data = path.read_bytes()
+
+    def no_copy(self):
+        raise AssertionError("load_rgb copied the decoded image")
+
+    monkeypatch.setattr(Image.Image, "copy", no_copy)
+    for source in (path, data, io.BytesIO(data)):
+        img = load_rgb(source)
+        # The pixels outlive the closed file: usable without a copy.
+        assert img.mode == "RGB" and np.array_equal(np.asarray(img), pixels)
+        assert np.array_equal(np.asarray(img.resize((10, 12))).shape, (12, 10, 3))
+    path.unlink()
+    assert np.array_equal(np.asarray(img), pixels)
+
+
+def test_seeded_rng_touches_only_the_cpu_generator(messy_folder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    ds = build_dataset(str(messy_folder), S, train=True)
+    torch.manual_seed(123)
+    calls.clear()
+    state, py_state = torch.get_rng_state(), random.getstate()
+    sample = ds[0]
+    assert calls == []  # no device generator is re-seeded (fork_rng would not restore it)
+    assert torch.equal(torch.get_rng_state(), state) and random.getstate() == py_state
+    assert torch.equal(ds[0]["image"], sample["image"])  # still deterministic per sample
+
+
 def test_image_folder_skips_bad_files(messy_folder, caplog):
     ds = build_dataset(str(messy_folder), S, train=True)
     assert len(ds) == 10  # 8 good + corrupt + truncated; .txt and hidden files ignored
@@ -92,9 +133,15 @@ def test_image_folder_skips_bad_files(messy_folder, caplog):
     assert torch.equal(ds[0]["image"], samples[0]["image"])
     ds.set_epoch(1)
     assert not torch.equal(ds[0]["image"], samples[0]["image"])
-    # Evaluation transform is deterministic too, and the labels can be switched off.
+    # The evaluation transform has no randomness: its crops do not follow the epoch.
     ev = build_dataset(str(messy_folder), S, train=False)
-    assert torch.equal(ev[1]["image"], ev[1]["image"])
+    first = ev[1]["image"]
+    ev.set_epoch(5)
+    assert torch.equal(ev[1]["image"], first)
+    # Labels can be switched off: same files, every label -1, no classes.
+    unlabelled = ImageFolderDataset(messy_folder, eval_transform(S), with_labels=False)
+    assert len(unlabelled) == len(ds) and unlabelled.classes == [] and unlabelled.num_classes == 0
+    assert {unlabelled[i]["label"] for i in range(len(unlabelled))} == {-1}
 
 
 def test_image_folder_skip_count_across_workers(messy_folder):
@@ -227,6 +274,31 @@ def test_resumable_sampler_partition_and_skip():
     assert list(s) != full and sorted(s) == list(range(10))
 
 
+class _EpochCounter(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        self.calls = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.calls.append(epoch)
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def test_set_loader_epoch_sets_dataset_epoch_once():
+    ds = _EpochCounter()
+    loader = build_loader(ds, batch_size=2, train=True, distributed=False)
+    assert set_loader_epoch(loader, 3, start_batch=1) == 0
+    assert ds.calls == [3] and loader.sampler.epoch == 3 and loader.sampler.start_index == 2
+    # A sampler that does not forward to this dataset: the dataset is still set, once.
+    other = DataLoader(ds, batch_size=2, sampler=ResumableSampler(4))
+    set_loader_epoch(other, 4)
+    assert ds.calls == [3, 4] and other.sampler.epoch == 4
+
+
 def test_loader_resume_reproduces_batches():
     ds = build_dataset("builtin:photos", 16, train=True, seed=7, epoch_size=24)
     loader = build_loader(ds, batch_size=4, train=True, num_workers=0, seed=7, distributed=False)
@@ -265,3 +337,27 @@ def test_shards_round_trip(tmp_path):
     assert not set(torch.cat([b["seed"] for b in loader]).tolist()) & set(seeds)
     single = ev.urls[:1]
     assert len(list(build_dataset(single[0], S, train=False))) == 5  # a plain .tar spec
+
+
+def test_shards_eval_one_pass_unequal_shards(tmp_path, monkeypatch):
+    assert shards_module.IMAGE_KEYS == tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    rng = np.random.default_rng(4)
+    items = [(Image.fromarray(_noise(rng, 8, 8)), i) for i in range(12)]
+    spec = write_shards(items, str(tmp_path / "sh" / "val-%04d.tar"), maxcount=5)  # shards of 5, 5, 2
+    ev = build_dataset(spec, 8, train=False)  # meta.json: num_samples 12
+    assert len(ev) == 12
+    for workers in (0, 2):
+        loader = DataLoader(ev, batch_size=4, num_workers=workers)
+        labels = torch.cat([b["label"] for b in loader]).tolist()
+        assert sorted(labels) == list(range(12)), workers  # every sample exactly once
+    capped = build_dataset(spec, 8, train=False, epoch_size=7)  # epoch_size does not cut evaluation short
+    assert len(capped) == 12 and sorted(s["label"] for s in capped) == list(range(12))
+    # DDP ranks x workers: whole shards per reader (2 x 1) or every k-th sample (2 x 2 > 3 shards).
+    for world, num_workers in ((2, 1), (2, 2), (3, 1)):
+        labels = []
+        for rank in range(world):
+            for worker in range(num_workers):
+                info = (rank, world, worker, num_workers)
+                monkeypatch.setattr(shards_module, "_worker_info", lambda info=info: info)
+                labels += [s["label"] for s in ev]
+        assert sorted(labels) == list(range(12)), (world, num_workers)

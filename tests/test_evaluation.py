@@ -19,6 +19,7 @@ from tcae.evaluation import (
     CUSTOM_LABEL,
     FeatureNetwork,
     FeatureStats,
+    LatentChannelStats,
     MissingWeightsError,
     build_feature_network,
     compare,
@@ -37,7 +38,8 @@ from tcae.evaluation import (
     structural_loss,
     weights_available,
 )
-from tcae.evaluation.features import INCEPTION_FILE
+from tcae.evaluation.features import INCEPTION_FILE, InceptionFeatures
+from tcae.evaluation.metrics import MetricSums
 
 SIZE = 32  # tcae-tiny has f=16: 32 px -> a 2x2 latent
 
@@ -165,9 +167,14 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
             stats.update(net(batch["image"]))
         stats.all_reduce()
         mu, sigma = stats.mean_cov()
+        channels = LatentChannelStats(channels=3)  # rank 1 sees no latents: contributes zeros
+        if rank == 0:
+            channels.update(torch.arange(24.0).view(2, 3, 2, 2))
+        channels.all_reduce()
         if rank == 0:
             np.savez(out_file, mu=mu, sigma=sigma, count=stats.count, metrics=json.dumps(result["metrics"]),
-                     num_images=result["num_images"])
+                     num_images=result["num_images"], channel_mean=channels.mean_std()[0].numpy(),
+                     channel_images=channels.images)
     finally:
         dist.destroy_process_group()
 
@@ -194,6 +201,8 @@ def test_feature_stats_identical_on_one_and_two_ranks(tmp_path):
             pytest.fail("2-rank gloo evaluation did not finish within 120 s")
     got = np.load(out)
     assert int(got["count"]) == 7 and int(got["num_images"]) == 7  # 4 + 3 images, none counted twice
+    assert int(got["channel_images"]) == 2
+    np.testing.assert_allclose(got["channel_mean"], torch.arange(24.0).view(2, 3, 4).mean((0, 2)).numpy())
     np.testing.assert_allclose(got["mu"], mu1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["sigma"], sigma1, rtol=1e-4, atol=1e-6)
     ddp_metrics = json.loads(str(got["metrics"]))
@@ -276,7 +285,10 @@ def test_inception_network_with_given_weights(tmp_path, monkeypatch):
     assert net.is_fid and net.dim == 2048
     out = net(torch.rand(2, 3, SIZE, SIZE) * 2 - 1)
     assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
-    assert inception_score(out["logits"], splits=1)[0] >= 1.0
+    # IS from the direct formula exp(mean_i KL(p_i || mean_j p_j)) on the network's own logits
+    p = out["logits"].double().softmax(1)
+    direct = torch.exp((p * (p.log() - p.mean(0, keepdim=True).log())).sum(1).mean()).item()
+    assert inception_score(out["logits"], splits=1)[0] == pytest.approx(direct, rel=1e-4)
 
 
 def test_torchvision_network_with_given_weights(tmp_path):
@@ -347,7 +359,7 @@ def test_evaluate_end_to_end_and_compare(tmp_path):
     w, h = Image.open(tmp_path / "grid.png").size
     assert h == 2 * SIZE + 3 * 2 and w == 8 * SIZE + 9 * 2  # 2 rows x 8 images, padding 2
 
-    # psnr matches a direct per-image mean; an identity "model" reconstructs perfectly
+    # psnr matches a direct per-image mean over the model's (clamped) reconstructions
     x = SyntheticImages(10).x
     with torch.no_grad():
         recon = model.decode(model.encode(x)).clamp(-1, 1)
@@ -361,13 +373,14 @@ def test_evaluate_end_to_end_and_compare(tmp_path):
     json.loads(results_to_json([res, res2], tmp_path / "r.json"))
 
 
-class StandInInception(FeatureNetwork):
-    """Test double that claims to be the FID network, to exercise the reference-statistics path."""
+class StandInInception(InceptionFeatures):
+    """Test double for the FID network (an InceptionFeatures with a small random net instead of
+    InceptionV3, no weights file): exercises the rfid / reference-statistics mechanics."""
 
-    kind, name, dim = "inception", "stand-in", 8
+    name, dim = "stand-in", 8
 
     def __init__(self) -> None:
-        super().__init__()
+        FeatureNetwork.__init__(self)  # skip InceptionFeatures' weights loading
         self.net = small_feature_net()
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -386,6 +399,108 @@ def test_rfid_against_saved_reference_stats(tmp_path):
     assert again["feature_networks"]["rfid"]["reference"] == str(tmp_path / "ref.npz")
     with pytest.raises(ValueError, match="rfid"):
         evaluate(model, data, metrics="psnr", device="cpu", fid_stats=tmp_path / "ref.npz")
+
+
+class _NamedNetwork(FeatureNetwork):
+    """A non-Inception feature network with a name that needs sanitising, returning logits too."""
+
+    kind, name, dim = "torchvision", "dinov2:vit_large_patch14_dinov2.lvd142m", 8
+    label = "FD (DINOv2 vit_large_patch14_dinov2.lvd142m)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_feature_net()
+
+    def forward(self, x: torch.Tensor) -> dict:
+        f = self.net(x)
+        return {"features": f, "logits": f}
+
+
+class _ImpostorInception(_NamedNetwork):
+    """Claims to be the FID network by its attributes only."""
+
+    kind, name, label = "inception", "inception", "FID (InceptionV3)"
+
+
+class _StandInInceptionWithLogits(StandInInception):
+    def forward(self, x: torch.Tensor) -> dict:
+        f = self.net(x)
+        return {"features": f, "logits": f}
+
+
+def test_metric_keys_and_labels_shared_and_never_fid_for_other_networks():
+    net = _NamedNetwork()
+    assert net.metric_key("r") == "rfd_dinov2_vit_large_patch14_dinov2_lvd142m"
+    assert net.metric_key("g") == "gfd_dinov2_vit_large_patch14_dinov2_lvd142m"
+    assert net.metric_label("g") == "gFD (DINOv2 vit_large_patch14_dinov2.lvd142m)"
+    impostor = _ImpostorInception()
+    assert not impostor.is_fid and impostor.metric_key("r") == "rfd_inception"
+    assert impostor.metric_label("r") == CUSTOM_LABEL
+    assert StandInInception().is_fid and StandInInception().metric_key("g") == "gfid"
+    assert build_feature_network(small_feature_net()).metric_key("r") == "rfd_custom"
+    res = evaluate(tiny_model(), SyntheticImages(4), metrics="rfid", device="cpu", feature_network=_NamedNetwork())
+    assert list(res["metrics"]) == ["rfd_dinov2_vit_large_patch14_dinov2_lvd142m"]
+
+
+def test_gen_eval_inception_score_only_from_inception(tmp_path):
+    from tcae.diffusion.gen_eval import evaluate_samples
+    from tcae.diffusion.npz import save_samples_npz
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 16, 16, 3), dtype=np.uint8)
+    save_samples_npz(images, tmp_path / "a.npz")
+    for net in (_NamedNetwork(), _ImpostorInception(), small_feature_net()):
+        res = evaluate_samples(tmp_path / "a.npz", tmp_path / "a.npz", feature_network=net, progress=False)
+        assert len(res["metrics"]) == 1 and not {"gfid", "is", "is_std"} & set(res["metrics"])
+        assert not any("FID" in v or "Inception" in v for v in res["labels"].values())
+    assert "gfd_dinov2_vit_large_patch14_dinov2_lvd142m" in evaluate_samples(
+        tmp_path / "a.npz", tmp_path / "a.npz", feature_network=_NamedNetwork(), progress=False)["metrics"]
+
+    net = _StandInInceptionWithLogits()
+    res = evaluate_samples(tmp_path / "a.npz", tmp_path / "a.npz", feature_network=net, progress=False)
+    assert set(res["metrics"]) == {"gfid", "is", "is_std"} and abs(res["metrics"]["gfid"]) < 1e-6
+    with torch.no_grad():
+        logits = net(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)["logits"]
+    assert res["metrics"]["is"] == pytest.approx(inception_score(logits)[0], rel=1e-6)
+
+
+def test_metric_sums_exact_means():
+    sums = MetricSums(["a", "b"])
+    sums.add("a", torch.tensor([1.0, 2.0, 3.0]))
+    sums.add("a", torch.tensor([4.0], dtype=torch.float16))
+    sums.add("c", torch.tensor([0.5, 1.5]))
+    assert sums.means() == {"a": 2.5, "c": 1.0}  # "b" saw no image: no mean
+    assert sums.counts == {"a": 4, "b": 0, "c": 2} and sums.sums() == {"a": 10.0, "b": 0.0, "c": 2.0}
+
+
+def test_latent_channel_stats_preallocated():
+    acc = LatentChannelStats(channels=3)
+    with pytest.raises(ValueError, match="no latents"):
+        acc.mean_std()
+    with pytest.raises(ValueError, match="channels"):
+        acc.update(torch.zeros(1, 4, 2, 2))
+    acc.update(torch.ones(2, 3, 2, 2))
+    assert acc.images == 2 and acc.mean_std()[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_weights_available_builds_no_network(empty_hub, monkeypatch):
+    import torchvision
+
+    from tcae.evaluation import features
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("weights_available built a network")
+
+    for cls in (features.InceptionFeatures, features.DinoV2Features, features.TorchvisionFeatures):
+        monkeypatch.setattr(cls, "__init__", no_build)
+    assert not weights_available("fd:torchvision:resnet18")
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    target = empty_hub / "checkpoints" / url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"")
+    assert weights_available("fd:torchvision:resnet18")
+    assert isinstance(weights_available("fd:dinov2:vit_small_patch14_dinov2.lvd142m"), bool)
+    with pytest.raises(ValueError, match="unknown feature network"):
+        weights_available("fd:nope")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -413,12 +528,8 @@ def test_cli_eval_psnr_ssim_without_weights_and_missing_weights(tmp_path, empty_
     args = parser.parse_args(bad)
     with pytest.raises(FileNotFoundError, match=INCEPTION_FILE):
         args.func(args)
-    try:
-        from tcae.cli.main import _build_parser, main
+    from tcae.cli.main import main
 
-        _build_parser()
-    except ImportError:  # the rest of the CLI is not there yet
-        return
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert INCEPTION_FILE in err and "Traceback" not in err

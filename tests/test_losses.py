@@ -23,7 +23,6 @@ from tcae.losses import (
     PatchDiscriminator,
     adaptive_weight,
     build_perceptual,
-    gan_active,
     hinge_d_loss,
     hinge_g_loss,
     l1_loss,
@@ -178,10 +177,6 @@ def test_lecam_ema_and_regulariser():
     expect = (max(1 - ef, 0) ** 2 + max(3 - ef, 0) ** 2) / 2 + (max(er + 2, 0) ** 2 + max(er - 0, 0) ** 2) / 2
     assert lc(real, fake).item() == pytest.approx(expect)
     assert set(lc.state_dict()) == {"ema_real", "ema_fake"}
-
-
-def test_gan_active():
-    assert not gan_active(9, 10) and gan_active(10, 10) and gan_active(0, 0)
 
 
 # ---------------------------------------------------------------------------------------------- iBOT

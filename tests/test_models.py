@@ -168,3 +168,28 @@ def test_checkpoint_from_other_config_is_named(tmp_path):
 def test_missing_model_dir_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         TCAE.from_pretrained(tmp_path)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    """2D RoPE: q.k after rotation is a function of the (dy, dx) offset; prefix tokens are not rotated."""
+    from tcae.models.layers import Rope2D, _rotate
+
+    torch.manual_seed(0)
+    k_dim, grid = 16, (4, 5)
+    cos, sin = Rope2D(k_dim).cos_sin(grid, 1, torch.device("cpu"))
+    assert cos.shape == sin.shape == (1 + 20, 1, k_dim)
+    q, k = torch.randn(k_dim), torch.randn(k_dim)
+    # (b, n, h, k): the same q (k) vector at every position, 1 head
+    rq = _rotate(q.expand(1, 21, 1, k_dim), cos, sin)[0, :, 0]
+    rk = _rotate(k.expand(1, 21, 1, k_dim), cos, sin)[0, :, 0]
+    torch.testing.assert_close(rq[0], q)  # the [CLS] prefix keeps its vector
+    score = rq[1:] @ rk[1:].T  # (20, 20) over grid positions
+
+    def pos(y, x):
+        return y * grid[1] + x
+
+    cases = [((0, 0), (1, 2), (2, 1)), ((3, 4), (1, 1), (-1, -1)), ((1, 1), (1, 3), (2, 1))]
+    for (y1, x1), (y2, x2), (dy, dx) in cases:
+        torch.testing.assert_close(score[pos(y1, x1), pos(y2, x2)], score[pos(y1 + dy, x1 + dx), pos(y2 + dy, x2 + dx)])
+    # and it is not trivially constant: other offsets give other scores
+    assert not torch.allclose(score[pos(0, 0), pos(1, 2)], score[pos(0, 0), pos(2, 1)])

@@ -17,6 +17,7 @@ from tcae.cli.main import main as cli
 from tcae.config import TRAIN_ALIASES, ConfigError, TrainConfig, load_config
 from tcae.models import TCAE
 from tcae.training.checkpoint import latest_checkpoint, load_checkpoint
+from tcae.training.ema import cosine_momentum
 from tcae.training.loop import NonFiniteLossError
 from tcae.training.tokenizer import TokenizerTrainer
 
@@ -44,20 +45,22 @@ def test_tiny_run_loss_falls(tmp_path):
     assert (run / "config.yaml").is_file() and list((run / "tb").iterdir())
 
 
-def test_joint_ssl_step_teacher_gets_no_gradient(tmp_path):
+def test_joint_ssl_teacher_is_an_ema_of_the_encoder_only(tmp_path):
     trainer = TokenizerTrainer(make_cfg(tmp_path, "name=ssl", "steps=3"))
-    student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
-    trainer.fit()
-    rows = scalars(trainer.run_dir)
-    assert all(np.isfinite(r["ibot_cls"]) and np.isfinite(r["ibot_mim"]) for r in rows)
     teacher = trainer.teacher.module
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    # the teacher follows the student's encoder and heads (EMA), never the decoder
-    name = "model.enc_coarse.blocks.0.attn.qkv.weight"
-    t, s, s0 = teacher.state_dict()[name], trainer.student.state_dict()[name], student_before[name]
-    assert not torch.equal(t, s0) and not torch.equal(t, s)
-    dec = "model.to_pixels.weight"
-    assert torch.equal(teacher.state_dict()[dec], student_before[dec])
+    # the teacher holds the encoder and heads only: no decoder weights in memory or in checkpoints
+    assert not any(k.startswith(tuple(f"model.{m}." for m in TCAE.DECODER_MODULES)) for k in teacher.state_dict())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    terms = trainer.train_step(next(trainer.batches()))
+    assert np.isfinite(float(terms["ibot_cls"])) and np.isfinite(float(terms["ibot_mim"]))
+    # after one step: teacher = lerp(teacher, student, 1 - momentum), never an optimizer step of its own
+    m = cosine_momentum(0, 3, trainer.cfg.ssl.momentum)
+    student = trainer.student.state_dict()
+    for name in ("model.enc_coarse.blocks.0.attn.qkv.weight", "cls_head.mlp.0.weight", "model.cls_token"):
+        expected = torch.lerp(before[name], student[name], 1 - m)
+        assert not torch.equal(teacher.state_dict()[name], before[name]), name
+        torch.testing.assert_close(teacher.state_dict()[name], expected, rtol=0, atol=1e-7)
 
 
 def _train_cmd(tmp_path, name, steps, *extra):
@@ -192,3 +195,15 @@ def test_compiled_training_matches_eager(tmp_path):
         run = TokenizerTrainer(make_cfg(tmp_path, f"name={mode}", "steps=3", f"compile={mode == 'compiled'}")).fit()
         losses[mode] = [(r["l1"], r["ibot_cls"], r["ibot_mim"]) for r in scalars(run)]
     np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=2e-3, atol=1e-5)
+
+
+def test_color_augment_reaches_the_ssl_crops_but_not_the_reconstruction_input(tmp_path):
+    batches = {}
+    for on in (False, True):
+        trainer = TokenizerTrainer(make_cfg(tmp_path, f"name=c{on}", "steps=1", f"ssl.color_augment={on}"))
+        batches[on] = next(trainer.batches())
+    b = len(batches[False]["image"])
+    # same seed, same crops: crop 0 (reconstruction input) identical, the augmented views differ
+    assert torch.equal(batches[False]["image"], batches[True]["image"])
+    assert not torch.equal(batches[False]["global_crops"][b:], batches[True]["global_crops"][b:])
+    assert not torch.equal(batches[False]["local_crops"], batches[True]["local_crops"])

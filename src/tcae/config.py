@@ -71,6 +71,9 @@ class SSLConfig:
     local_size: int | None = None  # None: largest valid size <= 0.4 x image_size
     global_scale: tuple[float, float] = (0.32, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.32)
+    # DINO's colour jitter / grayscale / blur / solarisation on global crops 1.. and the local crops
+    # (crop 0, the reconstruction input, stays clean); on in the GPU configs, off in the tiny CPU ones
+    color_augment: bool = False
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_sample_prob: float = 1.0  # share of the masked-eligible global views (all but crop 0) masked
     student_temp: float = 0.1

@@ -63,6 +63,8 @@ def uint8_grid(images: np.ndarray, nrow: int, path: Path) -> None:
 
 def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_class: int = 10,
              cfg_scale: float = 2.0, sample_steps: int = 50) -> Path:
+    from tcae.diffusion import save_samples_npz
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timer, t0 = Timer(), time.perf_counter()
@@ -77,7 +79,7 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
         dit = dit_stage(runs, lat, ["name=dit", f"steps={dit_steps}"])
     with timer("sampling"):
         images, labels = sample_stage(dit, tok, list(range(10)), per_class, cfg_scale, sample_steps)
-    np.savez(out / "samples.npz", arr_0=images, labels=labels)
+    save_samples_npz(images, out / "samples.npz", labels)
     uint8_grid(images, per_class, out / "samples.png")
     judge = DigitsJudge.fit()
     gen = judge.judge(images, labels)

@@ -53,13 +53,42 @@ def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Pat
     return {"reconstruction": rec, "diagnostics": diag}
 
 
-def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Path) -> Path:
-    """Cache normalisable latents of `data_spec` (resumable)."""
+def default_device() -> torch.device:
+    """cuda when available, else cpu (as `tcae.evaluation.evaluate` chooses)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def split_spec(data_spec: str, split: str) -> str:
+    """`data_spec` naming its `split` ("train" or "val") explicitly where the spec grammar allows one.
+
+    Built-in data and image folders with train/ and val/ sub-folders get ":train"/":val" appended (a
+    spec that already names a split is returned unchanged); a folder without split sub-folders and
+    WebDataset shards have no splits, so the spec is returned as it is (the same images either way).
+    """
+    from tcae.data import parse_spec
+    from tcae.data.builtin import SPLITS
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    parsed = parse_spec(data_spec)
+    if parsed.split is not None or parsed.kind == "shards":
+        return data_spec
+    if parsed.kind == "folder" and not all((Path(parsed.target) / s).is_dir() for s in SPLITS):
+        return data_spec
+    return f"{data_spec}:{split}"
+
+
+def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Path,
+                  device: str | torch.device | None = None) -> Path:
+    """Cache normalisable latents of `data_spec` (resumable). The dataset is built with train=False
+    (no augmentation), so a spec without a split means its val split: pass
+    `split_spec(spec, "train")` to cache training latents."""
     from tcae.diffusion import cache_latents
 
     model = TCAE.from_pretrained(str(model_dir)).eval()
     ds = build_dataset(data_spec, image_size, train=False)
-    cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False)
+    cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
+                  device=device or default_device())
     return out_dir
 
 
@@ -75,21 +104,23 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
 
 
 def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_class: int, cfg_scale: float,
-                 steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 steps: int, seed: int = 0, device: str | torch.device | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-conditional samples as uint8 (N, H, W, 3) and their labels (N,), class-major."""
     from tcae.diffusion import DiT, to_uint8
-    from tcae.diffusion.generate import generate_images, load_latent_stats
+    from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
 
-    dit = DiT.from_pretrained(str(dit_dir)).eval()
-    tok = TCAE.from_pretrained(str(tokenizer_dir)).eval()
+    device = torch.device(device or default_device())
+    dit = DiT.from_pretrained(str(dit_dir)).to(device).eval()
+    tok = TCAE.from_pretrained(str(tokenizer_dir)).to(device).eval()
     mean, std, _ = load_latent_stats(dit_dir, tok)
-    labels = np.repeat(np.asarray(classes), per_class)
+    labels = class_labels(per_class, dit.config.num_classes, classes)
     chunks = []
     with torch.no_grad():
-        for _, images in generate_images(dit, tok, torch.as_tensor(labels), mean, std, steps=steps,
-                                         cfg_scale=cfg_scale, seed=seed):
+        for _, images in generate_images(dit, tok, labels, mean, std, steps=steps, cfg_scale=cfg_scale,
+                                         seed=seed):
             chunks.append(to_uint8(images))
-    return torch.cat(chunks).numpy(), labels
+    return torch.cat(chunks).numpy(), labels.numpy()
 
 
 # ---------------------------------------------------------------------------- digits judge

@@ -5,7 +5,9 @@ trains a DiT, samples and judges the samples; its `result.json` makes the grid r
 The report puts the paper's table beside the measured one.
 
 Scales: `tiny` runs on a CPU on `builtin:digits` (32 px); `small` and `base` are for GPUs on a real
-data set (`--data`), with FID/IS from the Inception network when its weights are present.
+data set (`--data`). Samples are judged by gFID/IS (against the val split) when the Inception
+network's weights are present, and on digits also by a digit classifier (`tcae.pipeline.DigitsJudge`);
+with neither, no samples are drawn.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tcae.pipeline import (
     evaluate_stage,
     latents_stage,
     sample_stage,
+    split_spec,
     tokenizer_cost,
     train_tokenizer_stage,
     write_json,
@@ -98,8 +101,7 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
         return json.loads(done.read_text())
     timer = Timer()
     runs = cell_dir / "runs"
-    val = f"{data}:val" if data.startswith("builtin:") else data
-    train = f"{data}:train" if data.startswith("builtin:") else data
+    val, train = split_spec(data, "val"), split_spec(data, "train")
     with timer("tokenizer"):
         tok = train_tokenizer_stage(runs, scale.tokenizer_config,
                                     ["name=tokenizer", f"steps={scale.tokenizer_steps}", f"data={train}",
@@ -111,13 +113,36 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
     with timer("dit"):
         dit = dit_stage(runs, lat, ["name=dit", f"steps={scale.dit_steps}", "progress=false"],
                         config=scale.dit_config)
-    with timer("sample"):
-        images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0, 50)
-    gen = judge.judge(images, labels) if judge is not None else {}
+    gen = {}
+    inception = _inception_available()
+    if judge is not None or inception:
+        with timer("sample"):
+            images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0, 50)
+        if judge is not None:
+            gen.update(judge.judge(images, labels))
+        if inception:
+            with timer("gen-eval"):
+                gen.update(_gen_metrics(images, labels, cell_dir / "samples.npz", val, scale.image_size))
     result = {"overrides": overrides, **ev, "generation": gen, "timings_s": timer.seconds,
               "cost": tokenizer_cost(tok, scale.image_size)}
     write_json(done, result)
     return result
+
+
+def _inception_available() -> bool:
+    from tcae.evaluation import weights_available
+
+    return weights_available("rfid")
+
+
+def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) -> dict:
+    """gFID and IS of the samples (saved to `path`, ADM layout) against the `reference` data spec."""
+    from tcae.diffusion import save_samples_npz
+    from tcae.diffusion.gen_eval import evaluate_samples
+
+    save_samples_npz(images, path, labels)
+    metrics = evaluate_samples(path, reference, image_size=image_size, progress=False)["metrics"]
+    return {k: metrics[k] for k in ("gfid", "is") if k in metrics}
 
 
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None) -> Path:
@@ -153,6 +178,8 @@ COLUMNS = [
     ("struct. loss", ("diagnostics", "structural_loss")),
     ("recognised", ("generation", "recognised_share")),
     ("FD-digits", ("generation", "fd_digits")),
+    ("gFID", ("generation", "gfid")),
+    ("IS", ("generation", "is")),
     ("GFLOPs enc+dec", ("cost", "total_gflops")),
 ]
 
@@ -194,7 +221,8 @@ def write_report(out: Path, name: str, scale: str, data: str, results: dict) -> 
         "PSNR/SSIM on the val split; A1/A2 linear-probe accuracy on pooled encoder tokens / latents; "
         "'recognised' is the share of class-conditional samples (no CFG) that a digit classifier assigns to "
         "their class; FD-digits is a Fréchet distance in that classifier's features (not FID). "
-        "rFID/gFID need the Inception weights and are n/a without them.", "",
+        "rFID/gFID/IS (gFID/IS: class-conditional samples, no CFG, vs the val split) need the Inception "
+        "weights and are n/a without them.", "",
         "![plots](plots.png)", "",
     ])
     report = out / "report.md"

@@ -2,8 +2,8 @@
 
 Definitions used throughout (also in the JSON's `meta.definitions`):
 
-- FLOPs: counted by `torch.utils.flop_counter` with `tcae.models.flops`' CPU flash-attention formulas and a
-  corrected grouped-convolution backward (`flop_counter` below); one multiply-add = 2 FLOPs. Per image =
+- FLOPs: counted by `tcae.models.flops.flop_counter` (torch.utils.flop_counter plus CPU flash-attention formulas
+  and a corrected grouped-convolution backward); one multiply-add = 2 FLOPs. Per image =
   count for the batch / batch.
 - images/s: batch / wall time of one call, after warm-up (CUDA synchronised), over `repeats` calls:
   median, min, max and the inter-quartile range (q1, q3).
@@ -27,9 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from tcae.models.flops import CPU_ATTENTION_FLOPS
+from tcae.models.flops import flop_counter
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,26 +109,6 @@ def matmul_peak(device: str | torch.device = "cpu", dtype: str = "fp32", size: i
 
 
 # ---------------------------------------------------------------------------- FLOPs
-def _conv_backward_flops(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
-                         output_mask, out_shape=None, **kwargs) -> int:
-    """convolution_backward = one forward-sized conv per requested gradient (input, weight).
-
-    torch.utils.flop_counter's own formula counts the weight gradient of a grouped convolution
-    `groups` times over (it ignores groups there; a depthwise conv's backward counts ~channels x its
-    forward), which would inflate DC-AE's training-step FLOPs (its EfficientViT blocks use depthwise convs).
-    """
-    return (int(bool(output_mask[0])) + int(bool(output_mask[1]))) * conv_flop_count(x, w, grad_out, transposed)
-
-
-_aten = torch.ops.aten
-BENCH_FLOPS = {**CPU_ATTENTION_FLOPS, _aten.convolution_backward: _conv_backward_flops}
-
-
-def flop_counter() -> FlopCounterMode:
-    """tcae.models.flops.flop_counter (CPU attention counted) with grouped-conv backward counted correctly."""
-    return FlopCounterMode(display=False, custom_mapping=BENCH_FLOPS)
-
-
 def count_call_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call of fn, counted by torch.utils.flop_counter (CPU attention included)."""
     with flop_counter() as counter:

@@ -85,15 +85,14 @@ def _fn(phase: str, cand: Candidate, x: torch.Tensor, z: torch.Tensor) -> Callab
 
 def _warm(phase: str, cand: Candidate, fn: Callable[[], object], warmup: int, device, memory: bool,
           batch: int, out: dict) -> None:
-    """`warmup` untimed calls: the first counts FLOPs (if not known yet), the last measures memory."""
+    """Untimed calls: one that counts FLOPs (if not known yet), then `warmup` plain ones, the last measuring memory
+    (never the counting call: FlopCounterMode's own allocations would show up as the model's)."""
+    if phase not in cand.flops and phase != "encode_decode":
+        cand.flops[phase] = count_call_flops(fn) // batch
     for i in range(max(1, warmup)):
-        count = phase not in cand.flops and phase != "encode_decode" and i == 0
         measure = memory and i == max(1, warmup) - 1
         with peak_memory(device) if measure else contextlib.nullcontext({}) as mem:
-            if count:
-                cand.flops[phase] = count_call_flops(fn) // batch
-            else:
-                fn()
+            fn()
         if measure:
             out.setdefault("peak_memory_bytes", {})[phase] = mem["peak_bytes"]
 
@@ -153,8 +152,8 @@ def benchmark_model(name: str, encode_fn: Callable, decode_fn: Callable, train_s
     peak memory, achieved FLOP/s and its fraction of `peak_flops` (e.g. `matmul_peak(...)["flops_per_s"]`).
 
     encode_fn / decode_fn run under no_grad and `dtype`'s autocast; train_step_fn(images) runs as is
-    (it does its own autocast, backward and optimizer step). At least one warm-up call is made; the
-    first counts FLOPs, the last measures memory.
+    (it does its own autocast, backward and optimizer step). One untimed call counts FLOPs, then at
+    least one warm-up call; the last warm-up call measures memory.
     """
     cand = Candidate(name, encode_fn, decode_fn, train_step_fn, params)
     res = _measure([cand], images, images.device, dtype, repeats, warmup, train_step_fn is not None, memory)[name]
@@ -212,9 +211,10 @@ def build_candidate(name: str, device, dtype: str, image_size: int, *, train: bo
     module = module.to(device).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-        enc0, dec0 = enc, dec
-        enc = lambda x: enc0(x.contiguous(memory_format=torch.channels_last))  # noqa: E731
-        dec = lambda z: dec0(z.contiguous(memory_format=torch.channels_last))  # noqa: E731
+        def nhwc(fn):  # inputs in channels-last too, for every phase including the training step
+            return lambda t: fn(t.contiguous(memory_format=torch.channels_last))
+
+        enc, dec, fwd = nhwc(enc), nhwc(dec), nhwc(fwd)
     if compile:
         enc, dec, fwd = torch.compile(enc), torch.compile(dec), torch.compile(fwd)
     cand = Candidate(name, enc, dec, params=sum(p.numel() for p in module.parameters()), info=info)

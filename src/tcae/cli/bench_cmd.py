@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=5, help="timed calls per phase (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2,
-                   help="untimed calls per phase; the first counts FLOPs, the last measures memory "
+                   help="untimed calls per phase after one that counts FLOPs; the last measures memory "
                         "(at least 1; default: %(default)s)")
     p.add_argument("--no-train-step", action="store_true", help="skip the training-step measurement")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")

@@ -186,7 +186,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'lo,hi': apply guidance only at noise levels t in [lo, hi] (t = 1 is noise)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
-    p.add_argument("--shift", type=float, default=1.0, help="timestep shift (use the training value)")
+    p.add_argument("--shift", type=float, default=1.0,
+                   help="timestep shift of the sampling time grid; the default 1.0 (none) matches training, "
+                        "which uses no shift")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")

@@ -3,8 +3,9 @@
 Exact resume of training needs every random crop to be a function of ``(seed, epoch, index)``
 only, not of the global RNG state, the number of DataLoader workers or which worker served a
 sample. So each dataset derives one seed per sample (:func:`sample_seed`) and applies its
-transform inside :func:`seeded_rng`, which seeds torch's (and Python's) global generators for
-the duration of the call and restores them afterwards. Any torchvision transform, including a
+transform inside :func:`seeded_rng`, which seeds torch's global CPU generator (and Python's
+``random``) for the duration of the call and restores them afterwards; device (CUDA...)
+generators are left alone. Any torchvision transform, including a
 user-supplied one, therefore becomes reproducible without being rewritten.
 
 The epoch lives in a shared-memory tensor (:class:`EpochMixin`), so ``dataset.set_epoch(e)``
@@ -45,10 +46,14 @@ def sample_seed(seed: int, epoch: int, index: int | str) -> int:
 
 @contextlib.contextmanager
 def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator and Python's ``random`` for the block, then restore both."""
+    """Seed torch's CPU generator and Python's ``random`` for the block, then restore both.
+
+    Only the CPU generator is seeded: ``torch.manual_seed`` would also re-seed every CUDA (MPS,
+    XPU...) generator, which ``fork_rng(devices=[])`` does not restore.
+    """
     py_state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         try:
             yield

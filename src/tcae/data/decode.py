@@ -83,6 +83,6 @@ def load_rgb(source: str | os.PathLike | bytes | BinaryIO) -> Image.Image:
         source = io.BytesIO(source)
     with Image.open(source) as img:
         ImageOps.exif_transpose(img, in_place=True)  # no-op without an orientation tag
-        out = to_rgb(img)
-        # to_rgb may return the opened image itself (RGB input); copy so it outlives the file.
-        return out.copy() if out is img else out
+        # to_rgb fully decodes the pixels (RGB input: img.load()), so the image it returns, even
+        # the opened one itself, stays valid once the ``with`` block closes the file: no copy.
+        return to_rgb(img)

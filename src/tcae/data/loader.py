@@ -175,8 +175,11 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> in
     map-style datasets, ``start_batch`` for streams, which cannot seek.
     """
     dataset, sampler = loader.dataset, loader.sampler
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
+    dataset_set_epoch = getattr(dataset, "set_epoch", None)
+    # A ResumableSampler from build_loader forwards its epoch to the dataset: set it once.
+    forwarded = isinstance(sampler, ResumableSampler) and sampler.epoch_listener is not None
+    if dataset_set_epoch is not None and not (forwarded and sampler.epoch_listener == dataset_set_epoch):
+        dataset_set_epoch(epoch)
     if isinstance(sampler, ResumableSampler):
         sampler.set_epoch(epoch)
         sampler.set_start_index(min(start_batch * (loader.batch_size or 1), sampler.num_samples))

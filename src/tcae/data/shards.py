@@ -14,10 +14,15 @@ Reading (:class:`ShardDataset`, an ``IterableDataset``):
 - Training shuffles the shard order per epoch (seeded by seed and epoch) and mixes samples in a
   seeded shuffle buffer. Random crops are seeded by (seed, epoch, sample key), so they do not
   depend on the number of workers.
-- Epoch length: with ``epoch_size`` (samples per epoch, all ranks together) or, failing that, the
-  sidecar's ``num_samples``, each rank yields exactly ``length // world_size`` samples, cycling
-  through its shards if it runs out. Equal counts on all ranks keep DDP from hanging on the last
-  step. Without either the stream is one pass and has no ``len``.
+- Training epoch length: with ``epoch_size`` (samples per epoch, all ranks together) or, failing
+  that, the sidecar's ``num_samples``, each rank yields exactly ``length // world_size`` samples,
+  cycling through its shards if it runs out. Equal counts on all ranks keep DDP from hanging on the
+  last step. Without either the stream is one pass and has no ``len``.
+- Evaluation (``train=False``) is exactly one pass in shard order: every sample once over all
+  ranks and workers together (each reader its own shards, or its own every-k-th sample), however
+  unequal the shards; no quota, nothing repeated, ``epoch_size`` ignored. Ranks may therefore get
+  unequal counts; ``len`` is the sidecar's ``num_samples`` (per rank: rounded up share under DDP,
+  an estimate there), and there is no ``len`` without a sidecar.
 - Undecodable samples are skipped with a warning and counted in :attr:`ShardDataset.num_skipped`
   (per process: counts from DataLoader workers are logged, not summed).
 - Resume is per epoch: a restarted epoch replays the same order; skipping batches inside an epoch
@@ -41,12 +46,13 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from tcae.data.base import EpochMixin, Transform, make_sample, sample_seed
-from tcae.data.decode import load_rgb
+from tcae.data.decode import IMAGE_EXTENSIONS, load_rgb
 from tcae.data.folder import ImageFolderDataset
 
 logger = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+#: Member extensions read as the image (the folder scanner's extensions without the dot).
+IMAGE_KEYS: tuple[str, ...] = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 _BRACE = re.compile(r"\{[^{}]*\}")
 _PRINTF = re.compile(r"%0?\d*d")
 
@@ -86,9 +92,10 @@ class ShardDataset(EpochMixin, IterableDataset):
     Args:
         spec: shard paths, e.g. ``"data/train-{000000..000127}.tar"`` (brace-expanded).
         transform: PIL RGB -> tensor (3, H, W) in [-1, 1], or -> dict merged into the sample.
-        train: shuffle shards and samples (seeded); else read in order.
+        train: shuffle shards and samples (seeded), fixed epoch length; else one pass in order.
         seed: base seed for shuffling and random crops.
-        epoch_size: samples per epoch over all ranks (see module docstring).
+        epoch_size: training samples per epoch over all ranks (see module docstring); ignored
+            when ``train`` is false.
         shuffle_buffer: samples held in the training shuffle buffer (per worker).
     """
 
@@ -116,10 +123,19 @@ class ShardDataset(EpochMixin, IterableDataset):
         self._init_epoch()
 
     def __len__(self) -> int:
-        """Samples this rank yields per epoch (all its DataLoader workers together)."""
+        """Samples this rank yields per epoch (all its DataLoader workers together).
+
+        Evaluation: the sidecar's ``num_samples`` (under DDP the rounded-up share, an estimate).
+        """
+        world = _worker_info()[1]
+        if not self.train:
+            total = self.meta.get("num_samples")
+            if not total:
+                raise TypeError(f"evaluation shard stream {self.spec!r} has no length: write a meta.json")
+            return -(-int(total) // world)
         if not self.epoch_size:
             raise TypeError(f"shard stream {self.spec!r} has no length: pass epoch_size or write a meta.json")
-        return self.epoch_size // _worker_info()[1]
+        return self.epoch_size // world
 
     def _decode(self, raw: dict[str, Any], epoch: int, round_: int) -> dict[str, Any] | None:
         key = raw.get("__key__", "?")
@@ -154,8 +170,8 @@ class ShardDataset(EpochMixin, IterableDataset):
         rank, world, worker, num_workers = _worker_info()
         epoch = self.epoch
         reader, readers = rank * num_workers + worker, world * num_workers
-        quota = None
-        if self.epoch_size:
+        quota = None  # evaluation: one pass, each sample once over all readers
+        if self.train and self.epoch_size:
             per_rank = self.epoch_size // world
             quota = per_rank // num_workers + (worker < per_rank % num_workers)
         produced, round_ = 0, 0

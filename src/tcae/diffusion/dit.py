@@ -12,7 +12,10 @@ adaLN-zero: every residual gate and the final layer start at zero, so a fresh mo
 identity in its blocks and outputs exactly 0.
 
 The class table has one extra row, index `num_classes`, the "null" class used for classifier-free
-guidance: during training labels are replaced by it with probability `class_dropout`.
+guidance: during training labels are replaced by it with probability `class_dropout`. The model never
+drops labels by itself: the trainer passes `class_dropout` to `flow_matching_loss`, which draws the
+mask from its (per-step, seeded) generator and hands it to `forward(..., drop_labels=mask)`, so
+resumed and distributed runs reproduce it exactly.
 
 einops letters: b batch, n tokens, d width, c latent channels, y/x token grid, p1/p2 patch.
 """
@@ -28,7 +31,6 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tcae.diffusion.sampler import cfg_velocity
 from tcae.models.checkpoint_io import DataclassHubMixin
 from tcae.models.layers import Attention, RMSNorm, Rope2D, SwiGLU
 from tcae.models.presets import config_from_presets
@@ -47,7 +49,7 @@ class DiTConfig:
     num_heads: int = 6
     mlp_ratio: float = 4.0
     num_classes: int = 1000
-    class_dropout: float = 0.1  # label -> null class probability in training (for CFG)
+    class_dropout: float = 0.1  # label -> null class probability in training (for CFG; drawn by the loss)
     qk_norm: bool = True
     rope_theta: float = 100.0  # small grids (8x8 tokens) need only low frequencies
     grad_checkpointing: bool = False
@@ -97,17 +99,18 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """y (B,) long in [0, num_classes] -> (B, D); row `num_classes` is the null (unconditional) class."""
+    """y (B,) long in [0, num_classes] -> (B, D); row `num_classes` is the null (unconditional) class.
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float) -> None:
+    Labels are replaced by the null class only where `drop_labels` (bool (B,)) says so; there is no
+    random dropping here (the training loss draws the mask, see the module docstring).
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
-    def forward(self, y: torch.Tensor, drop_labels: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
-        if drop_labels is None and train and self.dropout_prob > 0:
-            drop_labels = torch.rand(y.shape[0], device=y.device) < self.dropout_prob
+    def forward(self, y: torch.Tensor, drop_labels: torch.Tensor | None = None) -> torch.Tensor:
         if drop_labels is not None:
             y = torch.where(drop_labels.to(device=y.device, dtype=torch.bool), self.num_classes, y)
         return self.embedding_table(y)
@@ -176,7 +179,7 @@ class DiT(
         d = cfg.hidden_size
         self.x_embedder = nn.Conv2d(cfg.in_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.t_embedder = TimestepEmbedder(d)
-        self.y_embedder = LabelEmbedder(cfg.num_classes, d, cfg.class_dropout)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, d)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
         self.rope = Rope2D(d // cfg.num_heads, cfg.rope_theta)
         self.final_layer = FinalLayer(d, cfg.patch_size, cfg.in_channels)
@@ -219,9 +222,9 @@ class DiT(
     ) -> torch.Tensor:
         """Velocity (B, c, h, w) at noisy latent x (B, c, h, w), time t (B,) or scalar in [0, 1], labels y (B,).
 
-        drop_labels: optional bool (B,): True replaces that label by the null class. When None, labels
-        are dropped at random with probability `class_dropout` in training mode only (global RNG);
-        pass an explicit mask (e.g. from a seeded generator) to control it, or all-False to disable.
+        drop_labels: optional bool (B,): True replaces that label by the null class (label dropout for
+        classifier-free guidance; `flow_matching_loss(..., class_dropout=p)` draws it in training).
+        None keeps every label, in training mode too.
         """
         self._check_input(x)
         b, _, h, w = x.shape
@@ -231,7 +234,7 @@ class DiT(
         grid = (h // p, w // p)
 
         tokens = rearrange(self.x_embedder(x), "b d y x -> b (y x) d")
-        c = self.t_embedder(t) + self.y_embedder(y, drop_labels, train=self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, drop_labels)
         rope = self.rope.cos_sin(grid, 0, x.device)
         for block in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -240,19 +243,6 @@ class DiT(
                 tokens = block(tokens, c, rope)
         out = self.final_layer(tokens, c)
         return rearrange(out, "b (y x) (p1 p2 c) -> b c (y p1) (x p2)", y=grid[0], p1=p, p2=p)
-
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-        """Classifier-free guided velocity v_u + s (v_c - v_u) for x (B, c, h, w), t (B,), y (B,).
-
-        Conditional and unconditional (null class) passes run as one doubled batch; cfg_scale == 1 runs
-        only the conditional pass. Labels are never dropped at random here, even in training mode.
-        """
-        def no_drop(x_, t_, y_):
-            return self(x_, t_, y_, drop_labels=torch.zeros_like(y_, dtype=torch.bool))
-
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        return cfg_velocity(no_drop, x, t, y, cfg_scale, self.config.num_classes)
 
 
 # ---------------------------------------------------------------------- presets

@@ -86,9 +86,10 @@ def flow_matching_loss(
     x0: clean (normalised) latents (B, c, h, w), or any (B, ...) for toy models; y: (B,) long labels.
     `model` may be a DiT, a DDP/compiled wrapper of one, or any callable (x, t, y) -> v.
     Noise and timesteps come from `generator` when given (exact-resume training passes a per-step one).
-    class_dropout: None leaves label dropout (classifier-free guidance training) to the model, which
-    the DiT does in training mode; a float p instead draws the drop mask here, from `generator`, and
-    passes it as `drop_labels=` (the model must accept that keyword, as `DiT.forward` does).
+    class_dropout: label dropout for classifier-free guidance training: a float p draws the drop mask
+    (each label -> null class with probability p) here, from `generator`, and passes it as
+    `drop_labels=` (the model must accept that keyword, as `DiT.forward` does). None: no dropout
+    (the DiT never drops labels by itself).
     The loss is computed in float32 even under autocast.
     """
     b = x0.shape[0]

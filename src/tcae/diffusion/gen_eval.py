@@ -43,23 +43,24 @@ def evaluate_samples(
 
     samples: ADM-layout `.npz` path or uint8 (N, H, W, 3) array. reference: see the module docstring.
     image_size: size of reference images from a data spec (default: the samples' height).
-    feature_network: "inception" (gFID proper) or an nn.Module / FeatureNetwork (a Fréchet distance
-    labelled as a custom network, no IS unless it returns logits).
-    Returns {"metrics": {"gfid"|"gfd_custom", "is", "is_std"}, "labels", "num_samples", "reference", ...}.
+    feature_network: "inception" (gFID proper), another feature network name ("dinov2", ...;
+    key ``gfd_<name>``) or an nn.Module / FeatureNetwork (labelled as a custom network). The
+    Inception Score is computed only with the InceptionV3 network (never from another network's logits).
+    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std"}, "labels", "num_samples", "reference", ...}.
     """
     from tcae.evaluation import FeatureStats, build_feature_network, frechet_distance, inception_score
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = build_feature_network(feature_network, inception_weights).to(device).eval()
-    key = "gfid" if net.is_fid else "gfd_custom" if net.kind == "custom" else f"gfd_{net.name}"
+    key = net.metric_key("g")
 
     fake, logits = FeatureStats(net.dim), []
     for x in tqdm(_uint8_batches(images, batch_size), total=-(-len(images) // batch_size),
                   desc="sample features", disable=not progress):
         out = net(x.to(device))
         fake.update(out["features"])
-        if "logits" in out:
+        if net.is_fid and "logits" in out:  # IS only from InceptionV3's logits
             logits.append(out["logits"].float().cpu())
     mu_f, sigma_f = fake.mean_cov()
 
@@ -86,14 +87,14 @@ def evaluate_samples(
         dataset = build_dataset(str(reference), int(image_size or images.shape[1]), train=False,
                                 epoch_size=max_reference)
         real = FeatureStats(net.dim)
-        for batch in tqdm(eval_loader(dataset, batch_size, max_images=max_reference), desc="reference features",
-                          disable=not progress):
-            real.update(net(batch["image"].to(device))["features"])
+        loader = eval_loader(dataset, batch_size, max_images=max_reference, device=device)
+        for batch in tqdm(loader, desc="reference features", disable=not progress):
+            real.update(net(batch["image"].to(device, non_blocking=True))["features"])
         ref_stats, num_ref = real.mean_cov(), real.count
 
     metrics = {key: frechet_distance(mu_f, sigma_f, *ref_stats)}
-    labels = {key: "gFID (InceptionV3)" if net.is_fid else f"Fréchet distance ({net.label})"}
-    if logits:
+    labels = {key: net.metric_label("g")}
+    if net.is_fid and logits:
         metrics["is"], metrics["is_std"] = inception_score(torch.cat(logits))
         labels["is"], labels["is_std"] = "Inception Score", "Inception Score std over 10 splits"
     return {"metrics": metrics, "labels": labels, "num_samples": int(images.shape[0]),

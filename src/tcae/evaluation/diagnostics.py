@@ -36,14 +36,18 @@ class LatentChannelStats:
     """Streaming per-channel mean/std of latents (B, c, h, w) over images and positions (float64 sums).
 
     ``update(z)``; ``all_reduce()`` sums over DDP ranks; ``result()`` -> dict (see
-    :func:`latent_channel_stats`).
+    :func:`latent_channel_stats`). With ``channels`` (c) the sums are allocated up front on
+    ``device``, so a DDP rank that sees no latents still joins ``all_reduce()`` (with zeros).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int | None = None, device: torch.device | str = "cpu") -> None:
         self.count = 0  # values per channel (images x positions)
         self.images = 0
         self._sum: torch.Tensor | None = None
         self._sq: torch.Tensor | None = None
+        if channels is not None:
+            self._sum = torch.zeros(int(channels), dtype=torch.float64, device=device)
+            self._sq = torch.zeros_like(self._sum)
 
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> None:
@@ -53,6 +57,8 @@ class LatentChannelStats:
         if self._sum is None:
             self._sum = torch.zeros(z.shape[1], dtype=torch.float64, device=z.device)
             self._sq = torch.zeros_like(self._sum)
+        if z.shape[1] != self._sum.numel():
+            raise ValueError(f"latent channels changed: expected {self._sum.numel()}, got {z.shape[1]}")
         self._sum += z.sum(dim=(0, 2, 3))
         self._sq += (z * z).sum(dim=(0, 2, 3))
         self.count += z.shape[0] * z.shape[2] * z.shape[3]
@@ -62,6 +68,9 @@ class LatentChannelStats:
     def all_reduce(self) -> None:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
+        if self._sum is None:
+            raise RuntimeError("LatentChannelStats.all_reduce on a rank that saw no latents: build it with "
+                               "`channels` so every rank has sums of the same shape")
         n = torch.tensor([float(self.count), float(self.images)], dtype=torch.float64, device=self._sum.device)
         for t in (n, self._sum, self._sq):
             dist.all_reduce(t)
@@ -157,24 +166,27 @@ def structural_loss(a1: float, a2: float) -> float:
 
 # ----------------------------------------------------------------------------- encoding a dataset
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, max_images: int | None = None,
-                distributed: bool = False) -> DataLoader:
+                distributed: bool = False, device: torch.device | str | None = None) -> DataLoader:
     """A deterministic loader over ``dataset`` in index order, first ``max_images`` only, no padding.
 
     With ``distributed`` (and an initialised process group), rank r of W takes indices r, r + W, ...
     so the union over ranks is the dataset exactly once (``build_loader`` pads the last round,
     which would count some images twice in dataset statistics). Streams (IterableDataset) split
     themselves between ranks; ``max_images`` is then applied per rank as ``max_images // W``.
+    ``device``: where the batches go; a CUDA device pins host memory (so ``non_blocking`` copies
+    are asynchronous).
     """
+    pin = device is not None and torch.device(device).type == "cuda"
     rank, world = 0, 1
     if distributed and dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     if isinstance(dataset, IterableDataset):
         if max_images is not None:
             dataset = _CappedStream(dataset, max(1, int(max_images) // world))
-        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     return DataLoader(Subset(dataset, range(rank, n, world)), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers)
+                      num_workers=num_workers, pin_memory=pin)
 
 
 class _CappedStream(IterableDataset):
@@ -197,7 +209,9 @@ def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     only with ``keep``).
     """
     model.eval()
-    stats = LatentChannelStats()
+    # allocated up front (when the model says its channel count): a DDP rank without images can all-reduce
+    channels = getattr(getattr(model, "config", None), "latent_channels", None)
+    stats = LatentChannelStats(channels if isinstance(channels, int) else None, device)
     latents, tokens, labels = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not _is_main()):
         x = batch["image"].to(device, non_blocking=True)
@@ -261,7 +275,8 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
     size = image_size or model.config.image_size
     model.check_image_size(size)
     dataset = build_dataset(data_spec, size, train=False)
-    main = encode_dataset(model, eval_loader(dataset, batch_size, num_workers, max_images), device, desc="diagnose")
+    main = encode_dataset(model, eval_loader(dataset, batch_size, num_workers, max_images, device=device), device,
+                          desc="diagnose")
     n = len(main["labels"])
     stats = main["stats"].result()
     result: dict[str, Any] = {
@@ -297,7 +312,7 @@ def _probe(model: torch.nn.Module, data_spec: str, size: int, batch_size: int, d
         for spec in specs:
             ds = build_dataset(spec, size, train=False)  # explicit split, deterministic transform
             # every class must be present in a capped train split: spread the cap over the whole split
-            loader = eval_loader(_spread(ds, max_images), batch_size, num_workers)
+            loader = eval_loader(_spread(ds, max_images), batch_size, num_workers, device=device)
             parts.append(encode_dataset(model, loader, device, desc=f"probe {spec}"))
         tr, va = parts
         split = "train/val"

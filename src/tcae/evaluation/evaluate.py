@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -35,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from tcae.evaluation.diagnostics import eval_loader
-from tcae.evaluation.features import CUSTOM_LABEL, FeatureNetwork, MissingWeightsError, build_feature_network
+from tcae.evaluation.features import FeatureNetwork, MissingWeightsError, build_feature_network
 from tcae.evaluation.fid import FeatureStats, frechet_distance, load_stats, save_stats
 from tcae.evaluation.grid import reconstruction_grid
 from tcae.evaluation.metrics import LPIPSMetric, MetricSums, psnr_per_image, ssim_per_image
@@ -60,14 +59,6 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     if not out:
         raise ValueError("no metric requested")
     return out
-
-
-def _metric_key(network: FeatureNetwork) -> str:
-    if network.is_fid:
-        return "rfid"
-    if network.kind == "custom":
-        return "rfd_custom"
-    return "rfd_" + re.sub(r"[^0-9a-zA-Z]+", "_", network.name).strip("_")
 
 
 def _dist() -> tuple[int, int]:
@@ -161,7 +152,7 @@ def evaluate(
             except FileNotFoundError as err:
                 missing.append(str(err))
                 continue
-            networks[_metric_key(net)] = net
+            networks[net.metric_key("r")] = net
     if missing:
         raise MissingWeightsError("\n".join(missing) + "\n(psnr and ssim need no pretrained weights: "
                                   "--metrics psnr,ssim)")
@@ -171,11 +162,12 @@ def evaluate(
                          "requested")
 
     model = model.to(device).eval()
-    sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names] + ["images"])
+    sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names])
     stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
-    loader = eval_loader(dataset, batch_size, num_workers, max_images, distributed=True)
+    loader = eval_loader(dataset, batch_size, num_workers, max_images, distributed=True, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
     image_hw: list[int] | None = None
+    num_images = 0  # this rank's; counted even with FD metrics only
     for batch in tqdm(loader, desc="eval", disable=rank != 0):
         x = batch["image"].to(device, non_blocking=True)
         image_hw = image_hw or list(x.shape[-2:])
@@ -188,15 +180,20 @@ def evaluate(
             sums.add("ssim", ssim_per_image(recon, x))
         if lpips_net is not None:
             sums.add("lpips", lpips_net(recon, x))
-        sums.add("images", torch.zeros(x.shape[0]))  # counts images even with FD metrics only
+        num_images += x.shape[0]
         for key, net in networks.items():
             real, fake = stats[key]
             if _needs_real(key, reference, save_fid_stats):
                 real.update(net(x)["features"])
             fake.update(net(recon)["features"])
 
-    sums.all_reduce(device if device.type == "cuda" else "cpu")
-    values = {k: v for k, v in sums.means().items() if k != "images"}
+    reduce_device = device if device.type == "cuda" else torch.device("cpu")  # NCCL: cuda, gloo: cpu
+    sums.all_reduce(reduce_device)
+    if world > 1:
+        n = torch.tensor([float(num_images)], dtype=torch.float64, device=reduce_device)
+        dist.all_reduce(n)
+        num_images = int(round(n.item()))
+    values = sums.means()
     labels = {k: METRIC_LABELS[k] for k in values}
     net_info: dict[str, Any] = {}
     for key, net in networks.items():
@@ -214,12 +211,10 @@ def evaluate(
             mu_r, sigma_r = real.mean_cov()
             against = "originals"
         values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
-        labels[key] = METRIC_LABELS["rfid"] if net.is_fid else (
-            CUSTOM_LABEL if net.kind == "custom" else f"r{net.label}")
+        labels[key] = net.metric_label("r")
         net_info[key] = {"network": net.name, "label": labels[key], "dim": int(mu_f.shape[0]),
                          "reference": against}
 
-    num_images = sums.counts.get("images", 0)
     if grid_path is not None and rank == 0:
         reconstruction_grid(model, dataset, grid_path, device=device, n=8)
     return {

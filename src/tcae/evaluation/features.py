@@ -2,9 +2,9 @@
 
 Every network here is a :class:`FeatureNetwork`: ``forward(x)`` with x (B, 3, H, W) float in
 [-1, 1] (any H, W; each network does its own resize and normalisation) returns
-``{"features": (B, D) float32}`` plus ``"logits": (B, K)`` where the network is a classifier (for
-the Inception Score). ``kind`` says what distance it gives: only the "inception" network gives
-*FID*; a user-supplied module gives "frechet distance (custom network)".
+``{"features": (B, D) float32}`` plus ``"logits": (B, K)`` where the network is a classifier.
+Only the InceptionV3 network (:class:`InceptionFeatures`) gives *FID*, and only its logits give
+an Inception Score; a user-supplied module gives "frechet distance (custom network)".
 
 Pretrained weights are never downloaded and a network is never silently left random: each
 builder resolves a weights file (an explicit path, else the cache location the upstream library
@@ -26,7 +26,9 @@ Names accepted by :func:`build_feature_network`:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,11 +83,65 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)
 
 
+def inception_weights_path(weights: str | os.PathLike | None = None) -> Path:
+    """The InceptionV3 (FID) weights file: ``weights`` or torch-fidelity's torch hub cache file.
+    Raises :class:`MissingWeightsError` when it is not on disk."""
+    default = torch_hub_checkpoint(INCEPTION_FILE)
+    return resolve_weights("InceptionV3 (FID)", weights, default,
+                           f"{INCEPTION_URL} (`curl -L --create-dirs -o {default} {INCEPTION_URL}`)",
+                           option="--inception-weights / feature_weights=")
+
+
+def dinov2_weights_path(model_name: str = DINOV2_DEFAULT, weights: str | os.PathLike | None = None) -> Path:
+    """The weights file of timm DINOv2 ``model_name``: ``weights`` or the Hugging Face hub cache of
+    ``timm/<name>`` (``model.safetensors``). Raises :class:`MissingWeightsError` when it is not on
+    disk, ValueError for a name that is not a timm DINOv2 model. Builds no network."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    if cfg is None or "dinov2" not in model_name:
+        raise ValueError(f"{model_name!r} is not a timm DINOv2 model (e.g. {DINOV2_DEFAULT})")
+    repo = cfg.hf_hub_id or f"timm/{model_name}"
+    cached = try_to_load_from_cache(repo, "model.safetensors")
+    # not cached: name the place `huggingface-cli download` would put it
+    default = Path(cached) if isinstance(cached, str) else (
+        Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>"
+        / "model.safetensors")
+    return resolve_weights(f"DINOv2 ({model_name})", weights, default,
+                           f"`huggingface-cli download {repo} model.safetensors` (or Meta's {cfg.url})",
+                           option="feature_weights=")
+
+
+def _torchvision_default_weights(model_name: str) -> Any:
+    import torchvision
+
+    if model_name not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision model {model_name!r}; see torchvision.models.list_models()")
+    try:
+        return torchvision.models.get_model_weights(model_name).DEFAULT
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"torchvision model {model_name!r} has no pretrained weights enum") from err
+
+
+def torchvision_weights_path(model_name: str, weights: str | os.PathLike | None = None) -> Path:
+    """The weights file of torchvision classifier ``model_name``: ``weights`` or the torch hub cache
+    file of its default weights' URL. Raises :class:`MissingWeightsError` when it is not on disk,
+    ValueError for an unknown model. Builds no network."""
+    default_weights = _torchvision_default_weights(model_name)
+    url = default_weights.url
+    return resolve_weights(f"torchvision {model_name} ({default_weights})", weights,
+                           torch_hub_checkpoint(os.path.basename(url)), url, option="feature_weights=")
+
+
 class FeatureNetwork(nn.Module):
     """Base: images (B, 3, H, W) in [-1, 1] -> {"features": (B, D) float32[, "logits": (B, K)]}.
 
-    Attributes: ``name`` (spec it was built from), ``kind`` ("inception" -> FID; "custom" ->
-    custom network; else the family), ``label`` (human-readable distance name), ``dim`` (D or None).
+    Attributes: ``name`` (spec it was built from), ``kind`` ("custom" -> custom network; else the
+    family), ``label`` (human-readable distance name), ``dim`` (D or None). Only an
+    :class:`InceptionFeatures` instance gives "FID" and the Inception Score (``is_fid``), whatever
+    its ``kind`` or ``label`` say.
     """
 
     name: str = "custom"
@@ -95,8 +151,30 @@ class FeatureNetwork(nn.Module):
 
     @property
     def is_fid(self) -> bool:
-        """True only for the standard InceptionV3 network (the distance may be called FID)."""
-        return self.kind == "inception"
+        """True only for the standard InceptionV3 network (the distance may be called FID, and its
+        logits give the Inception Score)."""
+        return isinstance(self, InceptionFeatures)
+
+    def metric_key(self, prefix: str) -> str:
+        """Result key of the Fréchet distance over this network: ``{prefix}fid`` for InceptionV3,
+        ``{prefix}fd_custom`` for a custom network, else ``{prefix}fd_<name>`` with every run of
+        non-alphanumerics in the name turned into ``_`` (``prefix``: "r" reconstruction, "g" generation).
+        """
+        if self.is_fid:
+            return f"{prefix}fid"
+        if self.kind == "custom":
+            return f"{prefix}fd_custom"
+        return f"{prefix}fd_" + re.sub(r"[^0-9a-zA-Z]+", "_", self.name).strip("_")
+
+    def metric_label(self, prefix: str) -> str:
+        """Human-readable name of that distance: ``{prefix}FID (InceptionV3)`` for InceptionV3,
+        :data:`CUSTOM_LABEL` for a custom network (or a label that would claim FID), else
+        ``{prefix}<label>`` (e.g. "rFD (DINOv2 ...)")."""
+        if self.is_fid:
+            return f"{prefix}FID (InceptionV3)"
+        if self.kind == "custom" or self.label == CUSTOM_LABEL or "FID" in self.label.upper():
+            return CUSTOM_LABEL
+        return f"{prefix}{self.label}"
 
 
 class InceptionFeatures(FeatureNetwork):
@@ -108,10 +186,7 @@ class InceptionFeatures(FeatureNetwork):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        default = torch_hub_checkpoint(INCEPTION_FILE)
-        path = resolve_weights("InceptionV3 (FID)", weights, default,
-                               f"{INCEPTION_URL} (`curl -L --create-dirs -o {default} {INCEPTION_URL}`)",
-                               option="--inception-weights / feature_weights=")
+        path = inception_weights_path(weights)
         self.name = "inception"
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                feature_extractor_weights_path=str(path))
@@ -143,22 +218,9 @@ class DinoV2Features(FeatureNetwork):
     def __init__(self, model_name: str = DINOV2_DEFAULT, weights: str | os.PathLike | None = None) -> None:
         super().__init__()
         import timm
-        from huggingface_hub import try_to_load_from_cache
-        from huggingface_hub.constants import HF_HUB_CACHE
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        cfg = timm.models.get_pretrained_cfg(model_name)
-        if cfg is None or "dinov2" not in model_name:
-            raise ValueError(f"{model_name!r} is not a timm DINOv2 model (e.g. {DINOV2_DEFAULT})")
-        repo = cfg.hf_hub_id or f"timm/{model_name}"
-        cached = try_to_load_from_cache(repo, "model.safetensors")
-        # not cached: name the place `huggingface-cli download` would put it
-        default = Path(cached) if isinstance(cached, str) else (
-            Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>"
-            / "model.safetensors")
-        path = resolve_weights(f"DINOv2 ({model_name})", weights, default,
-                               f"`huggingface-cli download {repo} model.safetensors` (or Meta's {cfg.url})",
-                               option="feature_weights=")
+        path = dinov2_weights_path(model_name, weights)
         self.net = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=self.image_size)
         state = checkpoint_filter_fn(_load_file(path), self.net)  # Meta layout -> timm, pos_embed 518 -> 224
         self.net.load_state_dict(state, strict=True)
@@ -189,15 +251,8 @@ class TorchvisionFeatures(FeatureNetwork):
         super().__init__()
         import torchvision
 
-        if model_name not in torchvision.models.list_models():
-            raise ValueError(f"unknown torchvision model {model_name!r}; see torchvision.models.list_models()")
-        try:
-            default_weights = torchvision.models.get_model_weights(model_name).DEFAULT
-        except (ValueError, AttributeError) as err:
-            raise ValueError(f"torchvision model {model_name!r} has no pretrained weights enum") from err
-        url = default_weights.url
-        path = resolve_weights(f"torchvision {model_name} ({default_weights})", weights,
-                               torch_hub_checkpoint(os.path.basename(url)), url, option="feature_weights=")
+        default_weights = _torchvision_default_weights(model_name)
+        path = torchvision_weights_path(model_name, weights)
         self.net = torchvision.models.get_model(model_name, weights=None)
         self.net.load_state_dict(_load_file(path), strict=True)
         self.net.eval().requires_grad_(False)
@@ -260,13 +315,34 @@ def weights_available(metric: str, weights: str | os.PathLike | None = None) -> 
         from tcae.losses.perceptual import default_backbone_path
 
         return default_backbone_path("vgg").is_file()
-    if name in ("rfid", "inception"):
-        return torch_hub_checkpoint(INCEPTION_FILE).is_file()
+    if name == "rfid":
+        name = "inception"
     try:
-        build_feature_network(name)
+        feature_weights_path(name)
     except FileNotFoundError:
         return False
     return True
+
+
+def feature_weights_path(spec: str, weights: str | os.PathLike | None = None) -> Path:
+    """The weights file :func:`build_feature_network` would load for the name ``spec`` (no network
+    is built). Raises :class:`MissingWeightsError` when it is not on disk, ValueError for an unknown
+    name."""
+    family, arg = _parse_network(spec)
+    return _NETWORKS[family][0](arg, weights)
+
+
+def _parse_network(spec: str) -> tuple[str, str]:
+    """"inception" | "dinov2[:timm name]" | "torchvision:<name>" -> (family, argument); else ValueError."""
+    name, _, arg = spec.partition(":")
+    if name == "inception" and not arg:
+        return name, ""
+    if name == "dinov2":
+        return name, arg or DINOV2_DEFAULT
+    if name == "torchvision" and arg:
+        return name, arg
+    raise ValueError(f"unknown feature network {spec!r}; expected 'inception', 'dinov2[:<timm name>]', "
+                     "'torchvision:<model name>' or an nn.Module")
 
 
 def build_feature_network(spec: str | nn.Module, weights: str | os.PathLike | None = None) -> FeatureNetwork:
@@ -285,12 +361,13 @@ def build_feature_network(spec: str | nn.Module, weights: str | os.PathLike | No
         return spec
     if isinstance(spec, nn.Module):
         return CustomFeatures(spec)
-    name, _, arg = spec.partition(":")
-    if name == "inception" and not arg:
-        return InceptionFeatures(weights)
-    if name == "dinov2":
-        return DinoV2Features(arg or DINOV2_DEFAULT, weights)
-    if name == "torchvision" and arg:
-        return TorchvisionFeatures(arg, weights)
-    raise ValueError(f"unknown feature network {spec!r}; expected 'inception', 'dinov2[:<timm name>]', "
-                     "'torchvision:<model name>' or an nn.Module")
+    family, arg = _parse_network(spec)
+    return _NETWORKS[family][1](arg, weights)
+
+
+# family -> (weights file resolver, network builder), both (argument, weights) -> ...
+_NETWORKS = {
+    "inception": (lambda arg, w: inception_weights_path(w), lambda arg, w: InceptionFeatures(w)),
+    "dinov2": (dinov2_weights_path, DinoV2Features),
+    "torchvision": (torchvision_weights_path, TorchvisionFeatures),
+}

@@ -91,9 +91,6 @@ class FeatureStats:
         sigma = (sigma + sigma.T) / 2  # exact symmetry (rounding in the outer-product sums)
         return mu, sigma
 
-    def state_dict(self) -> dict:
-        return {"count": self.count, "sum": self._sum, "outer": self._outer}
-
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> float:

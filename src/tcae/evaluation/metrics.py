@@ -57,34 +57,53 @@ class MetricSums:
     """Running sums and counts per metric name; ``means()`` gives the exact mean over all images.
 
     ``add(name, values)`` with values (B,) (one per image); ``all_reduce()`` sums over DDP ranks
-    (call on every rank with the same metric names: pass them as ``names``).
+    (call on every rank with the same metric names: pass them as ``names``). Sums stay float64
+    tensors on the values' device (no host sync per batch); they are read back once, in
+    ``all_reduce()`` / ``means()``.
     """
 
     def __init__(self, names: Sequence[str] = ()) -> None:
         # pre-registered names exist on every rank even if one rank gets no image (same all-reduce shape)
-        self.sums: dict[str, float] = {k: 0.0 for k in names}
+        self._sums: dict[str, torch.Tensor | None] = {k: None for k in names}
         self.counts: dict[str, int] = {k: 0 for k in names}
 
-    def add(self, name: str, values: torch.Tensor, count: int | None = None) -> None:
-        """Add per-image values (B,), or a batch sum (scalar) with its ``count``."""
-        values = values.detach().double()
-        n = values.numel() if count is None else int(count)
-        self.sums[name] = self.sums.get(name, 0.0) + float(values.sum())
-        self.counts[name] = self.counts.get(name, 0) + n
+    @torch.no_grad()
+    def add(self, name: str, values: torch.Tensor) -> None:
+        """Add per-image values (B,) (summed on their device, asynchronously)."""
+        s = values.detach().double().sum()
+        prev = self._sums.get(name)
+        self._sums[name] = s if prev is None else prev + s.to(prev.device)
+        self.counts[name] = self.counts.get(name, 0) + values.numel()
 
+    def sums(self) -> dict[str, float]:
+        """The sum per metric name, as floats (one device -> host copy)."""
+        names = list(self._sums)
+        device = next((t.device for t in self._sums.values() if t is not None), torch.device("cpu"))
+        return dict(zip(names, self._stack(names, device).cpu().tolist()))
+
+    def _stack(self, names: Sequence[str], device: torch.device) -> torch.Tensor:
+        """The sums of ``names`` as one float64 tensor (len(names),) on ``device``."""
+        if not names:
+            return torch.zeros(0, dtype=torch.float64, device=device)
+        return torch.stack([torch.zeros((), dtype=torch.float64, device=device) if self._sums[k] is None
+                            else self._sums[k].to(device) for k in names])
+
+    @torch.no_grad()
     def all_reduce(self, device: torch.device | str = "cpu") -> None:
         """Sum over ranks of the default process group (no-op without one). ``device``: cuda for NCCL."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        names = sorted(self.sums)
-        t = torch.tensor([[self.sums[k], float(self.counts[k])] for k in names], dtype=torch.float64,
-                         device=device).reshape(-1, 2)
+        device = torch.device(device)
+        names = sorted(self._sums)
+        counts = torch.tensor([float(self.counts[k]) for k in names], dtype=torch.float64, device=device)
+        t = torch.stack([self._stack(names, device), counts], 1)
         dist.all_reduce(t)
-        for k, (s, c) in zip(names, t.tolist()):
-            self.sums[k], self.counts[k] = s, int(round(c))
+        for k, (s, c) in zip(names, t.cpu().tolist()):
+            self._sums[k], self.counts[k] = torch.tensor(s, dtype=torch.float64), int(round(c))
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+        sums = self.sums()
+        return {k: sums[k] / self.counts[k] for k in sums if self.counts[k] > 0}
 
 
 class LPIPSMetric(nn.Module):

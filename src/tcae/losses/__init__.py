@@ -11,7 +11,6 @@ from tcae.losses.adversarial import (
     LeCam,
     PatchDiscriminator,
     adaptive_weight,
-    gan_active,
     hinge_d_loss,
     hinge_g_loss,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "adaptive_weight",
     "build_perceptual",
     "default_backbone_path",
-    "gan_active",
     "hinge_d_loss",
     "hinge_g_loss",
     "l1_loss",

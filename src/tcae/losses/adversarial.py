@@ -6,7 +6,7 @@
                                                                               taming-transformers)
     R_LC  = mean relu(D(x) - ema_fake)^2 + mean relu(ema_real - D(x_hat))^2  (LeCam, Tseng et al. 2021)
 
-The generator's adversarial term is lambda_g * w * L_G, switched on from a start step (`gan_active`).
+The generator's adversarial term is lambda_g * w * L_G, switched on from a start step (`loss.gan_start`).
 """
 
 from __future__ import annotations
@@ -88,11 +88,6 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     w = rec_grad.float().norm() / (g_grad.float().norm() + 1e-4)
     return w.clamp(0.0, max_weight).detach()
-
-
-def gan_active(step: int, start_step: int) -> bool:
-    """Whether the adversarial loss (and discriminator training) is on at `step`."""
-    return step >= start_step
 
 
 class LeCam(nn.Module):

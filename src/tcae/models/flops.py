@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 from tcae.models.tcae import TCAE
 
@@ -35,16 +35,28 @@ def _cpu_attention_backward_flops(grad_out, q, k, v, *args, out_shape=None, **kw
     return sdpa_backward_flop_count(grad_out, q, k, v)
 
 
+def _conv_backward_flops(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
+                         output_mask, out_shape=None, **kwargs) -> int:
+    """convolution_backward = one forward-sized conv per requested gradient (input, weight).
+
+    torch.utils.flop_counter's own formula counts the weight gradient of a grouped convolution
+    `groups` times over (a depthwise conv's backward counts ~channels x its forward), which would
+    inflate DC-AE's training-step FLOPs (its EfficientViT blocks use depthwise convs).
+    """
+    return (int(bool(output_mask[0])) + int(bool(output_mask[1]))) * conv_flop_count(x, w, grad_out, transposed)
+
+
 _aten = torch.ops.aten
-CPU_ATTENTION_FLOPS = {
+CUSTOM_FLOPS = {
     _aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+    _aten.convolution_backward: _conv_backward_flops,
 }
 
 
 def flop_counter() -> FlopCounterMode:
-    """A FlopCounterMode that also counts CPU attention."""
-    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    """A FlopCounterMode that also counts CPU attention and counts grouped-conv backward correctly."""
+    return FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
 
 
 def count_flops(fn, *args) -> int:

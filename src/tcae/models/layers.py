@@ -38,8 +38,11 @@ def make_norm(kind: str, dim: int) -> nn.Module:
 
 
 @lru_cache(maxsize=64)
-def _rope_angles(head_dim: int, grid_h: int, grid_w: int, theta: float, device: str) -> torch.Tensor:
-    """Angles (y*x, head_dim/2) of axial 2D RoPE: half the frequencies rotate by row, half by column."""
+def _rope_tables(head_dim: int, grid_h: int, grid_w: int, num_prefix: int, theta: float, device: str):
+    """Full-width tables (num_prefix + y*x, 1, head_dim) of axial 2D RoPE in the rotate-half form:
+    [cos, cos] and [-sin, sin] of the angles, half the frequencies rotating by row, half by column;
+    the prefix tokens get angle 0 (no rotation). The 1 broadcasts over heads in (b, n, h, k) layout.
+    Built once per (grid, device) and reused by every block and call."""
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
     quarter = head_dim // 4
@@ -47,8 +50,11 @@ def _rope_angles(head_dim: int, grid_h: int, grid_w: int, theta: float, device: 
     ys, xs = torch.meshgrid(
         torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
     )
-    ang = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=1)
-    return ang.float().to(device)
+    ang = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=1).float()
+    ang = torch.cat([ang.new_zeros(num_prefix, ang.shape[1]), ang], dim=0)
+    cos, sin = ang.cos(), ang.sin()
+    cos_full, sin_full = torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+    return cos_full[:, None].to(device), sin_full[:, None].to(device)
 
 
 class Rope2D(nn.Module):
@@ -63,15 +69,8 @@ class Rope2D(nn.Module):
         self.theta = theta
 
     def cos_sin(self, grid: tuple[int, int], num_prefix: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        ang = _rope_angles(self.head_dim, grid[0], grid[1], self.theta, str(device))
-        if num_prefix:
-            ang = torch.cat([ang.new_zeros(num_prefix, ang.shape[1]), ang], dim=0)
-        return ang.cos(), ang.sin()
-
-
-def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-width tables (n, k) for the rotate-half form of RoPE: [cos, cos] and [-sin, sin]."""
-    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+        """(cos_full, sin_full), each (num_prefix + y*x, 1, head_dim) float32: what `Attention` takes."""
+        return _rope_tables(self.head_dim, grid[0], grid[1], num_prefix, self.theta, str(device))
 
 
 def _rotate(x: torch.Tensor, cos_full: torch.Tensor, sin_full: torch.Tensor) -> torch.Tensor:
@@ -81,15 +80,8 @@ def _rotate(x: torch.Tensor, cos_full: torch.Tensor, sin_full: torch.Tensor) -> 
     addition commutes exactly in IEEE arithmetic), with fewer passes over memory; a bf16/fp16 x is
     promoted inside the multiplies instead of by a separate float32 copy.
     """
-    xr = x.float() if x.dtype == torch.float64 else x  # rotate float64 in float32, as before
-    x1, x2 = xr.chunk(2, dim=-1)
-    out = xr * cos_full + torch.cat([x2, x1], dim=-1) * sin_full
-    return out.type_as(x)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., :k/2], x[..., k/2:]) of x (b h n k) by angles (n, k/2)."""
-    return _rotate(x, *rope_tables(cos, sin))
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos_full + torch.cat([x2, x1], dim=-1) * sin_full).type_as(x)
 
 
 class Attention(nn.Module):
@@ -107,7 +99,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x: (b, n, d); rope: (cos, sin), each (n, k/2). Returns (b, n, d).
+        """x: (b, n, d); rope: (cos_full, sin_full) from `Rope2D.cos_sin`, each (n, 1, k). Returns (b, n, d).
 
         q, k, v stay strided views of the fused qkv output in (b n h k) order and reach SDPA as
         (b h n k) transposes: the CPU flash kernel and the CUDA kernels take strides, and SDPA's
@@ -117,9 +109,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            cos_full, sin_full = rope_tables(*rope)
-            cos_full, sin_full = cos_full[:, None], sin_full[:, None]  # (n, 1, k): broadcast over heads
-            q, k = _rotate(q, cos_full, sin_full), _rotate(k, cos_full, sin_full)
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 

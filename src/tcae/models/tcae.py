@@ -156,6 +156,7 @@ class TCAE(
 
     config_class = TCAEConfig
     model_kind = "TC-AE"
+    DECODER_MODULES = ("from_latent", "dec_coarse", "unmerge", "dec_fine", "dec_norm", "to_pixels")
 
     def __init__(self, config: TCAEConfig) -> None:
         super().__init__()
@@ -207,8 +208,9 @@ class TCAE(
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        for t in (self.enc_fine, self.enc_coarse, self.dec_coarse, self.dec_fine):
-            t.grad_checkpointing = enabled
+        for m in self.modules():
+            if isinstance(m, Transformer):
+                m.grad_checkpointing = enabled
 
     @property
     def decoder_last_layer(self) -> torch.Tensor:
@@ -219,9 +221,11 @@ class TCAE(
         mods = (self.patch_embed, self.enc_fine, self.merge, self.enc_coarse, self.enc_norm, self.to_latent)
         return [self.cls_token, self.mask_token] + [p for m in mods for p in m.parameters()]
 
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        mods = (self.from_latent, self.dec_coarse, self.unmerge, self.dec_fine, self.dec_norm, self.to_pixels)
-        return [p for m in mods for p in m.parameters()]
+    def drop_decoder(self) -> None:
+        """Delete the decoder's modules, in place: an encoder-only copy (the iBOT teacher) that holds no
+        decoder weights in memory or in checkpoints. `encode`/`encode_tokens` still work; `decode` does not."""
+        for name in self.DECODER_MODULES:
+            delattr(self, name)
 
     # ------------------------------------------------------------------ checks
     def _check_image(self, x: torch.Tensor, multiple: int, what: str) -> None:

@@ -72,8 +72,10 @@ class DiTTrainer(TrainLoop):
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         x0, y = batch[0].to(self.device), batch[1].to(self.device)
         with self.autocast():
+            # label dropout drawn from the per-step generator (not the global RNG): exact resume under DDP
             loss = flow_matching_loss(self.train_module, x0, y, timestep_kind=self.cfg.timesteps,
-                                      generator=self.step_generator())
+                                      generator=self.step_generator(),
+                                      class_dropout=self.model.config.class_dropout)
         loss = loss.float()
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ from torch import nn
 class EMA(nn.Module):
     """A frozen copy of `model` updated as ema = decay * ema + (1 - decay) * model (params; buffers copied).
 
-    `parameter_names` restricts which parameters are averaged (e.g. only the encoder for a teacher).
+    `parameter_names` restricts which parameters are averaged (e.g. only the encoder for a teacher). The copy
+    may be pruned afterwards (e.g. `TCAE.drop_decoder`): updates go over what the copy still holds.
     """
 
     def __init__(self, model: nn.Module, parameter_names: set[str] | None = None) -> None:
@@ -29,9 +30,9 @@ class EMA(nn.Module):
         if pairs:
             ema, cur = zip(*pairs)
             torch._foreach_lerp_(list(ema), [c.detach().to(e.dtype) for e, c in zip(ema, cur)], 1.0 - decay)
-        ema_bufs = dict(self.module.named_buffers())
-        for n, b in model.named_buffers():
-            ema_bufs[n].copy_(b)
+        model_bufs = dict(model.named_buffers())
+        for n, b in self.module.named_buffers():
+            b.copy_(model_bufs[n])
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:

@@ -141,7 +141,9 @@ class TokenizerTrainer(TrainLoop):
             enc_ids = {id(p) for p in model.encoder_parameters()}
             names = {n for n, p in self.student.named_parameters()
                      if id(p) in enc_ids or n.startswith(("cls_head.", "patch_head."))}
-            self.teacher = EMA(self.student, names).to(self.device)
+            self.teacher = EMA(self.student, names)
+            self.teacher.module.model.drop_decoder()  # the teacher only encodes
+            self.teacher.to(self.device)
         self.ema = EMA(model).to(self.device)
 
         lc = cfg.loss
@@ -174,7 +176,7 @@ class TokenizerTrainer(TrainLoop):
             s = cfg.ssl
             local = s.local_size or local_crop_size(d.image_size, model.config.token_stride)
             transform = MultiCropTransform(d.image_size, local, s.num_global, s.num_local,
-                                           tuple(s.global_scale), tuple(s.local_scale))
+                                           tuple(s.global_scale), tuple(s.local_scale), s.color_augment)
             stride = model.config.token_stride
             collate = MultiCropCollate((d.image_size // stride, d.image_size // stride),
                                        tuple(s.mask_ratio), s.mask_sample_prob)
@@ -194,12 +196,14 @@ class TokenizerTrainer(TrainLoop):
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg, lc = self.cfg, self.cfg.loss
         dev = self.device
-        images = batch["image"].to(dev, non_blocking=True)
         kwargs = {}
         if self.ssl:
             kwargs = {"global_crops": batch["global_crops"].to(dev, non_blocking=True),
                       "masks": batch["masks"].to(dev, non_blocking=True),
                       "local_crops": batch["local_crops"].to(dev) if "local_crops" in batch else None}
+            images = kwargs["global_crops"][: len(batch["image"])]  # "image" is global crop 0: copied once
+        else:
+            images = batch["image"].to(dev, non_blocking=True)
         gan_on = self.disc is not None and self.step >= lc.gan_start
         with self.autocast():
             out = self.train_module(images, **kwargs)
