@@ -403,12 +403,46 @@ def _dist_worker(rank, world, init_file, out_dir):
         q = sinkhorn_knopp(padded, 0.1, n_valid=rows.shape[0])[: rows.shape[0]]
         center = Center(5)
         center.update(rows)
-        torch.save({"q": q, "center": center.center}, os.path.join(out_dir, f"{rank}.pt"))
+        # adaptive GAN weight and iBOT loss on this rank's half of a batch (_adaptive_case, _ibot_case)
+        last, disc, h, target = _adaptive_case()
+        half = slice(3 * rank, 3 * rank + 3)
+        w = adaptive_weight(*_adaptive_losses(last, disc, h[half], target[half]), last.weight)
+        ib = _ibot_case()
+        keep = torch.tensor([v * 4 + 2 * rank + i for v in range(3) for i in range(2)])  # crop-major rows
+        g_rows = keep[:4]
+        s_patch = ib["s_patch"][g_rows].clone().requires_grad_(True)
+        out = IBOTLoss(7, 6).forward(ib["s_cls"][keep], ib["t_cls"][g_rows], s_patch, ib["t_patch"][g_rows],
+                                     ib["masks"][g_rows], 0.04)
+        out["loss"].backward()
+        torch.save({"q": q, "center": center.center, "w": w, "ibot": {k: v.detach() for k, v in out.items()},
+                    "grad": s_patch.grad}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_sinkhorn_and_center_all_reduce_over_ranks(tmp_path):
+def _adaptive_case():
+    torch.manual_seed(1)
+    return torch.nn.Linear(8, 12), torch.nn.Linear(12, 1), torch.randn(6, 8), torch.randn(6, 12)
+
+
+def _adaptive_losses(last, disc, h, target):
+    out = last(h)
+    return (out - target).abs().mean(), hinge_g_loss(disc(out))
+
+
+def _ibot_case() -> dict[str, torch.Tensor]:
+    """B=4 samples, 2 global + 1 local view, 3 tokens; masked: view 1 of sample 0 (rank 0) and of samples 2, 3
+    (rank 1), so the ranks hold 1 and 2 masked images."""
+    torch.manual_seed(2)
+    masks = torch.zeros(8, 3, dtype=torch.bool)
+    masks[4, 0] = masks[6, 1:] = masks[7, :] = True
+    return {"s_cls": torch.randn(12, 7), "t_cls": torch.randn(8, 7), "s_patch": torch.randn(8, 3, 6),
+            "t_patch": torch.randn(8, 3, 6), "masks": masks}
+
+
+def test_distributed_losses_equal_the_single_process_ones(tmp_path):
+    """Sinkhorn, centers, the adaptive GAN weight and the iBOT loss (its gradient as DDP averages it) on two
+    gloo ranks, each with half the batch, equal one process with the whole batch."""
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
     torch.manual_seed(0)
@@ -417,3 +451,17 @@ def test_sinkhorn_and_center_all_reduce_over_ranks(tmp_path):
     torch.testing.assert_close(torch.cat([r0["q"], r1["q"]]), sinkhorn_knopp(logits, 0.1))
     torch.testing.assert_close(r0["center"], 0.1 * logits.mean(0, keepdim=True))
     torch.testing.assert_close(r1["center"], r0["center"])
+
+    last, disc, h, target = _adaptive_case()
+    w = adaptive_weight(*_adaptive_losses(last, disc, h, target), last.weight)
+    assert r0["w"].item() == pytest.approx(w.item(), rel=1e-5) and r1["w"].item() == pytest.approx(w.item(), rel=1e-5)
+
+    ib = _ibot_case()
+    s_patch = ib["s_patch"].clone().requires_grad_(True)
+    one = IBOTLoss(7, 6).forward(ib["s_cls"], ib["t_cls"], s_patch, ib["t_patch"], ib["masks"], 0.04)
+    one["loss"].backward()
+    for key in ("loss", "ibot_cls", "ibot_mim"):  # DDP differentiates (and the loop logs) the rank mean
+        torch.testing.assert_close((r0["ibot"][key] + r1["ibot"][key]) / 2, one[key].detach())
+    rows = [[0, 1, 4, 5], [2, 3, 6, 7]]
+    for r, grad in enumerate((r0["grad"], r1["grad"])):
+        torch.testing.assert_close(grad / 2, s_patch.grad[rows[r]])

@@ -83,10 +83,17 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
     w = ||d rec_loss / d W|| / (||d g_loss / d W|| + 1e-4), clamped to [0, max_weight], detached.
     `last_layer`: the weight W (e.g. `TCAE.decoder_last_layer`). Graphs are retained for the backward.
+    With torch.distributed initialised both gradients are averaged over the ranks first (every rank must
+    call this), so w is the global batch's weight -- what one process with the whole batch computes --
+    and the same on every rank.
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    w = rec_grad.float().norm() / (g_grad.float().norm() + 1e-4)
+    grads = torch.stack([rec_grad.float(), g_grad.float()])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(grads)
+        grads /= dist.get_world_size()
+    w = grads[0].norm() / (grads[1].norm() + 1e-4)
     return w.clamp(0.0, max_weight).detach()
 
 

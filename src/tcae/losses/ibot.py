@@ -179,6 +179,8 @@ class IBOTLoss(nn.Module):
 
     Departure from iBOT/DINOv2 (both divide the summed per-image MIM losses by *all* images): L_mim
     averages over the images that have a mask, so its scale does not depend on the share of masked views.
+    Under torch.distributed that count is all-reduced: the rank average of L_mim (which DDP's gradient
+    average differentiates) is the mean over every rank's masked images, however they fall on the ranks.
     """
 
     def __init__(self, out_dim: int, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
@@ -231,8 +233,14 @@ class IBOTLoss(nn.Module):
         per_token = -(t_rows * s_rows).sum(dim=-1)  # (M,)
         counts = masks.sum(dim=1)  # masked tokens per image
         token_weight = (1.0 / counts.clamp(min=1).float())[:, None].expand_as(masks)[masks]
-        num_images = (counts > 0).sum().clamp(min=1)
-        loss_mim = (per_token * token_weight).sum() / num_images  # 0 (with a graph) when nothing is masked
+        num_images = (counts > 0).sum().float()
+        if _distributed():
+            # divide by the mean count per rank: DDP's gradient average over ranks (and the mean of the
+            # logged values) is then the mean over all ranks' masked images, as with one process
+            num_images = num_images.clone()
+            dist.all_reduce(num_images)
+            num_images /= dist.get_world_size()
+        loss_mim = (per_token * token_weight).sum() / num_images.clamp(min=1e-6)  # 0 when nothing is masked
 
         if self.centering == "centering":
             self.cls_center.update(teacher_cls)
