@@ -168,17 +168,18 @@ def test_eval_rfid_without_inception_weights_names_the_file(tokenizer_run, tmp_p
 
 
 def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
-    model_dir = tmp_path / "model"  # a copy: the shared model stays as trained
+    model_dir = tmp_path / "run" / "model"  # a copy: the shared model stays as trained
     shutil.copytree(tokenizer_run.model, model_dir)
     assert not TCAE.from_pretrained(model_dir).has_latent_stats
     out = tmp_path / "diag.json"
-    assert cli(["diagnose", "--model", str(model_dir), "--data", "builtin:digits:train", "--write-stats",
+    # given the run directory, the stats go into the model in its model/, never beside it
+    assert cli(["diagnose", "--model", str(tmp_path / "run"), "--data", "builtin:digits:train", "--write-stats",
                 "--max-images", "256", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "latent diagnostics on builtin:digits:train" in printed and "latent 32x2x2" in printed
     assert "A1 on pooled encoder tokens" in printed and f"latent statistics written into {model_dir}" in printed
     model = TCAE.from_pretrained(model_dir)
-    assert model.has_latent_stats
+    assert model.has_latent_stats and not (tmp_path / "run" / "config.json").exists()
     assert model.latent_mean.shape == model.latent_std.shape == (32,) and bool((model.latent_std > 0).all())
     result = json.loads(out.read_text())
     assert 0 <= result["probe_acc_tokens"] <= 1 and result["latent_shape"] == [32, 2, 2]

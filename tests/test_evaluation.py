@@ -401,6 +401,34 @@ def test_rfid_against_saved_reference_stats(tmp_path):
         evaluate(model, data, metrics="psnr", device="cpu", fid_stats=tmp_path / "ref.npz")
 
 
+class _CountingInception(StandInInception):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images_seen = 0
+
+    def forward(self, x: torch.Tensor) -> dict:
+        self.images_seen += x.shape[0]
+        return super().forward(x)
+
+
+def test_originals_statistics_are_computed_once_for_several_models():
+    models = [tiny_model()]
+    torch.manual_seed(5)
+    models.append(tcae.create_model("tcae-tiny").eval())  # different weights
+    kw = {"metrics": "rfid", "device": "cpu", "max_images": 12, "batch_size": 4, "image_size": SIZE}
+    alone = []
+    for m in models:
+        net = _CountingInception()
+        alone.append(evaluate(m, "builtin:digits:val", feature_network=net, **kw)["metrics"]["rfid"])
+        assert net.images_seen == 24  # originals + reconstructions
+    cache: dict = {}
+    nets = [_CountingInception(), _CountingInception()]
+    shared = [evaluate(m, "builtin:digits:val", feature_network=n, originals_cache=cache, **kw)["metrics"]["rfid"]
+              for m, n in zip(models, nets)]
+    assert [n.images_seen for n in nets] == [24, 12]  # the second model's originals come from the cache
+    assert shared == pytest.approx(alone, rel=1e-9) and alone[0] != pytest.approx(alone[1])
+
+
 class _NamedNetwork(FeatureNetwork):
     """A non-Inception feature network with a name that needs sanitising, returning logits too."""
 

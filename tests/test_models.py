@@ -170,6 +170,15 @@ def test_missing_model_dir_files(tmp_path):
         TCAE.from_pretrained(tmp_path)
 
 
+def test_from_pretrained_takes_a_training_run_directory(tmp_path):
+    """`runs/NAME` holds the exported model in model/: every loader accepts the run directory itself."""
+    model = tcae.create_model("tcae-tiny", image_size=32)
+    model.save_pretrained(tmp_path / "run" / "model")
+    loaded = TCAE.from_pretrained(tmp_path / "run")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
 def test_rope_scores_depend_on_relative_position_only():
     """2D RoPE: q.k after rotation is a function of the (dy, dx) offset; prefix tokens are not rotated."""
     from tcae.models.layers import Rope2D, _rotate

@@ -39,21 +39,13 @@ def _interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _model_dir(path: str) -> str:
-    """A model directory, or a training run directory holding one in `model/`."""
-    p = Path(path)
-    if not (p / "config.json").is_file() and (p / "model" / "config.json").is_file():
-        return str(p / "model")
-    return path
-
-
 # ---------------------------------------------------------------------- cache-latents
 def _cache_latents(args: argparse.Namespace) -> int:
     from tcae.data import build_dataset
     from tcae.diffusion.latents import cache_latents
     from tcae.models import TCAE
 
-    tokenizer = TCAE.from_pretrained(_model_dir(args.model))
+    tokenizer = TCAE.from_pretrained(args.model)
     size = args.image_size or tokenizer.config.image_size
     tokenizer.check_image_size(size)  # before anything is written to --out
     dataset = build_dataset(args.data, size, train=False)
@@ -90,11 +82,12 @@ def _sample(args: argparse.Namespace) -> int:
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
     from tcae.diffusion.npz import NpzSampleWriter, to_uint8
     from tcae.models import TCAE
+    from tcae.models.checkpoint_io import resolve_run_dir
 
     device = _device(args.device)
-    dit_dir = _model_dir(args.dit)
+    dit_dir = resolve_run_dir(args.dit)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
-    tokenizer = TCAE.from_pretrained(_model_dir(args.tokenizer)).to(device).eval()
+    tokenizer = TCAE.from_pretrained(args.tokenizer).to(device).eval()
     mean, std, stats_source = load_latent_stats(dit_dir, tokenizer)
     classes = _int_list(",".join(args.classes)) if args.classes else None
     labels = class_labels(args.num, dit.config.num_classes, classes)

@@ -56,6 +56,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = info.device if info else args.device
     main = info is None or info.is_main
     results = []
+    originals_cache: dict = {}  # the originals' feature statistics, computed for the first model only
     try:
         for model_dir, name in zip(args.model, names):
             model = TCAE.from_pretrained(model_dir).eval()
@@ -64,7 +65,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                               feature_weights=weights, max_images=args.max_images,
                               grid_path=_grid_path(args.grid, name, len(args.model) > 1),
                               num_workers=args.num_workers, lpips_weights=args.lpips_weights,
-                              save_fid_stats=args.save_fid_stats, autocast=args.bf16, model_name=name)
+                              save_fid_stats=args.save_fid_stats, autocast=args.bf16, model_name=name,
+                              originals_cache=originals_cache)
             result["model"]["dir"] = str(model_dir)
             results.append(result)
             if main:
@@ -117,11 +119,13 @@ def format_diagnostics(result: dict) -> str:
 def _run_diagnose(args: argparse.Namespace) -> int:
     from tcae.evaluation import diagnose, results_to_json
     from tcae.models import TCAE
+    from tcae.models.checkpoint_io import resolve_run_dir
 
-    model = TCAE.from_pretrained(args.model).eval()
+    model_dir = resolve_run_dir(args.model)  # --write-stats rewrites the model itself, not the run directory
+    model = TCAE.from_pretrained(model_dir).eval()
     result = diagnose(model, args.data, image_size=args.image_size, batch_size=args.batch_size,
                       device=args.device, max_images=args.max_images, num_workers=args.num_workers,
-                      probe=not args.no_probe, write_stats_to=args.model if args.write_stats else None)
+                      probe=not args.no_probe, write_stats_to=model_dir if args.write_stats else None)
     result["model"] = {"dir": str(args.model), "config": model.config.to_dict()}
     print(format_diagnostics(result))
     if args.out:
@@ -148,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(Fréchet distance of InceptionV3 statistics, originals vs reconstructions, or vs --fid-stats). "
         "Several --model give a side-by-side Markdown table and bar plot.")
     p.add_argument("--model", action="append", required=True, metavar="DIR",
-                   help="model directory (save_pretrained); repeat for a comparison")
+                   help="model directory (save_pretrained) or training run directory; repeat for a comparison")
     p.add_argument("--names", default=None, help="comma-separated display names for the models")
     _common(p)
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
@@ -178,7 +182,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Per-channel latent mean/std, effective rank of latents and encoder tokens, and on "
         "labelled data linear-probe accuracy on pooled tokens (A1) and latents (A2) with the structural "
         "loss 1 - A2/A1. --write-stats stores the latent statistics in the model for diffusion training.")
-    d.add_argument("--model", required=True, metavar="DIR", help="model directory (save_pretrained)")
+    d.add_argument("--model", required=True, metavar="DIR",
+                   help="model directory (save_pretrained) or training run directory")
     _common(d)
     d.add_argument("--max-images", type=int, default=2000, help="images per split (default 2000)")
     d.add_argument("--no-probe", action="store_true", help="skip the linear probes")

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -85,6 +86,7 @@ def evaluate(
     save_fid_stats: str | os.PathLike | None = None,
     autocast: bool = False,
     model_name: str | None = None,
+    originals_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model``'s reconstructions on a dataset.
 
@@ -106,6 +108,9 @@ def evaluate(
         save_fid_stats: also write the originals' statistics of the rfid network to this ``.npz``
             (a reference for later runs; rank 0).
         autocast: bfloat16 autocast for the model (not for the metric networks).
+        originals_cache: a dict kept across calls (several models, one data set): the originals'
+            feature statistics are computed once per (network, data spec, image size, max_images)
+            and reused, as they do not depend on the model. Only for a data spec string.
 
     Returns:
         ``{"metrics": {key: float}, "labels": {key: str}, "num_images": int, "data": str,
@@ -164,6 +169,10 @@ def evaluate(
     model = model.to(device).eval()
     sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names])
     stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
+    cache_keys = {k: (net.name, spec_text, size, max_images) for k, net in networks.items()}
+    cached = ({k: originals_cache[ck] for k, ck in cache_keys.items() if ck in originals_cache}
+              if originals_cache is not None and isinstance(data_spec, str) else {})
+    needs_real = {k: _needs_real(k, reference, save_fid_stats) and k not in cached for k in networks}
     loader = eval_loader(dataset, batch_size, num_workers, max_images, distributed=True, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
     image_hw: list[int] | None = None
@@ -183,7 +192,7 @@ def evaluate(
         num_images += x.shape[0]
         for key, net in networks.items():
             real, fake = stats[key]
-            if _needs_real(key, reference, save_fid_stats):
+            if needs_real[key]:
                 real.update(net(x)["features"])
             fake.update(net(recon)["features"])
 
@@ -199,16 +208,20 @@ def evaluate(
     for key, net in networks.items():
         real, fake = stats[key]
         fake.all_reduce()
-        if _needs_real(key, reference, save_fid_stats):
-            real.all_reduce()
         mu_f, sigma_f = fake.mean_cov()
+        originals = cached.get(key)
+        if needs_real[key]:
+            real.all_reduce()
+            originals = real.mean_cov()
+            if originals_cache is not None and isinstance(data_spec, str):
+                originals_cache[cache_keys[key]] = originals
         if key == "rfid" and save_fid_stats is not None and rank == 0:
-            save_stats(save_fid_stats, *real.mean_cov())
+            save_stats(save_fid_stats, *originals)
         if key == "rfid" and reference is not None:
             mu_r, sigma_r = reference
             against = str(fid_stats)
         else:
-            mu_r, sigma_r = real.mean_cov()
+            mu_r, sigma_r = originals
             against = "originals"
         values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
         labels[key] = net.metric_label("r")

@@ -56,6 +56,15 @@ def save_model_dir(model: nn.Module, directory: str | Path, config: dict[str, An
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
 
+def resolve_run_dir(model_id: str) -> str:
+    """A training run directory (`runs/NAME`, holding its exported model in `model/`) -> that `model/`;
+    anything else unchanged."""
+    path = Path(model_id)
+    if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
+        return str(path / "model")
+    return model_id
+
+
 def check_local_model_path(model_id: str, what: str) -> None:
     """Raise FileNotFoundError for a model path that is not a directory and cannot be a Hugging Face
     Hub repo id ('name' or 'owner/name'): an existing file, an absolute or ./ ../ ~ path, a deeper
@@ -81,7 +90,8 @@ def model_files(model_id: str, what: str, **hub_kwargs: Any) -> tuple[Path, Path
         for f in files:
             if not f.is_file():
                 raise FileNotFoundError(f"{f} not found: a {what} model directory holds {CONFIG_NAME} and "
-                                        f"{WEIGHTS_NAME} (written by save_pretrained)")
+                                        f"{WEIGHTS_NAME} (written by save_pretrained); a training run "
+                                        "directory holds one in model/")
         return files
     from huggingface_hub import hf_hub_download
 
@@ -108,9 +118,11 @@ class DataclassHubMixin(PyTorchModelHubMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load from a model directory, a training run directory (its `model/`) or a Hub repo id."""
+        model_id = resolve_run_dir(str(pretrained_model_name_or_path))
         # a path that cannot be a Hub repo id is named as a missing directory, not a repo-id error
-        check_local_model_path(str(pretrained_model_name_or_path), cls.model_kind)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        check_local_model_path(model_id, cls.model_kind)
+        return super().from_pretrained(model_id, *args, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_model_dir(self, save_directory, dataclasses.asdict(self.config))

@@ -87,16 +87,6 @@ class TokenizerStudent(nn.Module):
         return out
 
 
-def load_init_model(init: str) -> TCAE:
-    """Phase-2 start: a run directory (its `model/`) or a model directory."""
-    path = Path(init)
-    for cand in (path / "model", path):
-        if (cand / "config.json").is_file():
-            return TCAE.from_pretrained(str(cand))
-    raise FileNotFoundError(f"init={init}: neither {path / 'model'} nor {path} holds a TC-AE model "
-                            "(config.json + model.safetensors)")
-
-
 class TokenizerTrainer(TrainLoop):
     """`tcae train` / `tcae finetune-decoder`."""
 
@@ -109,7 +99,10 @@ class TokenizerTrainer(TrainLoop):
         if self.decoder_phase:
             if not cfg.init:
                 raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
-            model = load_init_model(cfg.init)
+            try:  # a run directory (its model/) or a model directory
+                model = TCAE.from_pretrained(cfg.init)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"init={cfg.init}: {e}") from None
         else:
             overrides = model_overrides(cfg.model)
             overrides.setdefault("image_size", cfg.data.image_size)
