@@ -6,7 +6,6 @@ boolean-gather code path of `IBOTLoss`.
 """
 
 import copy
-import math
 import os
 
 import pytest
@@ -21,7 +20,7 @@ from tcae.losses import (
     LeCam,
     LPIPSLoss,
     PatchDiscriminator,
-    adaptive_weight,
+    adaptive_gan_loss,
     build_perceptual,
     hinge_d_loss,
     hinge_g_loss,
@@ -127,28 +126,40 @@ def test_hinge_losses_by_hand():
     assert hinge_d_loss(torch.full((2, 1, 3, 3), 1.0), torch.full((2, 1, 3, 3), -1.0)).item() == 0.0
 
 
-def test_adaptive_weight_matches_manual_gradient_norms():
+def test_adaptive_gan_loss_equals_the_direct_form():
+    """w from the direct last-layer gradients; value and every trained parameter's gradient as
+    (rec + gan_weight * w * g).backward() gives, the discriminator (frozen for L_G) untouched."""
     torch.manual_seed(0)
-    last = torch.nn.Linear(8, 12)  # stands in for the decoder's last layer
-    disc = torch.nn.Linear(12, 1)
-    h, target = torch.randn(5, 8), torch.randn(5, 12)
+    body, last = torch.nn.Linear(6, 8), torch.nn.Linear(8, 12)  # a "decoder": body, then its last layer
+    disc = torch.nn.Linear(12, 1).requires_grad_(False)
+    h, target = torch.randn(5, 6), torch.randn(5, 12)
 
     def losses():
-        out = last(h)
-        return (out - target).abs().mean() + 0.1 * out.pow(2).mean(), hinge_g_loss(disc(out))
+        out = last(torch.tanh(body(h)))
+        return out, (out - target).abs().mean() + 0.1 * out.pow(2).mean(), hinge_g_loss(disc(out))
 
-    rec, g = losses()
-    w = adaptive_weight(rec, g, last.weight)
-    assert not w.requires_grad
-    rec.backward(retain_graph=True)  # the graphs were retained: both still backprop
-    grad_rec = last.weight.grad.clone()
-    last.weight.grad = None
-    g.backward()
-    grad_g = last.weight.grad.clone()
-    manual = math.sqrt((grad_rec ** 2).sum().item()) / (math.sqrt((grad_g ** 2).sum().item()) + 1e-4)
-    assert w.item() == pytest.approx(manual, rel=1e-5)
-    rec, g = losses()
-    assert adaptive_weight(rec, g, last.weight, max_weight=1e-3).item() == pytest.approx(1e-3)
+    # direct form: two backward passes to the last layer, then the loss
+    _, rec, g = losses()
+    grad_rec, grad_g = (torch.autograd.grad(t, last.weight, retain_graph=True)[0] for t in (rec, g))
+    w_direct = grad_rec.norm() / (grad_g.norm() + 1e-4)
+    (rec + 0.5 * w_direct * g).backward()
+    trained = {**{f"body.{n}": p for n, p in body.named_parameters()},
+               **{f"last.{n}": p for n, p in last.named_parameters()}}
+    direct = {n: p.grad.clone() for n, p in trained.items()}
+    direct_value = (rec + 0.5 * w_direct * g).item()
+    for p in trained.values():
+        p.grad = None
+
+    out, rec, g = losses()
+    loss, w = adaptive_gan_loss(out, rec, g, last.weight, gan_weight=0.5)
+    assert not w.requires_grad and w.item() == pytest.approx(w_direct.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(direct_value, rel=1e-6)
+    loss.backward()
+    for n, p in trained.items():
+        torch.testing.assert_close(p.grad, direct[n], rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f"{n}: {m}")
+    assert all(p.grad is None for p in disc.parameters())
+    out, rec, g = losses()
+    assert adaptive_gan_loss(out, rec, g, last.weight, 0.5, max_weight=1e-3)[1].item() == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("size,out", [(32, 2), (64, 6)])
@@ -406,7 +417,7 @@ def _dist_worker(rank, world, init_file, out_dir):
         # adaptive GAN weight and iBOT loss on this rank's half of a batch (_adaptive_case, _ibot_case)
         last, disc, h, target = _adaptive_case()
         half = slice(3 * rank, 3 * rank + 3)
-        w = adaptive_weight(*_adaptive_losses(last, disc, h[half], target[half]), last.weight)
+        w = adaptive_gan_loss(*_adaptive_losses(last, disc, h[half], target[half]), last.weight, 0.5)[1]
         ib = _ibot_case()
         keep = torch.tensor([v * 4 + 2 * rank + i for v in range(3) for i in range(2)])  # crop-major rows
         g_rows = keep[:4]
@@ -427,7 +438,7 @@ def _adaptive_case():
 
 def _adaptive_losses(last, disc, h, target):
     out = last(h)
-    return (out - target).abs().mean(), hinge_g_loss(disc(out))
+    return out, (out - target).abs().mean(), hinge_g_loss(disc(out))
 
 
 def _ibot_case() -> dict[str, torch.Tensor]:
@@ -453,7 +464,7 @@ def test_distributed_losses_equal_the_single_process_ones(tmp_path):
     torch.testing.assert_close(r1["center"], r0["center"])
 
     last, disc, h, target = _adaptive_case()
-    w = adaptive_weight(*_adaptive_losses(last, disc, h, target), last.weight)
+    w = adaptive_gan_loss(*_adaptive_losses(last, disc, h, target), last.weight, 0.5)[1]
     assert r0["w"].item() == pytest.approx(w.item(), rel=1e-5) and r1["w"].item() == pytest.approx(w.item(), rel=1e-5)
 
     ib = _ibot_case()

@@ -10,6 +10,7 @@ Every weight lives in the training config (`tcae.config.LossConfig`, `SSLConfig`
 from tcae.losses.adversarial import (
     LeCam,
     PatchDiscriminator,
+    adaptive_gan_loss,
     adaptive_weight,
     hinge_d_loss,
     hinge_g_loss,
@@ -32,6 +33,7 @@ __all__ = [
     "LPIPSLoss",
     "LeCam",
     "PatchDiscriminator",
+    "adaptive_gan_loss",
     "adaptive_weight",
     "build_perceptual",
     "default_backbone_path",

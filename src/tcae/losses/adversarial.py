@@ -4,6 +4,7 @@
     L_G   = -mean D(x_hat)                                                    (hinge, generator)
     w     = clamp(||grad_W L_rec|| / (||grad_W L_G|| + 1e-4), 0, max_w)      (W: last decoder layer;
                                                                               taming-transformers)
+    L     = L_rec + lambda_g * w * L_G                                        (`adaptive_gan_loss`)
     R_LC  = mean relu(D(x) - ema_fake)^2 + mean relu(ema_real - D(x_hat))^2  (LeCam, Tseng et al. 2021)
 
 The generator's adversarial term is lambda_g * w * L_G, switched on from a start step (`loss.gan_start`).
@@ -77,24 +78,42 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
-    """Balance the GAN term against reconstruction at the last decoder layer (taming-transformers, VQGAN).
+def adaptive_weight(rec_grad: torch.Tensor, g_grad: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
+    """w = ||rec_grad|| / (||g_grad|| + 1e-4), clamped to [0, max_weight], detached (taming-transformers, VQGAN).
 
-    w = ||d rec_loss / d W|| / (||d g_loss / d W|| + 1e-4), clamped to [0, max_weight], detached.
-    `last_layer`: the weight W (e.g. `TCAE.decoder_last_layer`). Graphs are retained for the backward.
-    With torch.distributed initialised both gradients are averaged over the ranks first (every rank must
-    call this), so w is the global batch's weight -- what one process with the whole batch computes --
-    and the same on every rank.
+    rec_grad, g_grad: the gradients of L_rec and L_G at the last decoder layer's weight (same shape).
+    With torch.distributed initialised both are averaged over the ranks first (every rank must call
+    this), so w is the global batch's weight -- what one process with the whole batch computes -- and
+    the same on every rank.
     """
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    grads = torch.stack([rec_grad.float(), g_grad.float()])
+    grads = torch.stack([rec_grad.detach().float(), g_grad.detach().float()])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(grads)
         grads /= dist.get_world_size()
-    w = grads[0].norm() / (grads[1].norm() + 1e-4)
-    return w.clamp(0.0, max_weight).detach()
+    return (grads[0].norm() / (grads[1].norm() + 1e-4)).clamp(0.0, max_weight)
+
+
+def adaptive_gan_loss(output: torch.Tensor, rec_loss: torch.Tensor, g_loss: torch.Tensor,
+                      last_layer: torch.Tensor, gan_weight: float, max_weight: float = 1e4
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L = rec_loss + gan_weight * w * g_loss with the adaptive weight w, backpropagating the losses once.
+
+    `output`: the decoder output, the only way both losses reach the trained parameters (e.g. the
+    reconstruction fed to L1, LPIPS and the discriminator); `last_layer`: the decoder's last weight.
+    Each loss is differentiated to `output` once; w's last-layer gradients are vector-Jacobian products
+    from there through that layer alone; and L carries its gradient as `output * dL/d output`. So a
+    backward of L runs LPIPS's VGG and the discriminator backward zero more times, where the direct
+    form (w from d loss / d W, then loss.backward()) runs each of them twice.
+
+    Returns (L: the value of the direct loss, with the same gradients, w: detached scalar).
+    """
+    rec_out = torch.autograd.grad(rec_loss, output, retain_graph=True)[0]
+    g_out = torch.autograd.grad(g_loss, output, retain_graph=True)[0]
+    rec_grad, g_grad = (torch.autograd.grad(output, last_layer, grad_outputs=g, retain_graph=True)[0]
+                        for g in (rec_out, g_out))
+    w = adaptive_weight(rec_grad, g_grad, max_weight)
+    linear = (output * (rec_out + gan_weight * w * g_out)).sum()
+    return linear - linear.detach() + (rec_loss + gan_weight * w * g_loss).detach(), w
 
 
 class LeCam(nn.Module):

@@ -24,7 +24,7 @@ from tcae.losses import (
     IBOTLoss,
     LeCam,
     PatchDiscriminator,
-    adaptive_weight,
+    adaptive_gan_loss,
     build_perceptual,
     hinge_d_loss,
     hinge_g_loss,
@@ -213,10 +213,12 @@ class TokenizerTrainer(TrainLoop):
             with self.autocast():
                 g_loss = hinge_g_loss(self.disc(rec).float())
             self.disc.requires_grad_(True)
-            w = (adaptive_weight(rec_loss, g_loss, self.model.decoder_last_layer)
-                 if lc.adaptive_gan_weight else torch.ones((), device=dev))
-            terms["gan_g"], terms["gan_w"] = g_loss, w
-            rec_loss = rec_loss + lc.gan_weight * w * g_loss
+            terms["gan_g"] = g_loss
+            if lc.adaptive_gan_weight:
+                rec_loss, terms["gan_w"] = adaptive_gan_loss(rec, rec_loss, g_loss, self.model.decoder_last_layer,
+                                                             lc.gan_weight)
+            else:
+                rec_loss = rec_loss + lc.gan_weight * g_loss
         loss = cfg.loss.alpha * rec_loss
         if self.ssl:
             with torch.no_grad(), self.autocast():
