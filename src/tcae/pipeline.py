@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
 from tcae.data import build_dataset
+from tcae.device import resolve_device
 from tcae.models import TCAE, flops
 
 log = logging.getLogger("tcae.pipeline")
@@ -51,11 +52,6 @@ def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Pat
                    grid_path=str(out_dir / "reconstructions.png"))
     diag = diagnose(model, train_spec or val_spec, image_size=image_size, write_stats_to=str(model_dir))
     return {"reconstruction": rec, "diagnostics": diag}
-
-
-def default_device() -> torch.device:
-    """cuda when available, else cpu (as `tcae.evaluation.evaluate` chooses)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def split_spec(data_spec: str, split: str) -> str:
@@ -88,7 +84,7 @@ def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Pat
     model = TCAE.from_pretrained(str(model_dir)).eval()
     ds = build_dataset(data_spec, image_size, train=False)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
-                  device=device or default_device())
+                  device=resolve_device(device))
     return out_dir
 
 
@@ -110,7 +106,7 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_cla
     from tcae.diffusion import DiT, to_uint8
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
 
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     dit = DiT.from_pretrained(str(dit_dir)).to(device).eval()
     tok = TCAE.from_pretrained(str(tokenizer_dir)).to(device).eval()
     mean, std, _ = load_latent_stats(dit_dir, tok)

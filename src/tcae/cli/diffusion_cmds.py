@@ -16,13 +16,9 @@ from pathlib import Path
 
 import torch
 
+from tcae.device import resolve_device
+
 logger = logging.getLogger(__name__)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _int_list(text: str) -> list[int]:
@@ -51,7 +47,7 @@ def _cache_latents(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.data, size, train=False)
     summary = cache_latents(
         tokenizer, dataset, args.out, batch_size=args.batch_size, flip=args.flip, shard_size=args.shard_size,
-        device=_device(args.device), num_workers=args.num_workers, progress=not args.no_progress,
+        device=resolve_device(args.device), num_workers=args.num_workers, progress=not args.no_progress,
         data_spec=args.data, image_size=size)
     brief = {k: v for k, v in summary.items() if k not in ("mean", "std")}
     print(json.dumps(brief, indent=2))
@@ -84,7 +80,7 @@ def _sample(args: argparse.Namespace) -> int:
     from tcae.models import TCAE
     from tcae.models.checkpoint_io import resolve_run_dir
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     dit_dir = resolve_run_dir(args.dit)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
     tokenizer = TCAE.from_pretrained(args.tokenizer).to(device).eval()
@@ -137,7 +133,7 @@ def _eval_gen(args: argparse.Namespace) -> int:
 
     result = evaluate_samples(args.samples, args.ref, image_size=args.image_size,
                               inception_weights=args.inception_weights, batch_size=args.batch_size,
-                              device=_device(args.device), max_reference=args.max_ref,
+                              device=resolve_device(args.device), max_reference=args.max_ref,
                               progress=not args.no_progress)
     text = json.dumps(result, indent=2)
     if args.out:

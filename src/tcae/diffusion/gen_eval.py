@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tcae.device import resolve_device
 from tcae.diffusion.npz import load_samples_npz
 
 
@@ -51,7 +52,7 @@ def evaluate_samples(
     from tcae.evaluation import FeatureStats, build_feature_network, frechet_distance, inception_score
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     net = build_feature_network(feature_network, inception_weights).to(device).eval()
     key = net.metric_key("g")
 

@@ -28,6 +28,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
+from tcae.device import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -270,7 +272,7 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
     """
     from tcae.data import build_dataset
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     model = model.to(device).eval()
     size = image_size or model.config.image_size
     model.check_image_size(size)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from tcae.device import resolve_device
 from tcae.evaluation.diagnostics import eval_loader
 from tcae.evaluation.features import FeatureNetwork, MissingWeightsError, build_feature_network
 from tcae.evaluation.fid import FeatureStats, frechet_distance, load_stats, save_stats
@@ -121,7 +122,7 @@ def evaluate(
             (raised before any image is processed).
     """
     names = parse_metrics(metrics)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     config = getattr(model, "config", None)
     size = int(image_size or getattr(config, "image_size", 0) or 0)
     if size and hasattr(model, "check_image_size"):
@@ -169,9 +170,10 @@ def evaluate(
     model = model.to(device).eval()
     sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names])
     stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
+    # a Dataset object has no identity to key a cache by: only data spec strings share statistics
+    cache = originals_cache if isinstance(data_spec, str) else None
     cache_keys = {k: (net.name, spec_text, size, max_images) for k, net in networks.items()}
-    cached = ({k: originals_cache[ck] for k, ck in cache_keys.items() if ck in originals_cache}
-              if originals_cache is not None and isinstance(data_spec, str) else {})
+    cached = {k: cache[ck] for k, ck in cache_keys.items() if ck in cache} if cache is not None else {}
     needs_real = {k: _needs_real(k, reference, save_fid_stats) and k not in cached for k in networks}
     loader = eval_loader(dataset, batch_size, num_workers, max_images, distributed=True, device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
@@ -213,8 +215,8 @@ def evaluate(
         if needs_real[key]:
             real.all_reduce()
             originals = real.mean_cov()
-            if originals_cache is not None and isinstance(data_spec, str):
-                originals_cache[cache_keys[key]] = originals
+            if cache is not None:
+                cache[cache_keys[key]] = originals
         if key == "rfid" and save_fid_stats is not None and rank == 0:
             save_stats(save_fid_stats, *originals)
         if key == "rfid" and reference is not None:
