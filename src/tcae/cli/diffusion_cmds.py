@@ -39,9 +39,9 @@ def _interval(text: str) -> tuple[float, float]:
 def _cache_latents(args: argparse.Namespace) -> int:
     from tcae.data import build_dataset
     from tcae.diffusion.latents import cache_latents
-    from tcae.models import TCAE
+    from tcae.tokenizers import load_tokenizer
 
-    tokenizer = TCAE.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     size = args.image_size or tokenizer.config.image_size
     tokenizer.check_image_size(size)  # before anything is written to --out
     dataset = build_dataset(args.data, size, train=False)
@@ -77,13 +77,13 @@ def _sample(args: argparse.Namespace) -> int:
     from tcae.diffusion.dit import DiT
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
     from tcae.diffusion.npz import NpzSampleWriter, to_uint8
-    from tcae.models import TCAE
     from tcae.models.checkpoint_io import resolve_run_dir
+    from tcae.tokenizers import load_tokenizer
 
     device = resolve_device(args.device)
     dit_dir = resolve_run_dir(args.dit)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
-    tokenizer = TCAE.from_pretrained(args.tokenizer).to(device).eval()
+    tokenizer = load_tokenizer(args.tokenizer).to(device).eval()
     mean, std, stats_source = load_latent_stats(dit_dir, tokenizer)
     classes = _int_list(",".join(args.classes)) if args.classes else None
     labels = class_labels(args.num, dit.config.num_classes, classes)
@@ -148,7 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Encode a dataset with a TC-AE tokenizer into sharded safetensors of raw latents "
                                    "and labels, with per-channel mean/std in meta.json (for `tcae train-dit`). "
                                    "Rerunning with the same arguments resumes.")
-    p.add_argument("--model", required=True, help="tokenizer directory (or training run directory)")
+    p.add_argument("--model", required=True, help="tokenizer: a tcae model or training run directory, or "
+                                                  "diffusers:PATH_OR_HUB_ID (AutoencoderKL, AutoencoderDC, ...)")
     p.add_argument("--data", required=True, help="data spec (builtin:digits, an image folder, shards; val split "
                                                  "unless the spec names one)")
     p.add_argument("--out", required=True, help="output directory")
@@ -166,7 +167,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "tokenizer, write samples.npz (ADM evaluator layout: arr_0 uint8 (N, H, W, 3), "
                                    "arr_1 labels) and grid.png.")
     p.add_argument("--dit", required=True, help="DiT directory (or train-dit run directory)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory (or training run directory)")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer the DiT's latents came from (as for "
+                                                      "cache-latents --model; diffusers:PATH_OR_HUB_ID too)")
     p.add_argument("--num", type=int, required=True,
                    help="samples in total (labels cycle through all classes), or per class with --classes")
     p.add_argument("--classes", nargs="+", default=None, help="class ids, e.g. 0,1,2 or 0 1 2: one grid row each")

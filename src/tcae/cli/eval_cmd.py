@@ -41,7 +41,7 @@ def _grid_path(grid: str | None, name: str, several: bool) -> str | None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from tcae.evaluation import compare, evaluate, format_table, parse_metrics, results_to_json
-    from tcae.models import TCAE
+    from tcae.tokenizers import load_tokenizer
     from tcae.training.distributed import cleanup, init_distributed
 
     metrics = parse_metrics(args.metrics)
@@ -59,7 +59,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     originals_cache: dict = {}  # the originals' feature statistics, computed for the first model only
     try:
         for model_dir, name in zip(args.model, names):
-            model = TCAE.from_pretrained(model_dir).eval()
+            model = load_tokenizer(model_dir)
             result = evaluate(model, args.data, image_size=args.image_size, metrics=metrics,
                               batch_size=args.batch_size, device=device, fid_stats=args.fid_stats,
                               feature_weights=weights, max_images=args.max_images,
@@ -98,16 +98,20 @@ def format_diagnostics(result: dict) -> str:
         f"  latent channel mean: spread {s['mean_spread']:.4f}, max |mean| {s['mean_abs_max']:.4f}",
         f"  latent channel std:  spread {s['std_spread']:.4f}, min {s['std_min']:.4f}, max {s['std_max']:.4f}",
         f"  effective rank latents: {result['effective_rank_latents']:.2f} (of dim {result['latent_dim']})",
-        f"  effective rank tokens:  {result['effective_rank_tokens']:.2f} (of dim {result['token_dim']})",
     ]
-    if "probe_acc_tokens" in result:
+    tokens = "effective_rank_tokens" in result  # a model with encoder tokens (not a conv autoencoder)
+    lines.append(f"  effective rank tokens:  {result['effective_rank_tokens']:.2f} (of dim {result['token_dim']})"
+                 if tokens else "  effective rank tokens:  n/a (the model has no encoder tokens)")
+    if "probe_acc_latents" in result:
         p = result["probe"]
         lines += [
             f"  linear probe ({p['num_classes']} classes, chance {p['chance']:.3f}; {p['split']}, "
             f"{p['train_images']} train / {p['val_images']} val images)",
-            f"    A1 on pooled encoder tokens: {result['probe_acc_tokens']:.4f}",
+            f"    A1 on pooled encoder tokens: {result['probe_acc_tokens']:.4f}" if tokens else
+            "    A1 on pooled encoder tokens: n/a (no encoder tokens)",
             f"    A2 on latents:               {result['probe_acc_latents']:.4f}",
-            f"    structural loss 1 - A2/A1:   {result['structural_loss']:.4f}",
+            f"    structural loss 1 - A2/A1:   {result['structural_loss']:.4f}" if tokens else
+            "    structural loss 1 - A2/A1:   n/a",
         ]
     else:
         lines.append("  linear probe: skipped (unlabelled data, or --no-probe)")
@@ -118,11 +122,14 @@ def format_diagnostics(result: dict) -> str:
 
 def _run_diagnose(args: argparse.Namespace) -> int:
     from tcae.evaluation import diagnose, results_to_json
-    from tcae.models import TCAE
     from tcae.models.checkpoint_io import resolve_run_dir
+    from tcae.tokenizers import is_diffusers_spec, load_tokenizer
 
+    if args.write_stats and is_diffusers_spec(args.model):
+        raise ValueError(f"--write-stats writes into a tcae model directory; {args.model} is a diffusers model, "
+                         "whose latent scaling lives in its config.json")
     model_dir = resolve_run_dir(args.model)  # --write-stats rewrites the model itself, not the run directory
-    model = TCAE.from_pretrained(model_dir).eval()
+    model = load_tokenizer(model_dir)
     result = diagnose(model, args.data, image_size=args.image_size, batch_size=args.batch_size,
                       device=args.device, max_images=args.max_images, num_workers=args.num_workers,
                       probe=not args.no_probe, write_stats_to=model_dir if args.write_stats else None)
@@ -151,8 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Encode and decode every image of a dataset and report PSNR, SSIM, LPIPS and rFID "
         "(Fréchet distance of InceptionV3 statistics, originals vs reconstructions, or vs --fid-stats). "
         "Several --model give a side-by-side Markdown table and bar plot.")
-    p.add_argument("--model", action="append", required=True, metavar="DIR",
-                   help="model directory (save_pretrained) or training run directory; repeat for a comparison")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL",
+                   help="tokenizer: a tcae model or training run directory, or diffusers:PATH_OR_HUB_ID "
+                   "(AutoencoderKL, AutoencoderDC, a tcae export-diffusers folder); repeat for a comparison")
     p.add_argument("--names", default=None, help="comma-separated display names for the models")
     _common(p)
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
@@ -182,8 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Per-channel latent mean/std, effective rank of latents and encoder tokens, and on "
         "labelled data linear-probe accuracy on pooled tokens (A1) and latents (A2) with the structural "
         "loss 1 - A2/A1. --write-stats stores the latent statistics in the model for diffusion training.")
-    d.add_argument("--model", required=True, metavar="DIR",
-                   help="model directory (save_pretrained) or training run directory")
+    d.add_argument("--model", required=True, metavar="MODEL",
+                   help="tokenizer: a tcae model or training run directory, or diffusers:PATH_OR_HUB_ID")
     _common(d)
     d.add_argument("--max-images", type=int, default=2000, help="images per split (default 2000)")
     d.add_argument("--no-probe", action="store_true", help="skip the linear probes")
