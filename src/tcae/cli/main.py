@@ -9,7 +9,7 @@ import sys
 from tcae.config import ConfigError
 
 # each module adds its sub-commands with register(subparsers)
-COMMAND_MODULES = ["models_cmd", "train_cmds", "eval_cmd", "diffusion_cmds", "bench_cmd", "repro_cmd"]
+COMMAND_MODULES = ["models_cmd", "train_cmds", "eval_cmd", "diffusion_cmds", "bench_cmd", "repro_cmd", "interop_cmds"]
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,12 @@ class TCAEAutoencoder(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    # diffusers copies the loaded weights into the module's own memory instead of assigning the tensors of
+    # the safetensors file mapping, which are not 64-byte aligned: CPU kernels round differently (1 ulp) on
+    # misaligned weights, and the outputs would no longer equal a TCAE loaded by tcae bit for bit. (With
+    # accelerate installed, from_pretrained's default low_cpu_mem_usage=True path assigns them anyway:
+    # pass low_cpu_mem_usage=False where bit-equality matters.)
+    _supports_param_buffer_assignment = False
 
     @register_to_config
     def __init__(
