@@ -134,12 +134,13 @@ def _eval_gen(args: argparse.Namespace) -> int:
     result = evaluate_samples(args.samples, args.ref, image_size=args.image_size,
                               inception_weights=args.inception_weights, batch_size=args.batch_size,
                               device=resolve_device(args.device), max_reference=args.max_ref,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, allow_unbalanced=args.allow_unbalanced)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(text)
+    print(result["summary"])  # the numbers with the sample count and the reference they belong to
     return 0
 
 
@@ -193,12 +194,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-gen", help="gFID and Inception Score of a samples.npz",
                        description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
                                    "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
-                                   "VIRTUAL_imagenet256_labeled.npz), reference images (.npz arr_0) or a data spec.")
+                                   "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
+                                   ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
+                                   "samples must be class-balanced; every number names the sample count and "
+                                   "reference (docs/fid-protocol.md).")
     p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
-    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0) or data spec")
+    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0), torch-fidelity .pt or data spec")
     p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
     p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
     p.add_argument("--max-ref", type=int, default=None, help="use the first N reference images only")
+    p.add_argument("--allow-unbalanced", action="store_true",
+                   help="evaluate labelled samples whose classes are not equally represented (not the protocol)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="also write the result JSON here")

@@ -26,6 +26,24 @@ def _export_diffusers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fid_ref(args: argparse.Namespace) -> int:
+    from tcae.evaluation.fid_protocol import PROTOCOL, load_reference, reference_statistics, save_reference
+
+    if Path(args.out).suffix not in (".npz", ".pt"):
+        raise ValueError(f"--out {args.out}: write .npz (ADM / clean-fid layout) or .pt (torch-fidelity layout)")
+    mu, sigma, count = reference_statistics(args.data, args.image_size, weights=args.inception_weights,
+                                            batch_size=args.batch_size, device=args.device,
+                                            max_images=args.max_images, images_out=args.images_out,
+                                            progress=not args.no_progress)
+    save_reference(args.out, mu, sigma, count, data=args.data, image_size=args.image_size,
+                   feature_network="inception-v3-compat")
+    print(f"wrote {args.out}: {load_reference(args.out).describe() if Path(args.out).suffix == '.npz' else count}"
+          f" images; {PROTOCOL}")
+    if args.images_out:
+        print(f"wrote {args.images_out}: the {count} uint8 crops as an ADM reference batch (arr_0, arr_1)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-diffusers", help="write a TC-AE as a diffusers model folder (TCAEAutoencoder)",
                        description="Write a tcae model as a diffusers ModelMixin folder: config.json (_class_name "
@@ -36,3 +54,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="tcae model directory, training run directory or Hub repo id")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_export_diffusers)
+
+    p = sub.add_parser("fid-ref", help="reference InceptionV3 statistics by the pinned FID protocol (ADM crop)",
+                       description="Reference statistics the ADM way (docs/fid-protocol.md): each image BOX-halved "
+                                   "while its short side is >= 2 S, BICUBIC-resized to short side S, center-cropped "
+                                   "to S x S, as uint8; InceptionV3 (torch-fidelity's TF-FID port) pool features; mu "
+                                   "and sigma written with the image count. .npz: ADM / clean-fid layout (mu, sigma, "
+                                   "+ num_images, protocol); .pt: torch-fidelity's layout.")
+    p.add_argument("--data", required=True, help="data spec (its val split unless it names one, e.g. DIR:train)")
+    p.add_argument("--image-size", type=int, required=True, help="S: side of the reference images")
+    p.add_argument("--out", required=True, metavar="REF.npz|REF.pt")
+    p.add_argument("--images-out", default=None, metavar="BATCH.npz",
+                   help="also write the crops as an ADM reference batch (what ADM's evaluator reads)")
+    p.add_argument("--max-images", type=int, default=None, help="the first N images only")
+    p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_fid_ref)

@@ -1,10 +1,14 @@
 """Generation metrics of a sample file: gFID and Inception Score (`tcae eval-gen`).
 
-Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3)). The reference is either statistics
-(`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz`), images in the same
-`.npz` layout, or a data spec (its val split, resized and center-cropped to the samples' size).
-Features come from `tcae.evaluation` (torch-fidelity's InceptionV3 port of the TF-FID network, so
-numbers are comparable with ADM's evaluator).
+Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3), labels in `arr_1`). The reference is either
+statistics (`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz` read as it is, or a
+torch-fidelity `.pt`), images in the same `.npz` layout, or a data spec (its val split, prepared by ADM's
+center crop: :mod:`tcae.evaluation.fid_protocol`). Features come from `tcae.evaluation` (torch-fidelity's
+InceptionV3 port of the TF-FID network, so numbers are comparable with ADM's evaluator).
+
+The pinned protocol (docs/fid-protocol.md): labelled samples must be balanced per class (50 per class for
+50k ImageNet samples) unless `allow_unbalanced`; every number's label names the sample count, the class
+balance and the reference (with its image count where known).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tcae.device import resolve_device
-from tcae.diffusion.npz import load_samples_npz
+from tcae.diffusion.npz import load_sample_labels, load_samples_npz
 
 
 def _uint8_batches(images: np.ndarray, batch_size: int) -> Any:
@@ -39,6 +43,7 @@ def evaluate_samples(
     device: str | torch.device | None = None,
     max_reference: int | None = None,
     progress: bool = True,
+    allow_unbalanced: bool = False,
 ) -> dict[str, Any]:
     """gFID (Fréchet distance of samples vs reference features) and IS of the samples.
 
@@ -47,11 +52,25 @@ def evaluate_samples(
     feature_network: "inception" (gFID proper), another feature network name ("dinov2", ...;
     key ``gfd_<name>``) or an nn.Module / FeatureNetwork (labelled as a custom network). The
     Inception Score is computed only with the InceptionV3 network (never from another network's logits).
-    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std"}, "labels", "num_samples", "reference", ...}.
+    allow_unbalanced: accept labelled samples whose classes are not equally represented.
+    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std"}, "labels" (each naming the samples and the
+    reference), "num_samples", "class_balance", "reference", "num_reference", "protocol", "summary", ...}.
     """
     from tcae.evaluation import FeatureStats, build_feature_network, frechet_distance, inception_score
+    from tcae.evaluation.fid_protocol import (
+        PROTOCOL,
+        class_balance,
+        describe_samples,
+        load_reference,
+        reference_statistics,
+    )
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
+    balance = class_balance(None if isinstance(samples, np.ndarray) else load_sample_labels(samples))
+    if balance["balanced"] is False and not allow_unbalanced:
+        raise ValueError(f"{samples}: {describe_samples(len(images), balance)}; the FID protocol draws the same "
+                         "number of samples per class (e.g. tcae sample --num 50000 over 1000 classes); pass "
+                         "--allow-unbalanced to evaluate them anyway")
     device = resolve_device(device)
     net = build_feature_network(feature_network, inception_weights).to(device).eval()
     key = net.metric_key("g")
@@ -65,39 +84,36 @@ def evaluate_samples(
             logits.append(out["logits"].float().cpu())
     mu_f, sigma_f = fake.mean_cov()
 
-    ref_desc, num_ref = str(reference), None
     ref_path = Path(reference)
-    ref_stats = None
-    if ref_path.suffix == ".npz" and ref_path.is_file():
-        with np.load(ref_path) as data:
-            has_stats = "mu" in data.files and "sigma" in data.files
-        if has_stats and net.is_fid:
-            from tcae.evaluation import load_stats
-
-            ref_stats = load_stats(ref_path)
+    if ref_path.suffix in (".npz", ".pt") and ref_path.is_file():
+        has_stats = ref_path.suffix == ".pt"
+        if not has_stats:
+            with np.load(ref_path) as data:
+                has_stats = "mu" in data.files and "sigma" in data.files
+        if has_stats and net.is_fid:  # InceptionV3 statistics (ADM's as they are, tcae fid-ref's, torch-fidelity's)
+            ref = load_reference(ref_path)
+            ref_stats, num_ref, ref_desc = (ref.mu, ref.sigma), ref.num_images, ref.describe()
         else:
             real = FeatureStats(net.dim)
             ref_images = load_samples_npz(ref_path)[:max_reference]
             for x in _uint8_batches(ref_images, batch_size):
                 real.update(net(x.to(device))["features"])
             ref_stats, num_ref = real.mean_cov(), real.count
+            ref_desc = f"{ref_path.name} (arr_0: {num_ref} images)"
     else:
-        from tcae.data import build_dataset
-        from tcae.evaluation.diagnostics import eval_loader
+        size = int(image_size or images.shape[1])
+        mu, sigma, num_ref = reference_statistics(str(reference), size, feature_network=net, batch_size=batch_size,
+                                                  device=device, max_images=max_reference, progress=progress)
+        ref_stats, ref_desc = (mu, sigma), f"{reference} ({num_ref} images at {size} px, ADM center crop)"
 
-        dataset = build_dataset(str(reference), int(image_size or images.shape[1]), train=False,
-                                epoch_size=max_reference)
-        real = FeatureStats(net.dim)
-        loader = eval_loader(dataset, batch_size, max_images=max_reference, device=device)
-        for batch in tqdm(loader, desc="reference features", disable=not progress):
-            real.update(net(batch["image"].to(device, non_blocking=True))["features"])
-        ref_stats, num_ref = real.mean_cov(), real.count
-
+    against = f"{describe_samples(int(images.shape[0]), balance)} vs {ref_desc}"
     metrics = {key: frechet_distance(mu_f, sigma_f, *ref_stats)}
-    labels = {key: net.metric_label("g")}
+    labels = {key: f"{net.metric_label('g')}; {against}"}
     if net.is_fid and logits:
         metrics["is"], metrics["is_std"] = inception_score(torch.cat(logits))
-        labels["is"], labels["is_std"] = "Inception Score", "Inception Score std over 10 splits"
-    return {"metrics": metrics, "labels": labels, "num_samples": int(images.shape[0]),
+        labels["is"] = f"Inception Score; {describe_samples(int(images.shape[0]), balance)}"
+        labels["is_std"] = "Inception Score std over 10 splits"
+    summary = "; ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "is_std") + f" ({against})"
+    return {"metrics": metrics, "labels": labels, "num_samples": int(images.shape[0]), "class_balance": balance,
             "image_size": list(images.shape[1:3]), "reference": ref_desc, "num_reference": num_ref,
-            "feature_network": net.name}
+            "feature_network": net.name, "protocol": PROTOCOL if net.is_fid else None, "summary": summary}
