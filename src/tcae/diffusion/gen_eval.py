@@ -82,8 +82,7 @@ def evaluate_samples(
                 real.update(net(x.to(device))["features"])
             ref_stats, num_ref = real.mean_cov(), real.count
     else:
-        from tcae.data import build_dataset
-        from tcae.evaluation.diagnostics import eval_loader
+        from tcae.data import build_dataset, eval_loader
 
         dataset = build_dataset(str(reference), int(image_size or images.shape[1]), train=False,
                                 epoch_size=max_reference)
