@@ -423,24 +423,22 @@ def _cli(argv: list[str]) -> int:
 
 def test_sample_cli(tmp_path, tokenizer):
     tok_dir, dit_dir = tmp_path / "tok", tmp_path / "dit"
-    tokenizer.save_pretrained(tok_dir)  # no latent stats stored
+    tokenizer.save_pretrained(tok_dir)  # no latent stats stored: the DiT's own are used
     dit = create_dit("dit-tiny", in_channels=32, input_size=2, num_classes=4)
     _randomize_zero_init(dit)
+    c = 32
+    dit.set_latent_stats(torch.full((c,), 0.1), torch.full((c,), 2.0))
     dit.save_pretrained(dit_dir)
     argv = ["sample", "--dit", str(dit_dir), "--tokenizer", str(tok_dir), "--num", "3", "--classes", "0,2",
             "3", "--cfg", "2.0", "--cfg-interval", "0.2,0.9", "--steps", "3", "--sampler", "heun",
             "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out"), "--no-progress", "--pngs"]
-    with pytest.raises(ValueError, match="latent statistics"):
-        _cli(argv)
-    c = 32
-    (dit_dir / "latent_stats.json").write_text(json.dumps({"mean": [0.1] * c, "std": [2.0] * c}))
     assert _cli(argv) == 0
     with np.load(tmp_path / "out" / "samples.npz") as data:
         assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (9, 32, 32, 3)
         assert data["arr_1"].tolist() == [0, 0, 0, 2, 2, 2, 3, 3, 3]
     assert (tmp_path / "out" / "grid.png").is_file() and len(os.listdir(tmp_path / "out" / "samples")) == 9
     info = json.loads((tmp_path / "out" / "sample_config.json").read_text())
-    assert info["latent_stats"].endswith("latent_stats.json")
+    assert info["latent_stats"] == "dit"
     # the same seed gives the same samples whatever the batch size (up to float rounding)
     _cli([*argv[:-4], "--batch-size", "2", "--out", str(tmp_path / "out2"), "--no-progress"])
     a, b = (load_samples_npz(tmp_path / d / "samples.npz").astype(int) for d in ("out", "out2"))

@@ -161,7 +161,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
                           device="cpu", feature_network=small_feature_net())
         stats = FeatureStats()
         net = small_feature_net()
-        from tcae.evaluation.diagnostics import eval_loader
+        from tcae.data import eval_loader
 
         for batch in eval_loader(SyntheticImages(7), 2, distributed=True):
             stats.update(net(batch["image"]))

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tcae.data import MaskedTokens
 from tcae.losses import (
     Center,
     IBOTHead,
@@ -29,6 +30,14 @@ from tcae.losses import (
     sinkhorn_knopp,
     teacher_temperature,
 )
+
+
+def ibot(crit, s_cls, t_cls, s_patch, t_patch, masks, teacher_temp):
+    """IBOTLoss on full (V*B, n, K) patch outputs and bool masks, as the trainer feeds it: the masked rows
+    gathered by host-computed MaskedTokens."""
+    mt = MaskedTokens.from_masks(masks)
+    return crit(s_cls, t_cls, mt.gather(s_patch), mt.gather(t_patch), mt.weight, mt.num_views, teacher_temp)
+
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -267,7 +276,7 @@ def ibot_inputs(seed=0, v_g=2, v_l=3, b=3, n=5, k=7, kp=6, scale=1.0):
 def test_ibot_loss_matches_reference_first_step(centering, v_l):
     inputs = ibot_inputs(v_l=v_l)
     crit = IBOTLoss(7, 6, student_temp=0.1, centering=centering, cls_weight=0.7, patch_weight=1.3)
-    out = crit(*inputs, teacher_temp=0.04)
+    out = ibot(crit, *inputs, teacher_temp=0.04)
     l_cls, l_mim = reference_ibot(*inputs, 2, 0.04, 0.1, torch.zeros(1, 7), torch.zeros(1, 6),
                                   centering == "sinkhorn")
     assert out["ibot_cls"].item() == pytest.approx(l_cls, rel=1e-5)
@@ -282,7 +291,7 @@ def test_ibot_loss_nonzero_center_and_center_update():
     c_cls, c_patch = torch.randn((1, 7), generator=g), torch.randn((1, 6), generator=g)
     crit.cls_center.center.copy_(c_cls)
     crit.patch_center.center.copy_(c_patch)
-    out = crit(s_cls, t_cls, s_patch, t_patch, masks, teacher_temp=0.055)
+    out = ibot(crit, s_cls, t_cls, s_patch, t_patch, masks, teacher_temp=0.055)
     l_cls, l_mim = reference_ibot(s_cls, t_cls, s_patch, t_patch, masks, 2, 0.055, 0.1, c_cls, c_patch, False)
     assert out["ibot_cls"].item() == pytest.approx(l_cls, rel=1e-5)
     assert out["ibot_mim"].item() == pytest.approx(l_mim, rel=1e-5)
@@ -295,7 +304,7 @@ def test_ibot_loss_nonzero_center_and_center_update():
     assert set(crit.state_dict()) == {"cls_center.center", "patch_center.center"}
     # the next step uses the updated centers
     inputs2 = ibot_inputs(seed=2)
-    out2 = crit(*inputs2, teacher_temp=0.07)
+    out2 = ibot(crit, *inputs2, teacher_temp=0.07)
     ref2 = reference_ibot(*inputs2, 2, 0.07, 0.1, new_cls, new_patch, False)
     assert out2["ibot_cls"].item() == pytest.approx(ref2[0], rel=1e-5)
     assert out2["ibot_mim"].item() == pytest.approx(ref2[1], rel=1e-5)
@@ -303,22 +312,22 @@ def test_ibot_loss_nonzero_center_and_center_update():
 
 def test_ibot_sinkhorn_leaves_centers():
     crit = IBOTLoss(7, 6, centering="sinkhorn")
-    crit(*ibot_inputs(), teacher_temp=0.04)
+    ibot(crit, *ibot_inputs(), teacher_temp=0.04)
     assert crit.cls_center.center.abs().sum() == 0 and crit.patch_center.center.abs().sum() == 0
 
 
 @pytest.mark.parametrize("centering", ["centering", "sinkhorn"])
 def test_ibot_mim_reads_masked_tokens_only(centering):
     s_cls, t_cls, s_patch, t_patch, masks = ibot_inputs(seed=3)
-    base = IBOTLoss(7, 6, centering=centering)(s_cls, t_cls, s_patch, t_patch, masks, 0.04)["ibot_mim"]
+    base = ibot(IBOTLoss(7, 6, centering=centering), s_cls, t_cls, s_patch, t_patch, masks, 0.04)["ibot_mim"]
     s2, t2 = s_patch.clone(), t_patch.clone()
     s2[~masks] = torch.randn_like(s2[~masks]) * 5
     t2[~masks] = 0.0  # the trainer leaves unmasked teacher rows at zero
-    other = IBOTLoss(7, 6, centering=centering)(s_cls, t_cls, s2, t2, masks, 0.04)["ibot_mim"]
+    other = ibot(IBOTLoss(7, 6, centering=centering), s_cls, t_cls, s2, t2, masks, 0.04)["ibot_mim"]
     assert other.item() == pytest.approx(base.item(), rel=1e-6)
     r, u = masks.nonzero()[0].tolist()
     s2[r, u, 0] += 3.0  # one logit: a shift of all logits would not change the softmax
-    changed = IBOTLoss(7, 6, centering=centering)(s_cls, t_cls, s2, t2, masks, 0.04)["ibot_mim"]
+    changed = ibot(IBOTLoss(7, 6, centering=centering), s_cls, t_cls, s2, t2, masks, 0.04)["ibot_mim"]
     assert changed.item() != pytest.approx(base.item(), rel=1e-6)
 
 
@@ -326,14 +335,14 @@ def test_ibot_no_masks_and_gradients():
     s_cls, t_cls, s_patch, t_patch, masks = (t.clone() for t in ibot_inputs(seed=4))
     for t in (s_cls, t_cls, s_patch, t_patch):
         t.requires_grad_(True)
-    out = IBOTLoss(7, 6)(s_cls, t_cls, s_patch, t_patch, torch.zeros_like(masks), 0.04)
+    out = ibot(IBOTLoss(7, 6), s_cls, t_cls, s_patch, t_patch, torch.zeros_like(masks), 0.04)
     assert out["ibot_mim"].item() == 0.0 and torch.isfinite(out["loss"])
     out["loss"].backward()  # still one graph when nothing is masked
     assert t_cls.grad is None and t_patch.grad is None  # no gradient into the teacher
     assert s_cls.grad is not None and s_cls.grad.abs().sum() > 0
 
     s_patch.grad = None
-    IBOTLoss(7, 6)(s_cls, t_cls, s_patch, t_patch, masks, 0.04)["loss"].backward()
+    ibot(IBOTLoss(7, 6), s_cls, t_cls, s_patch, t_patch, masks, 0.04)["loss"].backward()
     assert t_cls.grad is None and t_patch.grad is None
     assert s_patch.grad[masks].abs().sum() > 0 and s_patch.grad[~masks].abs().sum() == 0
 
@@ -341,9 +350,10 @@ def test_ibot_no_masks_and_gradients():
 def test_ibot_loss_rejects_bad_shapes():
     s_cls, t_cls, s_patch, t_patch, masks = ibot_inputs()
     with pytest.raises(ValueError, match="num_global_crops"):
-        IBOTLoss(7, 6, num_global_crops=4)(s_cls, t_cls, s_patch, t_patch, masks, 0.04)
-    with pytest.raises(ValueError, match="disagree"):
-        IBOTLoss(7, 6)(s_cls, t_cls, s_patch, t_patch, masks[:, :3], 0.04)
+        ibot(IBOTLoss(7, 6, num_global_crops=4), s_cls, t_cls, s_patch, t_patch, masks, 0.04)
+    mt = MaskedTokens.from_masks(masks)
+    with pytest.raises(ValueError, match="one row per masked token"):
+        IBOTLoss(7, 6)(s_cls, t_cls, mt.gather(s_patch)[1:], mt.gather(t_patch), mt.weight, mt.num_views, 0.04)
     with pytest.raises(ValueError, match="centering"):
         IBOTLoss(7, 6, centering="kmeans")
 
@@ -422,7 +432,7 @@ def _dist_worker(rank, world, init_file, out_dir):
         keep = torch.tensor([v * 4 + 2 * rank + i for v in range(3) for i in range(2)])  # crop-major rows
         g_rows = keep[:4]
         s_patch = ib["s_patch"][g_rows].clone().requires_grad_(True)
-        out = IBOTLoss(7, 6).forward(ib["s_cls"][keep], ib["t_cls"][g_rows], s_patch, ib["t_patch"][g_rows],
+        out = ibot(IBOTLoss(7, 6), ib["s_cls"][keep], ib["t_cls"][g_rows], s_patch, ib["t_patch"][g_rows],
                                      ib["masks"][g_rows], 0.04)
         out["loss"].backward()
         torch.save({"q": q, "center": center.center, "w": w, "ibot": {k: v.detach() for k, v in out.items()},
@@ -469,7 +479,7 @@ def test_distributed_losses_equal_the_single_process_ones(tmp_path):
 
     ib = _ibot_case()
     s_patch = ib["s_patch"].clone().requires_grad_(True)
-    one = IBOTLoss(7, 6).forward(ib["s_cls"], ib["t_cls"], s_patch, ib["t_patch"], ib["masks"], 0.04)
+    one = ibot(IBOTLoss(7, 6), ib["s_cls"], ib["t_cls"], s_patch, ib["t_patch"], ib["masks"], 0.04)
     one["loss"].backward()
     for key in ("loss", "ibot_cls", "ibot_mim"):  # DDP differentiates (and the loop logs) the rank mean
         torch.testing.assert_close((r0["ibot"][key] + r1["ibot"][key]) / 2, one[key].detach())

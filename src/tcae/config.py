@@ -37,7 +37,9 @@ def _optional_fields(cls: type, name: str, extra: list[tuple]) -> type:
 
 
 # `model.name` picks a preset; any TCAEConfig field (`model.staged=false`) overrides it.
-ModelSection = _optional_fields(TCAEConfig, "ModelSection", [("name", str, field(default="tcae-tiny"))])
+# `model.name` None means tcae-tiny, unless `init=` gives the model.
+ModelSection = _optional_fields(TCAEConfig, "ModelSection", [("name", str | None, field(default=None))])
+DEFAULT_MODEL = "tcae-tiny"
 
 
 def model_overrides(section: Any) -> dict[str, Any]:
@@ -122,8 +124,10 @@ class LoopConfig:
     steps: int = 1000
     seed: int = 0
     device: str = "auto"  # auto: cuda if available
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp32
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler), fp32
     compile: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step (data.batch_size stays the global batch)
+    logger: str = "tensorboard"  # or wandb (when installed) or none; scalars.jsonl is always written
     ema_decay: float = 0.999
     log_every: int = 10
     image_every: int = 0
@@ -139,7 +143,7 @@ class TrainConfig(LoopConfig):
 
     name: str = "tcae"
     phase: str = "joint"
-    init: str | None = None  # phase 2: a run dir or a model dir
+    init: str | None = None  # a run dir or model dir: phase 2's encoder, or phase 1's warm start
     model: ModelSection = field(default_factory=ModelSection)  # type: ignore[valid-type]
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
@@ -148,6 +152,7 @@ class TrainConfig(LoopConfig):
     ema_decay: float = 0.999
     image_every: int = 200
     checkpoint_every: int = 200
+    latent_stats_images: int = 1024  # training images whose latents set the exported model's mean/std (0: none)
 
 
 TRAIN_ALIASES = {

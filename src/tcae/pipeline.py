@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
 from tcae.data import build_dataset
+from tcae.data.spec import split_spec  # noqa: F401  (part of this module's API)
 from tcae.device import resolve_device
 from tcae.models import TCAE, flops
 
@@ -52,26 +53,6 @@ def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Pat
                    grid_path=str(out_dir / "reconstructions.png"))
     diag = diagnose(model, train_spec or val_spec, image_size=image_size, write_stats_to=str(model_dir))
     return {"reconstruction": rec, "diagnostics": diag}
-
-
-def split_spec(data_spec: str, split: str) -> str:
-    """`data_spec` naming its `split` ("train" or "val") explicitly where the spec grammar allows one.
-
-    Built-in data and image folders with train/ and val/ sub-folders get ":train"/":val" appended (a
-    spec that already names a split is returned unchanged); a folder without split sub-folders and
-    WebDataset shards have no splits, so the spec is returned as it is (the same images either way).
-    """
-    from tcae.data import parse_spec
-    from tcae.data.builtin import SPLITS
-
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
-    parsed = parse_spec(data_spec)
-    if parsed.split is not None or parsed.kind == "shards":
-        return data_spec
-    if parsed.kind == "folder" and not all((Path(parsed.target) / s).is_dir() for s in SPLITS):
-        return data_spec
-    return f"{data_spec}:{split}"
 
 
 def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Path,
@@ -109,7 +90,7 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_cla
     device = resolve_device(device)
     dit = DiT.from_pretrained(str(dit_dir)).to(device).eval()
     tok = TCAE.from_pretrained(str(tokenizer_dir)).to(device).eval()
-    mean, std, _ = load_latent_stats(dit_dir, tok)
+    mean, std, _ = load_latent_stats(dit, tok)
     labels = class_labels(per_class, dit.config.num_classes, classes)
     chunks = []
     with torch.no_grad():

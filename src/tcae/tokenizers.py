@@ -138,11 +138,12 @@ class DiffusersTokenizer(nn.Module):
         f = self.config.compression
         return self.config.latent_channels, height // f, width // f
 
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """The weights `encode` depends on (the encoder and, for KL autoencoders, quant_conv): what
-        fingerprints a latent cache."""
+    @property
+    def encoder(self) -> nn.Module:
+        """The modules `encode` depends on (the encoder and, for KL autoencoders, quant_conv): what
+        fingerprints a latent cache (a view, not registered: the weights stay under `autoencoder.`)."""
         parts = [getattr(self.autoencoder, n, None) for n in ("encoder", "quant_conv")]
-        return [p for m in parts if isinstance(m, nn.Module) for p in m.parameters()]
+        return nn.ModuleList([m for m in parts if isinstance(m, nn.Module)])
 
 
 def _compression(ae: nn.Module) -> int:

@@ -84,7 +84,7 @@ def _sample(args: argparse.Namespace) -> int:
     dit_dir = resolve_run_dir(args.dit)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
     tokenizer = load_tokenizer(args.tokenizer).to(device).eval()
-    mean, std, stats_source = load_latent_stats(dit_dir, tokenizer)
+    mean, std, stats_source = load_latent_stats(dit, tokenizer)
     classes = _int_list(",".join(args.classes)) if args.classes else None
     labels = class_labels(args.num, dit.config.num_classes, classes)
 

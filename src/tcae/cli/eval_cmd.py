@@ -40,9 +40,9 @@ def _grid_path(grid: str | None, name: str, several: bool) -> str | None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from tcae.dist import cleanup, init_distributed
     from tcae.evaluation import compare, evaluate, format_table, parse_metrics, results_to_json
     from tcae.tokenizers import load_tokenizer
-    from tcae.training.distributed import cleanup, init_distributed
 
     metrics = parse_metrics(args.metrics)
     names = args.names.split(",") if args.names else [_model_name(m) for m in args.model]

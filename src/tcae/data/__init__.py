@@ -19,8 +19,8 @@ conversion), ``transforms``, ``masking``, ``loader``, ``base`` (per-sample seedi
 from tcae.data.builtin import DigitsDataset, PhotosDataset, photo_names
 from tcae.data.decode import IMAGE_EXTENSIONS, load_rgb, to_rgb
 from tcae.data.folder import ImageFolderDataset, find_images
-from tcae.data.loader import ResumableSampler, build_loader, set_loader_epoch
-from tcae.data.masking import BlockMaskGenerator, MultiCropCollate
+from tcae.data.loader import ResumableSampler, build_loader, eval_loader, set_loader_epoch
+from tcae.data.masking import BlockMaskGenerator, MaskedTokens, MultiCropCollate
 from tcae.data.shards import ShardDataset, write_shards
 from tcae.data.spec import SPEC_HELP, DataSpec, build_dataset, dataset_num_classes, parse_spec
 from tcae.data.transforms import MultiCropTransform, eval_transform, local_crop_size, train_transform
@@ -32,6 +32,7 @@ __all__ = [
     "DataSpec",
     "DigitsDataset",
     "ImageFolderDataset",
+    "MaskedTokens",
     "MultiCropCollate",
     "MultiCropTransform",
     "PhotosDataset",
@@ -40,6 +41,7 @@ __all__ = [
     "build_dataset",
     "build_loader",
     "dataset_num_classes",
+    "eval_loader",
     "eval_transform",
     "find_images",
     "load_rgb",

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset
 
+from tcae import dist
 from tcae.data.base import sample_seed
 
 logger = logging.getLogger(__name__)
@@ -111,10 +112,10 @@ class ResumableSampler(Sampler[int]):
 
 def _dist_info(distributed: bool | None) -> tuple[int, int]:
     if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized()
+        distributed = dist.is_initialized()
     if not distributed:
         return 0, 1
-    return dist.get_rank(), dist.get_world_size()
+    return dist.rank(), dist.world_size()
 
 
 def build_loader(
@@ -187,3 +188,37 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> in
     if hasattr(sampler, "set_epoch"):  # e.g. a DistributedSampler the caller built
         sampler.set_epoch(epoch)
     return start_batch
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, max_images: int | None = None,
+                distributed: bool = False, device: torch.device | str | None = None) -> DataLoader:
+    """A deterministic loader over ``dataset`` in index order, first ``max_images`` only, no padding.
+
+    With ``distributed`` (and an initialised process group), rank r of W takes indices r, r + W, ...
+    so the union over ranks is the dataset exactly once (``build_loader`` pads the last round,
+    which would count some images twice in dataset statistics). Streams (IterableDataset) split
+    themselves between ranks; ``max_images`` is then applied per rank as ``max_images // W``.
+    ``device``: where the batches go; a CUDA device pins host memory (so ``non_blocking`` copies
+    are asynchronous).
+    """
+    pin = device is not None and torch.device(device).type == "cuda"
+    rank, world = 0, 1
+    if distributed:
+        rank, world = dist.rank(), dist.world_size()
+    if isinstance(dataset, IterableDataset):
+        if max_images is not None:
+            dataset = _CappedStream(dataset, max(1, int(max_images) // world))
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
+    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    return DataLoader(Subset(dataset, range(rank, n, world)), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=pin)
+
+
+class _CappedStream(IterableDataset):
+    """The first ``limit`` samples of a stream (per process)."""
+
+    def __init__(self, stream: IterableDataset, limit: int) -> None:
+        self.stream, self.limit = stream, limit
+
+    def __iter__(self) -> Iterator[Any]:
+        return islice(iter(self.stream), self.limit)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,41 @@ class BlockMaskGenerator:
         )
 
 
+@dataclass
+class MaskedTokens:
+    """Where the masked tokens of a batch of views are, computed on the host from the masks (in the collate
+    function, as DINOv2 does), so that gathering them on the device needs no host sync.
+
+    `index`: long (M,), flat positions into (V * n) rows of the views' tokens (view-major, row-major grid);
+    `weight`: float (M,), 1 / (masked tokens of the row's view): each masked view weighs the same;
+    `num_views`: views with at least one masked token (a host int).
+    """
+
+    index: torch.Tensor
+    weight: torch.Tensor
+    num_views: int
+
+    @classmethod
+    def from_masks(cls, masks: torch.Tensor) -> MaskedTokens:
+        """masks: bool (V, y, x) or (V, n), True = masked (on the CPU)."""
+        flat = masks.reshape(masks.shape[0], -1).bool().cpu()
+        counts = flat.sum(dim=1)
+        index = flat.reshape(-1).nonzero().squeeze(1)
+        weight = (1.0 / counts.clamp(min=1).float()).repeat_interleave(counts)
+        return cls(index, weight, int((counts > 0).sum()))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskedTokens:
+        return MaskedTokens(self.index.to(device, non_blocking=non_blocking),
+                            self.weight.to(device, non_blocking=non_blocking), self.num_views)
+
+    def pin_memory(self) -> MaskedTokens:  # DataLoader(pin_memory=True) calls this
+        return MaskedTokens(self.index.pin_memory(), self.weight.pin_memory(), self.num_views)
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(V, n, d) -> the masked rows (M, d), in `index` order."""
+        return tokens.reshape(-1, tokens.shape[-1]).index_select(0, self.index)
+
+
 class MultiCropCollate:
     """Collate multi-crop samples and draw iBOT block masks (see the module docstring).
 
@@ -122,6 +158,7 @@ class MultiCropCollate:
       then every sample's crop 1, ...), values in [-1, 1];
     - ``"local_crops"``: FloatTensor (num_local * B, 3, L, L), crop-major; absent without local crops;
     - ``"masks"``: BoolTensor (num_global * B, gy, gx), True = masked; the first B rows are all False;
+    - ``"masked"``: :class:`MaskedTokens` of those masks (indices and weights computed here, on the host);
     - ``"image"``: FloatTensor (B, 3, G, G), global crop 0 (a view of ``global_crops[:B]``);
     - ``"label"``: LongTensor (B,) (-1 where unlabelled).
     """
@@ -187,6 +224,7 @@ class MultiCropCollate:
         out = {
             "global_crops": global_crops,
             "masks": masks,
+            "masked": MaskedTokens.from_masks(masks),
             "image": global_crops[:batch],
             "label": torch.tensor([int(s.get("label", -1)) for s in samples], dtype=torch.long),
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch.utils.data import Dataset, IterableDataset
 
@@ -145,3 +146,20 @@ def dataset_num_classes(spec: str) -> int:
     if parsed.kind == "shards":
         return int(read_meta(parsed.target).get("num_classes", 0))
     return ImageFolderDataset(_folder_root(spec, parsed, train=True), transform=lambda image: image).num_classes
+
+
+def split_spec(data_spec: str, split: str) -> str:
+    """`data_spec` naming its `split` ("train" or "val") explicitly where the spec grammar allows one.
+
+    Built-in data and image folders with train/ and val/ sub-folders get ":train"/":val" appended (a
+    spec that already names a split is returned unchanged); a folder without split sub-folders and
+    WebDataset shards have no splits, so the spec is returned as it is (the same images either way).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    parsed = parse_spec(data_spec)
+    if parsed.split is not None or parsed.kind == "shards":
+        return data_spec
+    if parsed.kind == "folder" and not all((Path(parsed.target) / s).is_dir() for s in SPLITS):
+        return data_spec
+    return f"{data_spec}:{split}"

@@ -183,8 +183,22 @@ class DiT(
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
         self.rope = Rope2D(d // cfg.num_heads, cfg.rope_theta)
         self.final_layer = FinalLayer(d, cfg.patch_size, cfg.in_channels)
+        # the per-channel statistics of the tokenizer latents it was trained on (x = (z - mean) / std), saved
+        # with its weights so a copied or downloaded DiT always denormalises its samples the same way
+        self.register_buffer("latent_mean", torch.zeros(cfg.in_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.in_channels))
         self.grad_checkpointing = cfg.grad_checkpointing
         self.initialize_weights()
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the (c,) mean/std of the latents this DiT models (its training data's normalisation)."""
+        c = self.config.in_channels
+        mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
+        if mean.shape != (c,) or std.shape != (c,) or not torch.all(std > 0):
+            raise ValueError(f"latent stats must be ({c},) with std > 0, got {tuple(mean.shape)}, {tuple(std.shape)}")
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
 
     def initialize_weights(self) -> None:
         """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, zero adaLN and output layers."""

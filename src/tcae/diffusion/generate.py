@@ -1,9 +1,8 @@
 """Class-conditional image generation: DiT sampler in latent space, then the TC-AE decoder.
 
 The DiT is trained on *normalised* latents, so a sample x is decoded as
-`tokenizer.decode(x * std + mean)`. The statistics come from the DiT directory's
-`latent_stats.json` (written by `tcae train-dit`: the exact stats it was trained with) when present,
-else from the tokenizer's own stored statistics.
+`tokenizer.decode(x * std + mean)`. The statistics are the DiT's own buffers: `tcae train-dit` copies them
+from the latent cache, which took them from the tokenizer.
 
 Noise is drawn per sample from a generator seeded by (seed, sample index), so sample i is the same
 whatever the batch size or device.
@@ -11,46 +10,29 @@ whatever the batch size or device.
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from tcae.diffusion.sampler import sample
 
-LATENT_STATS_NAME = "latent_stats.json"
 
-
-def load_latent_stats(
-    dit_dir: str | os.PathLike | None, tokenizer: nn.Module | None = None
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(mean (c,), std (c,), source) to denormalise DiT samples: `dit_dir`/latent_stats.json
-    {"mean": [...], "std": [...]} if it exists, else the tokenizer's stored latent statistics."""
-    if dit_dir is not None:
-        path = Path(dit_dir) / LATENT_STATS_NAME
-        if path.is_file():
-            raw = json.loads(path.read_text())
-            try:
-                mean = torch.tensor(raw["mean"], dtype=torch.float32)
-                std = torch.tensor(raw["std"], dtype=torch.float32)
-            except KeyError as err:
-                raise ValueError(f"{path} has no {err.args[0]!r} list; expected {{'mean': [...], 'std': [...]}}"
-                                 ) from None
-            if mean.shape != std.shape or mean.ndim != 1:
-                raise ValueError(f"{path}: mean and std must be equal-length lists, got {tuple(mean.shape)} "
-                                 f"and {tuple(std.shape)}")
-            return mean, std, str(path)
+def load_latent_stats(dit: nn.Module, tokenizer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(mean (c,), std (c,), source) to denormalise DiT samples: the statistics stored in the DiT's own weights
+    (what it was trained with). A tokenizer whose stored statistics differ is named in a warning: the
+    samples are still decoded with the DiT's."""
+    mean, std = dit.latent_mean.detach().float().cpu(), dit.latent_std.detach().float().cpu()
     if tokenizer is not None and getattr(tokenizer, "has_latent_stats", False):
-        return tokenizer.latent_mean.detach().float().cpu(), tokenizer.latent_std.detach().float().cpu(), "tokenizer"
-    raise ValueError(
-        "no latent statistics to denormalise the DiT's samples: the DiT directory has no "
-        f"{LATENT_STATS_NAME} and the tokenizer has none stored (has_latent_stats is False). Train the DiT "
-        "with `tcae train-dit` (which saves them) or store them in the tokenizer "
-        "(`tcae cache-latents` computes them; TCAE.set_latent_stats)")
+        t_mean, t_std = tokenizer.latent_mean.detach().float().cpu(), tokenizer.latent_std.detach().float().cpu()
+        if t_mean.shape == mean.shape and not (torch.allclose(t_mean, mean, rtol=1e-4, atol=1e-5)
+                                               and torch.allclose(t_std, std, rtol=1e-4, atol=1e-5)):
+            logging.getLogger("tcae.sample").warning(
+                "the tokenizer's stored latent statistics differ from those this DiT was trained with "
+                "(re-measured after its latents were cached?); decoding with the DiT's")
+    return mean, std, "dit"
 
 
 def class_labels(num: int, num_classes: int, classes: Sequence[int] | None = None) -> torch.Tensor:

@@ -57,13 +57,13 @@ def shard_name(k: int) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: nn.Module) -> str:
-    """sha256 of the encoder's weights (all weights if the model has no `encoder_parameters`).
+    """sha256 of the encoder's weights (all weights if the model has no `encoder` submodule).
 
     Only what changes `encode()` counts: latent statistics and (for TC-AE) the decoder, which phase-2
     fine-tuning changes while the encoder stays frozen, do not invalidate a cache.
     """
-    if hasattr(tokenizer, "encoder_parameters"):
-        tensors = [(str(i), p) for i, p in enumerate(tokenizer.encoder_parameters())]
+    if isinstance(getattr(tokenizer, "encoder", None), nn.Module):
+        tensors = sorted(tokenizer.encoder.state_dict().items())
     else:
         tensors = [(k, v) for k, v in sorted(tokenizer.state_dict().items()) if not k.startswith("latent_")]
     h = hashlib.sha256()
@@ -150,13 +150,18 @@ class _Cache:
         done = [self.shards[k] for k in sorted(self.shards)]
         meta = dict(self.settings)
         meta.update(self.extra)
-        meta["latents"] = "raw tokenizer.encode() output (not normalised); normalise with mean/std"
+        meta["latents"] = ("raw tokenizer.encode() output (not normalised); a DiT trains on "
+                           "(z - normalization.mean) / normalization.std")
         meta["num_samples"] = sum(s["count"] for s in done)
         meta["num_latents"] = sum(s["rows"] for s in done)
         meta["num_classes"] = max([self.extra.get("dataset_num_classes", 0)] + [s["max_label"] + 1 for s in done])
         if done and "latent_shape" in self.extra:
             c, h, w = self.extra["latent_shape"]
             meta["mean"], meta["std"] = _stats(done, h * w)
+        if "normalization" in self.extra:
+            meta["normalization"] = self.extra["normalization"]
+        elif "mean" in meta:  # the tokenizer stored none: the cache's own statistics (said at the start)
+            meta["normalization"] = {"mean": meta["mean"], "std": meta["std"], "source": "cache"}
         meta["shards"] = done
         meta["complete"] = complete
         _write_json_atomic(self.dir / META_NAME, meta)
@@ -261,7 +266,7 @@ def _batches(dataset: Any, cache: _Cache, batch_size: int, num_workers: int) -> 
         yield torch.tensor(batch_idx, dtype=torch.int64), images, labels
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: cached RoPE tables made here are reused by training
 def cache_latents(
     tokenizer: nn.Module,
     dataset: Dataset,
@@ -306,6 +311,14 @@ def cache_latents(
     meta = cache.load_meta()
     cache.verify(meta)
     cache.extra["dataset_num_classes"] = int(getattr(dataset, "num_classes", 0) or 0)
+    # the normalisation a DiT trains with is the tokenizer's own latent statistics (one home: the tokenizer,
+    # measured when `tcae train` exports it); a tokenizer without them gets the cache's measured ones
+    if getattr(tokenizer, "has_latent_stats", False):
+        cache.extra["normalization"] = {"mean": tokenizer.latent_mean.float().cpu().tolist(),
+                                        "std": tokenizer.latent_std.float().cpu().tolist(), "source": "tokenizer"}
+    else:
+        logger.warning("the tokenizer stores no latent statistics: the cache's own per-channel mean/std "
+                       "will normalise its latents (`tcae diagnose --write-stats` stores them in the model)")
     resumed = sorted(cache.shards)
     if resumed:
         logger.info("resuming %s: %d shard(s) already cached", out, len(resumed))
@@ -423,8 +436,9 @@ class LatentDataset(Dataset):
         self.normalize = normalize
         self.latent_shape = tuple(meta["latent_shape"])
         self.num_classes = int(meta.get("num_classes", 0))
-        self.stats = {"mean": torch.tensor(meta["mean"], dtype=torch.float32),
-                      "std": torch.tensor(meta["std"], dtype=torch.float32)}
+        norm = meta.get("normalization") or {"mean": meta["mean"], "std": meta["std"]}  # older caches: their own
+        self.stats = {"mean": torch.tensor(norm["mean"], dtype=torch.float32),
+                      "std": torch.tensor(norm["std"], dtype=torch.float32)}
         self._mean = self.stats["mean"].view(-1, 1, 1)
         self._std = self.stats["std"].clamp_min(1e-8).view(-1, 1, 1)
         self._files = [self.root / s["file"] for s in meta["shards"]]

@@ -17,17 +17,16 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
+from tcae import dist
+from tcae.data import eval_loader
 from tcae.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -68,14 +67,14 @@ class LatentChannelStats:
 
     @torch.no_grad()
     def all_reduce(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if dist.world_size() == 1:
             return
         if self._sum is None:
             raise RuntimeError("LatentChannelStats.all_reduce on a rank that saw no latents: build it with "
                                "`channels` so every rank has sums of the same shape")
         n = torch.tensor([float(self.count), float(self.images)], dtype=torch.float64, device=self._sum.device)
         for t in (n, self._sum, self._sq):
-            dist.all_reduce(t)
+            dist.all_reduce_(t)
         self.count, self.images = int(round(n[0].item())), int(round(n[1].item()))
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,41 +166,6 @@ def structural_loss(a1: float, a2: float) -> float:
 
 
 # ----------------------------------------------------------------------------- encoding a dataset
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, max_images: int | None = None,
-                distributed: bool = False, device: torch.device | str | None = None) -> DataLoader:
-    """A deterministic loader over ``dataset`` in index order, first ``max_images`` only, no padding.
-
-    With ``distributed`` (and an initialised process group), rank r of W takes indices r, r + W, ...
-    so the union over ranks is the dataset exactly once (``build_loader`` pads the last round,
-    which would count some images twice in dataset statistics). Streams (IterableDataset) split
-    themselves between ranks; ``max_images`` is then applied per rank as ``max_images // W``.
-    ``device``: where the batches go; a CUDA device pins host memory (so ``non_blocking`` copies
-    are asynchronous).
-    """
-    pin = device is not None and torch.device(device).type == "cuda"
-    rank, world = 0, 1
-    if distributed and dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    if isinstance(dataset, IterableDataset):
-        if max_images is not None:
-            dataset = _CappedStream(dataset, max(1, int(max_images) // world))
-        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin)
-    n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    return DataLoader(Subset(dataset, range(rank, n, world)), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=pin)
-
-
-class _CappedStream(IterableDataset):
-    """The first ``limit`` samples of a stream (per process)."""
-
-    def __init__(self, stream: IterableDataset, limit: int) -> None:
-        self.stream, self.limit = stream, limit
-
-    def __iter__(self) -> Iterator[Any]:
-        return islice(iter(self.stream), self.limit)
-
-
-@torch.no_grad()
 def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.device | str,
                    keep: bool = True, desc: str = "encode") -> dict[str, Any]:
     """Run the encoder over ``loader``: latent channel stats, and (``keep``) per-image features.
@@ -236,7 +200,7 @@ def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 
 def _is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return dist.is_main()
 
 
 def probe_specs(spec: str) -> tuple[str, str] | None:

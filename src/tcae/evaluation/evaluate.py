@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from tcae import dist
+from tcae.data import eval_loader
 from tcae.device import resolve_device
-from tcae.evaluation.diagnostics import eval_loader
 from tcae.evaluation.features import FeatureNetwork, MissingWeightsError, build_feature_network
 from tcae.evaluation.fid import FeatureStats, frechet_distance, load_stats, save_stats
 from tcae.evaluation.grid import reconstruction_grid
@@ -64,8 +64,8 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
 
 
 def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+    if dist.is_initialized():
+        return dist.rank(), dist.world_size()
     return 0, 1
 
 
@@ -202,7 +202,7 @@ def evaluate(
     sums.all_reduce(reduce_device)
     if world > 1:
         n = torch.tensor([float(num_images)], dtype=torch.float64, device=reduce_device)
-        dist.all_reduce(n)
+        dist.all_reduce_(n)
         num_images = int(round(n.item()))
     values = sums.means()
     labels = {k: METRIC_LABELS[k] for k in values}

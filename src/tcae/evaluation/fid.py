@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from scipy import linalg
+
+from tcae import dist
 
 
 class FeatureStats:
@@ -70,14 +71,14 @@ class FeatureStats:
         Every rank must have seen at least one batch, or have been built with ``dim``, so the
         tensors exist with the same shape everywhere.
         """
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if dist.world_size() == 1:
             return
         if self._sum is None:
             raise RuntimeError("FeatureStats.all_reduce on a rank that saw no features: build it with `dim`")
         # NCCL needs CUDA tensors; gloo needs CPU ones: use the accumulators' own device
         count = torch.tensor([float(self.count)], dtype=torch.float64, device=self._sum.device)
         for t in (count, self._sum, self._outer):
-            dist.all_reduce(t)
+            dist.all_reduce_(t)
         self.count = int(round(count.item()))
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:

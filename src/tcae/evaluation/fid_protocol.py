@@ -184,9 +184,8 @@ def reference_statistics(
     """
     from tqdm.auto import tqdm
 
-    from tcae.data import build_dataset
+    from tcae.data import build_dataset, eval_loader
     from tcae.device import resolve_device
-    from tcae.evaluation.diagnostics import eval_loader
     from tcae.evaluation.features import build_feature_network
     from tcae.evaluation.fid import FeatureStats
 

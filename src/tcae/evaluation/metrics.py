@@ -16,9 +16,10 @@ import os
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from tcae import dist
 
 _SSIM_PAD = 5  # half-width of the 11x11 Gaussian window (sigma 1.5, truncated at 3.5 sigma)
 
@@ -91,13 +92,13 @@ class MetricSums:
     @torch.no_grad()
     def all_reduce(self, device: torch.device | str = "cpu") -> None:
         """Sum over ranks of the default process group (no-op without one). ``device``: cuda for NCCL."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if dist.world_size() == 1:
             return
         device = torch.device(device)
         names = sorted(self._sums)
         counts = torch.tensor([float(self.counts[k]) for k in names], dtype=torch.float64, device=device)
         t = torch.stack([self._stack(names, device), counts], 1)
-        dist.all_reduce(t)
+        dist.all_reduce_(t)
         for k, (s, c) in zip(names, t.cpu().tolist()):
             self._sums[k], self.counts[k] = torch.tensor(s, dtype=torch.float64), int(round(c))
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from tcae import dist
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -87,9 +88,8 @@ def adaptive_weight(rec_grad: torch.Tensor, g_grad: torch.Tensor, max_weight: fl
     the same on every rank.
     """
     grads = torch.stack([rec_grad.detach().float(), g_grad.detach().float()])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(grads)
-        grads /= dist.get_world_size()
+    if dist.world_size() > 1:
+        grads = dist.all_reduce_mean(grads)
     return (grads[0].norm() / (grads[1].norm() + 1e-4)).clamp(0.0, max_weight)
 
 
@@ -134,9 +134,7 @@ class LeCam(nn.Module):
     @torch.no_grad()
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
         means = torch.stack([logits_real.detach().float().mean(), logits_fake.detach().float().mean()])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(means)
-            means /= dist.get_world_size()
+        means = dist.all_reduce_mean(means)
         self.ema_real.lerp_(means[0].to(self.ema_real.dtype), 1.0 - self.decay)
         self.ema_fake.lerp_(means[1].to(self.ema_fake.dtype), 1.0 - self.decay)
 

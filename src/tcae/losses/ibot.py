@@ -20,15 +20,12 @@ The total tokenizer objective is alpha * L_rec + L_iBOT (PAPER.md).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+from tcae import dist
 
 
 class IBOTHead(nn.Module):
@@ -99,27 +96,19 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3,
     n_local = t.shape[0] if n_valid is None else int(n_valid)
     valid = t[:n_local]
     num_k = t.shape[1]
-    counts = torch.tensor([float(n_local)], device=t.device)
+    # the global sample count stays on the device (no host sync); with no samples anywhere every
+    # division below meets an empty tensor and the output is all zeros
+    num_b = dist.all_reduce_(t.new_full((1,), float(n_local)))
     # exp of logits / 0.04 overflows for unnormalised heads: subtract the global max (cancels below)
-    peak = valid.max() if n_local > 0 else torch.tensor(float("-inf"), device=t.device)
-    peak = peak.reshape(1)
-    if _distributed():
-        dist.all_reduce(counts)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-    num_b = counts.item()
+    peak = valid.max() if n_local > 0 else t.new_full((), float("-inf"))
+    peak = dist.all_reduce_(peak.reshape(1), op="max")
     out = torch.zeros_like(t)
-    if num_b == 0:  # no samples on any rank (same decision everywhere: counts are all-reduced)
-        return out
     tiny = torch.finfo(torch.float32).tiny
     q = torch.exp((valid - peak) / temp).t()  # (K, B_local)
-    total = q.sum()
-    if _distributed():
-        dist.all_reduce(total)
+    total = dist.all_reduce_(q.sum())
     q /= total.clamp_min(tiny)
     for _ in range(n_iters):
-        rows = q.sum(dim=1, keepdim=True)  # mass per prototype, over all ranks' samples
-        if _distributed():
-            dist.all_reduce(rows)
+        rows = dist.all_reduce_(q.sum(dim=1, keepdim=True))  # mass per prototype, over all ranks' samples
         q /= rows.clamp_min(tiny)
         q /= num_k
         q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)  # mass per sample (local: columns are samples)
@@ -146,31 +135,32 @@ class Center(nn.Module):
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:
         t = teacher_logits.detach().float().reshape(-1, self.center.shape[1])
-        stats = torch.cat([t.sum(dim=0), t.new_full((1,), float(t.shape[0]))])  # one all-reduce
-        if _distributed():
-            dist.all_reduce(stats)
-        count = stats[-1].item()
-        if count > 0:
-            mean = (stats[:-1] / count).to(self.center.dtype)
-            self.center.mul_(self.momentum).add_(mean[None], alpha=1.0 - self.momentum)
+        stats = dist.all_reduce_(torch.cat([t.sum(dim=0), t.new_full((1,), float(t.shape[0]))]))  # one all-reduce
+        count = stats[-1]
+        mean = (stats[:-1] / count.clamp(min=1)).to(self.center.dtype)
+        updated = self.center * self.momentum + mean[None] * (1.0 - self.momentum)
+        self.center.copy_(torch.where(count > 0, updated, self.center))  # decided on the device: no sync
 
 
 # ---------------------------------------------------------------------------------------------- loss
 class IBOTLoss(nn.Module):
     """iBOT loss: [CLS] distillation across views + masked patch-token prediction (see module docstring).
 
-    forward(student_cls, teacher_cls, student_patch, teacher_patch, masks, teacher_temp) ->
+    forward(student_cls, teacher_cls, student_patch, teacher_patch, token_weight, num_masked_views,
+            teacher_temp) ->
         {"loss": cls_weight * L_cls + patch_weight * L_mim, "ibot_cls": L_cls, "ibot_mim": L_mim}
 
     Shapes (all crop-major: crop 0 of every sample, then crop 1, ...; V_g global views, V_s >= V_g
-    student views with the global ones first, B samples, n tokens, K / K_p head dims):
-        student_cls   (V_s * B, K)        student head on every view (global, then local crops)
-        teacher_cls   (V_g * B, K)        teacher head on the (unmasked) global crops
-        student_patch (V_g * B, n, K_p)   student patch head on the masked global crops (read only where masked)
-        teacher_patch (V_g * B, n, K_p)   teacher patch head on the unmasked global crops (idem)
-        masks         bool (V_g * B, n)   True = token masked for the student
+    student views with the global ones first, B samples, M masked tokens, K / K_p head dims):
+        student_cls   (V_s * B, K)   student head on every view (global, then local crops)
+        teacher_cls   (V_g * B, K)   teacher head on the (unmasked) global crops
+        student_patch (M, K_p)       student patch head on the masked tokens of the masked global crops
+        teacher_patch (M, K_p)       teacher patch head on the same tokens of the unmasked global crops
+        token_weight  (M,)           1 / (masked tokens of the token's view): each masked view weighs the same
+        num_masked_views int         views with a mask (a host number: `tcae.data.MaskedTokens` has all three)
         teacher_temp  float
 
+    Nothing here reads a device value on the host: the loss can run inside a training step that never syncs.
     The teacher inputs are detached. In "centering" mode the [CLS] and patch centers are updated after
     the loss from the teacher outputs (the patch center from masked tokens only, as in DINOv2, since only
     those are targets); "sinkhorn" mode uses Sinkhorn-Knopp targets and leaves the centers alone. With
@@ -203,7 +193,8 @@ class IBOTLoss(nn.Module):
         return softmax_center(teacher_logits, center.center, temp)
 
     def forward(self, student_cls: torch.Tensor, teacher_cls: torch.Tensor, student_patch: torch.Tensor,
-                teacher_patch: torch.Tensor, masks: torch.Tensor, teacher_temp: float) -> dict[str, torch.Tensor]:
+                teacher_patch: torch.Tensor, token_weight: torch.Tensor, num_masked_views: int,
+                teacher_temp: float) -> dict[str, torch.Tensor]:
         v_g = self.num_global_crops
         if teacher_cls.shape[0] % v_g:
             raise ValueError(f"teacher_cls has {teacher_cls.shape[0]} rows, not a multiple of "
@@ -212,11 +203,11 @@ class IBOTLoss(nn.Module):
         if student_cls.shape[0] % b or student_cls.shape[0] < teacher_cls.shape[0]:
             raise ValueError(f"student_cls has {student_cls.shape[0]} rows; expected a multiple of the batch "
                              f"{b} with at least the {v_g} global views first")
-        if masks.shape != student_patch.shape[:2] or teacher_patch.shape[:2] != student_patch.shape[:2]:
-            raise ValueError(f"masks {tuple(masks.shape)}, student_patch {tuple(student_patch.shape)} and "
-                             f"teacher_patch {tuple(teacher_patch.shape)} disagree on (V_g * B, n)")
+        m = token_weight.shape[0]
+        if student_patch.shape[0] != m or teacher_patch.shape[0] != m:
+            raise ValueError(f"student_patch {tuple(student_patch.shape)} and teacher_patch "
+                             f"{tuple(teacher_patch.shape)} must hold one row per masked token ({m})")
         teacher_cls, teacher_patch = teacher_cls.detach(), teacher_patch.detach()
-        masks = masks.bool()
 
         # L_[CLS]: ce[i, j, b] = H(teacher view i, student view j) of sample b, for all pairs at once
         t_cls = rearrange(self.teacher_probs(teacher_cls, self.cls_center, teacher_temp),
@@ -226,25 +217,21 @@ class IBOTLoss(nn.Module):
         off_diag = ~torch.eye(v_g, s_cls.shape[0], dtype=torch.bool, device=ce.device)  # j != i
         loss_cls = ce[off_diag].mean()
 
-        # L_MIM: only masked tokens are read (unmasked rows may hold anything, e.g. zeros)
-        s_rows = F.log_softmax(student_patch[masks].float() / self.student_temp, dim=-1)  # (M, K_p)
-        t_rows_logits = teacher_patch[masks]
-        t_rows = self.teacher_probs(t_rows_logits, self.patch_center, teacher_temp)
+        # L_MIM over the masked tokens only
+        s_rows = F.log_softmax(student_patch.float() / self.student_temp, dim=-1)  # (M, K_p)
+        t_rows = self.teacher_probs(teacher_patch, self.patch_center, teacher_temp)
         per_token = -(t_rows * s_rows).sum(dim=-1)  # (M,)
-        counts = masks.sum(dim=1)  # masked tokens per image
-        token_weight = (1.0 / counts.clamp(min=1).float())[:, None].expand_as(masks)[masks]
-        num_images = (counts > 0).sum().float()
-        if _distributed():
+        num_images = student_cls.new_full((), float(num_masked_views))
+        if dist.world_size() > 1:
             # divide by the mean count per rank: DDP's gradient average over ranks (and the mean of the
             # logged values) is then the mean over all ranks' masked images, as with one process
-            num_images = num_images.clone()
-            dist.all_reduce(num_images)
-            num_images /= dist.get_world_size()
-        loss_mim = (per_token * token_weight).sum() / num_images.clamp(min=1e-6)  # 0 when nothing is masked
+            num_images = dist.all_reduce_mean(num_images)
+        weight = token_weight.to(per_token.device, per_token.dtype)
+        loss_mim = (per_token * weight).sum() / num_images.clamp(min=1e-6)  # 0 when nothing is masked
 
         if self.centering == "centering":
             self.cls_center.update(teacher_cls)
-            self.patch_center.update(t_rows_logits)
+            self.patch_center.update(teacher_patch)
         loss = self.cls_weight * loss_cls + self.patch_weight * loss_mim
         return {"loss": loss, "ibot_cls": loss_cls, "ibot_mim": loss_mim}
 

@@ -94,9 +94,49 @@ def model_files(model_id: str, what: str, **hub_kwargs: Any) -> tuple[Path, Path
                                         "directory holds one in model/")
         return files
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    try:  # already in the local Hub cache: no network needed
+        return (Path(hf_hub_download(model_id, CONFIG_NAME, **{**hub_kwargs, "local_files_only": True})),
+                Path(hf_hub_download(model_id, WEIGHTS_NAME, **{**hub_kwargs, "local_files_only": True})))
+    except LocalEntryNotFoundError:
+        if hub_kwargs.get("local_files_only"):
+            raise FileNotFoundError(f"{what} model {model_id}: no local directory {path.resolve()} and not in the "
+                                    "local Hugging Face cache (local_files_only)") from None
+    _check_hub_reachable(model_id, path, what)
     return (Path(hf_hub_download(model_id, CONFIG_NAME, **hub_kwargs)),
             Path(hf_hub_download(model_id, WEIGHTS_NAME, **hub_kwargs)))
+
+
+def _in_hub_cache(model_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model_id, CONFIG_NAME), str)
+    except Exception:  # not a valid repo id: the Hub call reports it
+        return False
+
+
+def _check_hub_reachable(model_id: str, path: Path, what: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the local path looked for, when the Hub cannot be reached: huggingface_hub's
+    own retries take tens of seconds offline and end in a message about the connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        url = urlparse(constants.ENDPOINT)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                     timeout=timeout).close()
+            return
+        except OSError as e:
+            reason = f"{url.hostname} cannot be reached: {e}"
+    raise FileNotFoundError(f"{what} model {model_id}: no local directory {path.resolve()}, and it cannot be "
+                            f"fetched from the Hugging Face Hub ({reason})")
 
 
 def dataclass_from_dict(cls: type, raw: dict[str, Any], what: str, source: str = "config") -> Any:
@@ -122,6 +162,8 @@ class DataclassHubMixin(PyTorchModelHubMixin):
         model_id = resolve_run_dir(str(pretrained_model_name_or_path))
         # a path that cannot be a Hub repo id is named as a missing directory, not a repo-id error
         check_local_model_path(model_id, cls.model_kind)
+        if not Path(model_id).is_dir() and not kwargs.get("local_files_only") and not _in_hub_cache(model_id):
+            _check_hub_reachable(model_id, Path(model_id), cls.model_kind)
         return super().from_pretrained(model_id, *args, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -137,6 +179,7 @@ class DataclassHubMixin(PyTorchModelHubMixin):
         config = dataclass_from_dict(cls.config_class, json.loads(config_file.read_text()), cls.model_kind,
                                      str(config_file))
         model = cls(config)
-        load_state_dict_checked(model, load_file(str(weights_file), device=str(map_location)),
-                                source=str(weights_file))
+        state = load_file(str(weights_file), device=str(map_location))
+        upgrade = getattr(cls, "upgrade_state_dict", None)  # older key layouts of the same model
+        load_state_dict_checked(model, upgrade(state) if upgrade else state, source=str(weights_file))
         return model

@@ -9,7 +9,8 @@ Encoder, for an image (B, 3, H, W) in [-1, 1], patch size p and overall compress
     `coarse_depth` blocks (N)
     final bottleneck           -> latent z (B, c, H/f, W/f): pixel-unshuffle + MLP
 
-The decoder mirrors it: MLP + pixel-shuffle, N blocks, 2x conv upsample (staged), M blocks, unpatchify.
+`TCAE.encoder` and `TCAE.decoder` are the two halves. The decoder mirrors the encoder:
+MLP + pixel-shuffle, N blocks, 2x conv upsample (staged), M blocks, unpatchify.
 Positions are 2D RoPE on each stage's own token grid, so any H, W divisible by f works at run time.
 
 einops letters: b batch, n tokens, d width, c latent channels, y/x token grid, h/w latent grid,
@@ -142,13 +143,134 @@ def check_divisible(h: int, w: int, multiple: int, what: str) -> None:
         )
 
 
+class TCAEEncoder(nn.Module):
+    """Image (B, 3, H, W) in [-1, 1] -> latent (B, c, H/f, W/f); `tokens` stops at the final token sequence."""
+
+    def __init__(self, cfg: TCAEConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d1, d2, p, r, c = cfg.fine_width, cfg.coarse_width, cfg.patch_size, cfg.unshuffle, cfg.latent_channels
+        block_kw = _block_kwargs(cfg)
+        self.patch_embed = nn.Conv2d(cfg.in_channels, d1, kernel_size=p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d1))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d1))
+        self.fine = Transformer(d1, cfg.fine_depth, d1 // cfg.head_dim, **block_kw)
+        self.merge = TokenMerge(d1, d2, cfg.norm) if cfg.staged else nn.Linear(d1, d2)
+        self.coarse = Transformer(d2, cfg.coarse_depth, d2 // cfg.head_dim, **block_kw)
+        self.norm = make_norm(cfg.norm, d2)
+        hidden = cfg.bottleneck_hidden or d2
+        self.to_latent = nn.Sequential(nn.Linear(d2 * r * r, hidden), nn.GELU(), nn.Linear(hidden, c))
+
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderTokens:
+        """Encoder up to its final token sequence (see `TCAE.encode_tokens`)."""
+        cfg = self.config
+        tokens = self.patch_embed(x)
+        fine_grid = tokens.shape[-2:]
+        tokens = rearrange(tokens, "b d y x -> b (y x) d")
+        if mask is not None:
+            out_grid = (fine_grid[0] * cfg.patch_size // cfg.token_stride,
+                        fine_grid[1] * cfg.patch_size // cfg.token_stride)
+            if mask.shape != (x.shape[0], *out_grid):
+                raise ValueError(f"mask must have shape {(x.shape[0], *out_grid)}, got {tuple(mask.shape)}")
+            if cfg.staged:
+                mask = mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+            m = rearrange(mask, "b y x -> b (y x) 1").to(tokens.dtype)
+            tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
+        x_tok = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        x_tok = self.fine(x_tok, tuple(fine_grid), num_prefix=1)
+        cls, tokens = x_tok[:, 0], x_tok[:, 1:]
+        if cfg.staged:
+            cls, tokens = self.merge(cls, tokens, tuple(fine_grid))
+            grid = (fine_grid[0] // 2, fine_grid[1] // 2)
+        else:
+            cls, tokens, grid = self.merge(cls), self.merge(tokens), tuple(fine_grid)
+        x_tok = self.norm(self.coarse(torch.cat([cls[:, None], tokens], dim=1), grid, num_prefix=1))
+        return EncoderTokens(cls=x_tok[:, 0], tokens=x_tok[:, 1:], grid=grid)
+
+    def tokens_to_latent(self, enc: EncoderTokens) -> torch.Tensor:
+        """Final bottleneck: (B, y*x, d2) tokens -> latent (B, c, y/r, x/r)."""
+        r = self.config.unshuffle
+        y, x = enc.grid
+        if y % r or x % r:
+            raise ValueError(f"token grid {enc.grid} is not divisible by the final unshuffle factor {r}")
+        z = rearrange(enc.tokens, "b (h r1 w r2) d -> b h w (r1 r2 d)", h=y // r, r1=r, r2=r)
+        return rearrange(self.to_latent(z), "b h w c -> b c h w")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens_to_latent(self.tokens(x))
+
+
+class TCAEDecoder(nn.Module):
+    """Latent (B, c, h, w) -> image (B, 3, h*f, w*f), roughly in [-1, 1] (not clamped)."""
+
+    def __init__(self, cfg: TCAEConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d1, d2, p, r, c = cfg.fine_width, cfg.coarse_width, cfg.patch_size, cfg.unshuffle, cfg.latent_channels
+        block_kw = _block_kwargs(cfg)
+        dec_coarse = cfg.coarse_depth if cfg.decoder_coarse_depth is None else cfg.decoder_coarse_depth
+        dec_fine = cfg.fine_depth if cfg.decoder_fine_depth is None else cfg.decoder_fine_depth
+        hidden = cfg.bottleneck_hidden or d2
+        self.from_latent = nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, d2 * r * r))
+        self.coarse = Transformer(d2, dec_coarse, d2 // cfg.head_dim, **block_kw)
+        self.unmerge = TokenUnmerge(d2, d1, cfg.norm) if cfg.staged else nn.Linear(d2, d1)
+        self.fine = Transformer(d1, dec_fine, d1 // cfg.head_dim, **block_kw)
+        self.norm = make_norm(cfg.norm, d1)
+        self.to_pixels = nn.Linear(d1, p * p * cfg.in_channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        r, h, w = cfg.unshuffle, z.shape[2], z.shape[3]
+        t = self.from_latent(rearrange(z, "b c h w -> b h w c"))
+        t = rearrange(t, "b h w (r1 r2 d) -> b (h r1 w r2) d", r1=r, r2=r)
+        grid = (h * r, w * r)
+        t = self.coarse(t, grid)
+        if cfg.staged:
+            t = self.unmerge(t, grid)
+            grid = (grid[0] * 2, grid[1] * 2)
+        else:
+            t = self.unmerge(t)
+        t = self.to_pixels(self.norm(self.fine(t, grid)))
+        p = cfg.patch_size
+        return rearrange(t, "b (y x) (p1 p2 c) -> b c (y p1) (x p2)", y=grid[0], p1=p, p2=p)
+
+
+def _block_kwargs(cfg: TCAEConfig) -> dict:
+    return dict(mlp_ratio=cfg.mlp_ratio, mlp=cfg.mlp, norm=cfg.norm, qk_norm=cfg.qk_norm, rope_theta=cfg.rope_theta)
+
+
+# state-dict names of tcae 0.1 (flat modules) -> today's encoder./decoder. submodules; old files still load
+_LEGACY_PREFIXES = {
+    "patch_embed.": "encoder.patch_embed.", "cls_token": "encoder.cls_token", "mask_token": "encoder.mask_token",
+    "enc_fine.": "encoder.fine.", "merge.": "encoder.merge.", "enc_coarse.": "encoder.coarse.",
+    "enc_norm.": "encoder.norm.", "to_latent.": "encoder.to_latent.", "from_latent.": "decoder.from_latent.",
+    "dec_coarse.": "decoder.coarse.", "unmerge.": "decoder.unmerge.", "dec_fine.": "decoder.fine.",
+    "dec_norm.": "decoder.norm.", "to_pixels.": "decoder.to_pixels.",
+}
+
+
+def upgrade_legacy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of a tcae 0.1 state dict (flat module names) to the encoder/decoder layout."""
+    if not any(k.startswith(tuple(_LEGACY_PREFIXES)) for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        for old, new in _LEGACY_PREFIXES.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        out[k] = v
+    return out
+
+
 class TCAE(
     nn.Module,
     DataclassHubMixin,
     library_name="tcae",
     tags=["tcae", "image-tokenizer", "autoencoder"],
 ):
-    """TC-AE tokenizer. `staged=False` gives the single-stage baseline (same class, one flag).
+    """TC-AE tokenizer: `encoder` (TCAEEncoder) + `decoder` (TCAEDecoder) + per-channel latent statistics.
+    `staged=False` gives the single-stage baseline (same class, one flag).
 
     encode: float (B, 3, H, W) in [-1, 1] -> raw latent (B, c, H/f, W/f)
     decode: latent (B, c, h, w) -> image (B, 3, h*f, w*f)
@@ -156,46 +278,21 @@ class TCAE(
 
     config_class = TCAEConfig
     model_kind = "TC-AE"
-    DECODER_MODULES = ("from_latent", "dec_coarse", "unmerge", "dec_fine", "dec_norm", "to_pixels")
 
     def __init__(self, config: TCAEConfig) -> None:
         super().__init__()
         if isinstance(config, dict):
             config = TCAEConfig(**config)
         self.config = config
-        cfg = config
-        d1, d2, p, r, c = cfg.fine_width, cfg.coarse_width, cfg.patch_size, cfg.unshuffle, cfg.latent_channels
-        hidden = cfg.bottleneck_hidden or d2
-        block_kw = dict(mlp_ratio=cfg.mlp_ratio, mlp=cfg.mlp, norm=cfg.norm, qk_norm=cfg.qk_norm,
-                        rope_theta=cfg.rope_theta)
-
-        # encoder
-        self.patch_embed = nn.Conv2d(cfg.in_channels, d1, kernel_size=p, stride=p)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d1))
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, d1))
-        self.enc_fine = Transformer(d1, cfg.fine_depth, d1 // cfg.head_dim, **block_kw)
-        self.merge = TokenMerge(d1, d2, cfg.norm) if cfg.staged else nn.Linear(d1, d2)
-        self.enc_coarse = Transformer(d2, cfg.coarse_depth, d2 // cfg.head_dim, **block_kw)
-        self.enc_norm = make_norm(cfg.norm, d2)
-        self.to_latent = nn.Sequential(nn.Linear(d2 * r * r, hidden), nn.GELU(), nn.Linear(hidden, c))
-
-        # decoder
-        dec_coarse = cfg.coarse_depth if cfg.decoder_coarse_depth is None else cfg.decoder_coarse_depth
-        dec_fine = cfg.fine_depth if cfg.decoder_fine_depth is None else cfg.decoder_fine_depth
-        self.from_latent = nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, d2 * r * r))
-        self.dec_coarse = Transformer(d2, dec_coarse, d2 // cfg.head_dim, **block_kw)
-        self.unmerge = TokenUnmerge(d2, d1, cfg.norm) if cfg.staged else nn.Linear(d2, d1)
-        self.dec_fine = Transformer(d1, dec_fine, d1 // cfg.head_dim, **block_kw)
-        self.dec_norm = make_norm(cfg.norm, d1)
-        self.to_pixels = nn.Linear(d1, p * p * cfg.in_channels)
-
+        c = config.latent_channels
+        self.encoder = TCAEEncoder(config)
+        self.decoder = TCAEDecoder(config)
         # per-channel latent statistics, saved with the model; count 0 = not measured yet
         self.register_buffer("latent_mean", torch.zeros(c))
         self.register_buffer("latent_std", torch.ones(c))
         self.register_buffer("latent_stats_count", torch.zeros((), dtype=torch.float64))
-
         self._init_weights()
-        self.set_grad_checkpointing(cfg.grad_checkpointing)
+        self.set_grad_checkpointing(config.grad_checkpointing)
 
     # ------------------------------------------------------------------ setup
     def _init_weights(self) -> None:
@@ -204,8 +301,8 @@ class TCAE(
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.encoder.mask_token, std=0.02)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         for m in self.modules():
@@ -215,17 +312,12 @@ class TCAE(
     @property
     def decoder_last_layer(self) -> torch.Tensor:
         """Weight of the last decoder layer (for the GAN loss's adaptive weight)."""
-        return self.to_pixels.weight
+        return self.decoder.to_pixels.weight
 
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        mods = (self.patch_embed, self.enc_fine, self.merge, self.enc_coarse, self.enc_norm, self.to_latent)
-        return [self.cls_token, self.mask_token] + [p for m in mods for p in m.parameters()]
-
-    def drop_decoder(self) -> None:
-        """Delete the decoder's modules, in place: an encoder-only copy (the iBOT teacher) that holds no
-        decoder weights in memory or in checkpoints. `encode`/`encode_tokens` still work; `decode` does not."""
-        for name in self.DECODER_MODULES:
-            delattr(self, name)
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called on every loaded weights file: renames tcae 0.1 keys."""
+        return upgrade_legacy_state_dict(state)
 
     # ------------------------------------------------------------------ checks
     def _check_image(self, x: torch.Tensor, multiple: int, what: str) -> None:
@@ -253,45 +345,17 @@ class TCAE(
         mask: optional bool (B, y, x) on the *output* token grid (H/stride, W/stride); masked positions
         enter the encoder as the learned mask token (every fine patch under a masked output token).
         """
-        cfg = self.config
-        self._check_image(x, cfg.token_stride, "encode_tokens")
-        tokens = self.patch_embed(x)
-        fine_grid = tokens.shape[-2:]
-        tokens = rearrange(tokens, "b d y x -> b (y x) d")
-        if mask is not None:
-            out_grid = (fine_grid[0] * cfg.patch_size // cfg.token_stride,
-                        fine_grid[1] * cfg.patch_size // cfg.token_stride)
-            if mask.shape != (x.shape[0], *out_grid):
-                raise ValueError(f"mask must have shape {(x.shape[0], *out_grid)}, got {tuple(mask.shape)}")
-            if cfg.staged:
-                mask = mask.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
-            m = rearrange(mask, "b y x -> b (y x) 1").to(tokens.dtype)
-            tokens = tokens * (1 - m) + self.mask_token.to(tokens.dtype) * m
-        x_tok = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-        x_tok = self.enc_fine(x_tok, tuple(fine_grid), num_prefix=1)
-        cls, tokens = x_tok[:, 0], x_tok[:, 1:]
-        if cfg.staged:
-            cls, tokens = self.merge(cls, tokens, tuple(fine_grid))
-            grid = (fine_grid[0] // 2, fine_grid[1] // 2)
-        else:
-            cls, tokens, grid = self.merge(cls), self.merge(tokens), tuple(fine_grid)
-        x_tok = self.enc_coarse(torch.cat([cls[:, None], tokens], dim=1), grid, num_prefix=1)
-        x_tok = self.enc_norm(x_tok)
-        return EncoderTokens(cls=x_tok[:, 0], tokens=x_tok[:, 1:], grid=grid)
+        self._check_image(x, self.config.token_stride, "encode_tokens")
+        return self.encoder.tokens(x, mask)
 
     def tokens_to_latent(self, enc: EncoderTokens) -> torch.Tensor:
         """Final bottleneck: (B, y*x, d2) tokens -> latent (B, c, y/r, x/r)."""
-        r = self.config.unshuffle
-        y, x = enc.grid
-        if y % r or x % r:
-            raise ValueError(f"token grid {enc.grid} is not divisible by the final unshuffle factor {r}")
-        z = rearrange(enc.tokens, "b (h r1 w r2) d -> b h w (r1 r2 d)", h=y // r, r1=r, r2=r)
-        return rearrange(self.to_latent(z), "b h w c -> b c h w")
+        return self.encoder.tokens_to_latent(enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float (B, 3, H, W) in [-1, 1], H and W divisible by f -> raw latent (B, c, H/f, W/f)."""
         self._check_image(x, self.config.compression, "encode")
-        return self.tokens_to_latent(self.encode_tokens(x))
+        return self.encoder(x)
 
     # ------------------------------------------------------------------ decoder
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -301,19 +365,7 @@ class TCAE(
             raise ValueError(
                 f"expected a latent (B, {cfg.latent_channels}, h, w), got shape {tuple(z.shape)}"
             )
-        r, h, w = cfg.unshuffle, z.shape[2], z.shape[3]
-        t = self.from_latent(rearrange(z, "b c h w -> b h w c"))
-        t = rearrange(t, "b h w (r1 r2 d) -> b (h r1 w r2) d", r1=r, r2=r)
-        grid = (h * r, w * r)
-        t = self.dec_coarse(t, grid)
-        if cfg.staged:
-            t = self.unmerge(t, grid)
-            grid = (grid[0] * 2, grid[1] * 2)
-        else:
-            t = self.unmerge(t)
-        t = self.to_pixels(self.dec_norm(self.dec_fine(t, grid)))
-        p = cfg.patch_size
-        return rearrange(t, "b (y x) (p1 p2 c) -> b c (y p1) (x p2)", y=grid[0], p1=p, p2=p)
+        return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> TCAEOutput:
         """Reconstruct: (B, 3, H, W) -> TCAEOutput(sample (B, 3, H, W), latent (B, c, H/f, W/f))."""

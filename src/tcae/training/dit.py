@@ -1,25 +1,22 @@
 """`tcae train-dit`: a flow-matching diffusion transformer on cached, normalised latents.
 
 Same loop as the tokenizer (atomic checkpoints, exact resume, DDP, bf16, TensorBoard, progress bar).
-The latent statistics the DiT was trained with are saved beside it (`model/latent_stats.json`), so
-sampling never guesses the latent scale.
+The latent statistics the DiT was trained with (the cache's `normalization`, i.e. the tokenizer's) are
+buffers of the DiT, saved in its weights, so sampling never guesses the latent scale.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tcae.config import LoopConfig, OptimConfig, _optional_fields, model_overrides
 from tcae.data import build_loader
 from tcae.diffusion import DiTConfig, LatentDataset, create_dit, flow_matching_loss
 from tcae.training.ema import EMA
 from tcae.training.loop import TrainLoop
-from tcae.training.optim import param_groups
 
 DiTModelSection = _optional_fields(DiTConfig, "DiTModelSection", [("name", str, field(default="dit-tiny"))])
 
@@ -58,35 +55,35 @@ class DiTTrainer(TrainLoop):
         if (c, h) != (self.model.config.in_channels, self.model.config.input_size):
             raise ValueError(f"latents are {c}x{h}x{w} but the DiT expects {self.model.config.in_channels} "
                              f"channels on a {self.model.config.input_size} grid")
+        self.model.set_latent_stats(self.dataset.stats["mean"], self.dataset.stats["std"])  # copied by the EMA
         self.ema = EMA(self.model).to(self.device)
-        self.train_module = DDP(self.model) if self.dist.enabled else self.model
-        if cfg.compile:
-            self.train_module = torch.compile(self.train_module)
-        self.add_optimizer("model", torch.optim.AdamW(
-            param_groups(self.model, cfg.optim.weight_decay, cfg.optim.lr), betas=tuple(cfg.optim.betas)))
-        if cfg.data.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size={cfg.data.batch_size} is not divisible by {self.dist.world_size} ranks")
-        self.loader = build_loader(self.dataset, cfg.data.batch_size // self.dist.world_size, train=True,
+        self.train_module = self.wrap(self.model)
+        self.add_optimizer("model", self.model, cfg.optim.lr, cfg.optim.weight_decay)
+        self.loader = build_loader(self.dataset, self.micro_batch_size, train=True,
                                    num_workers=cfg.data.num_workers, seed=cfg.seed)
+        self._micro = 0
 
-    def train_step(self, batch) -> dict[str, torch.Tensor]:
-        x0, y = batch[0].to(self.device), batch[1].to(self.device)
+    def summary(self) -> str:
+        c = self.model.config
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        return (f"DiT {c.hidden_size}x{c.depth} ({params:.1f}M params) on latents {self.cfg.data.latents} "
+                f"{tuple(self.dataset.latent_shape)}, batch {self.cfg.data.batch_size}, {self.cfg.steps} steps")
+
+    def forward_backward(self, batch, loss_scale: float) -> dict[str, torch.Tensor]:
+        x0, y = batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True)
+        # noise, t and label dropout from the per-step generator (not the global RNG): exact resume under
+        # DDP; the micro-batch index keeps accumulated micro-batches' draws apart
+        salt = self._micro = (self._micro + 1) % self.grad_accum
         with self.autocast():
-            # label dropout drawn from the per-step generator (not the global RNG): exact resume under DDP
             loss = flow_matching_loss(self.train_module, x0, y, timestep_kind=self.cfg.timesteps,
-                                      generator=self.step_generator(),
+                                      generator=self.step_generator(salt),
                                       class_dropout=self.model.config.class_dropout)
         loss = loss.float()
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        terms = {"loss": loss}
-        if self.cfg.optim.grad_clip > 0:
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        if torch.isfinite(loss):
-            opt.step()
-        self.ema.update(self.model, self.cfg.ema_decay)
-        return terms
+        self.backward(loss * loss_scale)
+        return {"loss": loss}
+
+    def after_step(self, ok: torch.Tensor) -> None:
+        self.ema.update(self.model, self.cfg.ema_decay, ok)
 
     def model_signature(self) -> dict:
         return {"dit": self.model.config.to_dict()}
@@ -99,12 +96,8 @@ class DiTTrainer(TrainLoop):
         self.ema.load_state_dict(state["ema"])
 
     def export(self) -> None:
-        out = self.run_dir / "model"
-        self.ema.module.save_pretrained(str(out))
-        stats = self.dataset.stats
-        (out / "latent_stats.json").write_text(json.dumps(
-            {"mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]],
-             "latents": str(self.cfg.data.latents)}, indent=2))
+        """runs/NAME/model/: the EMA DiT, its latent statistics inside its weights."""
+        self.ema.module.save_pretrained(str(self.run_dir / "model"))
 
 
 def train_dit(cfg: DictConfig):

@@ -12,24 +12,31 @@ from torch import nn
 class EMA(nn.Module):
     """A frozen copy of `model` updated as ema = decay * ema + (1 - decay) * model (params; buffers copied).
 
-    `parameter_names` restricts which parameters are averaged (e.g. only the encoder for a teacher). The copy
-    may be pruned afterwards (e.g. `TCAE.drop_decoder`): updates go over what the copy still holds.
+    The iBOT teacher is one over `nn.ModuleDict(encoder=..., cls_head=..., patch_head=...)` of the student's
+    modules (DINOv2's parallel student/teacher dicts): same names, so updates pair parameters by name.
     """
 
-    def __init__(self, model: nn.Module, parameter_names: set[str] | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
-        self.names = parameter_names
 
     @torch.no_grad()
-    def update(self, model: nn.Module, decay: float) -> None:
+    def update(self, model: nn.Module, decay: float, ok: torch.Tensor | None = None) -> None:
+        """ema += (1 - decay) * (model - ema); with `ok` (0-dim bool tensor) False, nothing changes. The
+        gate is applied on the device (no host sync)."""
         ema_params = dict(self.module.named_parameters())
-        pairs = [(ema_params[n], p) for n, p in model.named_parameters()
-                 if self.names is None or n in self.names]
+        pairs = [(ema_params[n], p) for n, p in model.named_parameters()]
         if pairs:
-            ema, cur = zip(*pairs)
-            torch._foreach_lerp_(list(ema), [c.detach().to(e.dtype) for e, c in zip(ema, cur)], 1.0 - decay)
+            ema, cur = (list(t) for t in zip(*pairs))
+            cur = [c.detach().to(e.dtype) for e, c in zip(ema, cur)]
+            if ok is None:
+                torch._foreach_lerp_(ema, cur, 1.0 - decay)
+            else:
+                weight = ok.to(ema[0].dtype) * (1.0 - decay)
+                delta = torch._foreach_sub(cur, ema)
+                torch._foreach_mul_(delta, weight)
+                torch._foreach_add_(ema, delta)
         model_bufs = dict(model.named_buffers())
         for n, b in self.module.named_buffers():
             b.copy_(model_bufs[n])

@@ -1,65 +1,116 @@
-"""The training loop every `tcae` trainer shares: run directory, seeding, bf16 autocast, DDP, exact resume
-from atomic checkpoints, a non-finite-loss stop, TensorBoard scalars and a progress bar.
+"""The training loop every `tcae` trainer shares: run directory, seeding, mixed precision, DDP + compile,
+gradient accumulation, exact resume from atomic checkpoints, a device-side non-finite guard, and logging.
 
-A trainer subclasses `TrainLoop` and fills in `build`, `train_step`, `state_extra` / `load_extra`, and
-`export` (what goes in `runs/NAME/model/`).
+A trainer subclasses `TrainLoop` and fills in `build` (models, optimizers via `add_optimizer`, `self.loader`),
+`forward_backward` (one micro-batch: losses, `self.backward(...)`), `after_step` (EMA / teacher updates,
+gated by the step's `ok` flag), `state_extra` / `load_extra`, and `export` (what goes in `runs/NAME/model/`).
+
+The step touches the host only at log and checkpoint steps (torchtitan's rule): loss terms stay on the
+device and are summed there; whether a step was finite is a device tensor that gates the optimizers
+(fused AdamW's `found_inf`, GradScaler's mechanism), the EMA and any guarded buffer, so a step with a
+non-finite loss or gradient changes nothing, and the run stops at the next log step with the message.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import random
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
+from tcae import dist
 from tcae.config import save_config
 from tcae.data import set_loader_epoch
-from tcae.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tcae.training.distributed import all_reduce_mean, any_rank, barrier, init_distributed
+from tcae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from tcae.training.loggers import build_logger
 from tcae.training.schedule import warmup_cosine
 
 log = logging.getLogger("tcae.train")
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/inf; the run stops and the last good checkpoint is left as it was."""
+    """A loss or gradient became NaN/inf; the run stops and the last good checkpoint is left as it was."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors and plain lists (loadable with weights_only=True)."""
+    version, keys, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {"python": [version, list(keys), gauss],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class TrainLoop:
-    """Shared loop. Subclasses set `self.optimizers` (name -> optimizer, each stepped with the same
-    warm-up + cosine schedule), `self.loader`, and the modules they checkpoint."""
+    """Shared loop. Subclasses set `self.loader`, add optimizers with `add_optimizer` (each stepped with the
+    same warm-up + cosine schedule) and implement the hooks below."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.dist = init_distributed(cfg.device)
+        self.dist = dist.init_distributed(cfg.device)
         self.device = self.dist.device
         self.run_dir = Path(cfg.run_dir) / cfg.name
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.step = 0
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.opt_params: dict[str, list[nn.Parameter]] = {}
         self.base_lrs: dict[str, list[float]] = {}
-        self._seed_everything(cfg.seed + self.dist.rank)
+        self.guarded_buffers: list[torch.Tensor] = []
+        self.ddp_modules: list[DDP] = []
+        # the first non-finite step and its loss terms, kept on the device until a log step reads them
+        self._fatal_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._fatal_terms: dict[str, torch.Tensor] = {}  # restored after a non-finite step (iBOT centers, ...)
         self.amp_dtype = self._amp_dtype(cfg.precision)
-        self.writer: SummaryWriter | None = None
+        # fp16 needs loss scaling; GradScaler with a fused optimizer skips steps on the device
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.logger = None
+        # every model is built from `seed` alone, so each rank starts from identical weights (EMA copies
+        # and the iBOT teacher included, which DDP's broadcast of the student would not reach) ...
+        seed_everything(cfg.seed)
         self.build()
+        # ... and only then does per-rank randomness begin
+        seed_everything(cfg.seed + 1_000_003 * (self.dist.rank + 1))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def build(self) -> None:
         raise NotImplementedError
 
-    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns the loss terms (tensors) to log. 'loss' is the total."""
+    def forward_backward(self, batch: Any, loss_scale: float) -> dict[str, torch.Tensor]:
+        """One micro-batch: compute the losses, call `self.backward(loss * loss_scale, name)` once per
+        optimizer, return the terms to log (0-dim tensors, on the device; 'loss' is the total)."""
         raise NotImplementedError
+
+    def after_step(self, ok: torch.Tensor) -> None:
+        """After the optimizers stepped (`ok`: 0-dim bool tensor, False if the step was skipped)."""
 
     def state_extra(self) -> dict:
         return {}
@@ -71,30 +122,27 @@ class TrainLoop:
         """Write the deliverable model (rank 0 only)."""
 
     def on_log_images(self) -> None:
-        """Write image grids to TensorBoard (rank 0 only)."""
+        """Write image grids to the logger (rank 0 only)."""
 
     def model_signature(self) -> dict:
         """What must match for a checkpoint to be resumable into this run (e.g. the model config)."""
         return {}
 
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+    def summary(self) -> str:
+        """One line for the console about what is being trained."""
+        return ""
 
+    # ------------------------------------------------------------------ helpers
     def _amp_dtype(self, precision: str) -> torch.dtype | None:
         if precision == "auto":
             return torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        if precision == "bf16":
-            return torch.bfloat16
-        if precision == "fp32":
-            return None
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+        choices = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+        if precision not in choices:
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {precision!r}")
+        return choices[precision]
 
     def autocast(self):
-        """bf16 autocast when enabled (weights and optimizer stay fp32)."""
+        """Mixed-precision autocast when enabled (weights and optimizer stay fp32)."""
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
@@ -105,9 +153,33 @@ class TrainLoop:
         g.manual_seed(hash((self.cfg.seed, self.dist.rank, self.step, salt)) % 2**62)
         return g
 
-    def add_optimizer(self, name: str, opt: torch.optim.Optimizer) -> None:
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """The module a trainer calls: DDP over ranks when distributed, then torch.compile when asked."""
+        out = module
+        if self.dist.enabled:
+            out = DDP(module)
+            self.ddp_modules.append(out)
+        return torch.compile(out) if self.cfg.compile else out
+
+    def add_optimizer(self, name: str, module: nn.Module, lr: float, weight_decay: float) -> None:
+        """AdamW over `module`'s trainable parameters (no decay on biases, norms and tokens). Fused: one
+        kernel per step, and it honours `found_inf`, so a skipped step needs no host sync."""
+        from tcae.training.optim import param_groups
+
+        groups = param_groups(module, weight_decay, lr)
+        opt = torch.optim.AdamW(groups, betas=tuple(self.cfg.optim.betas), fused=True)
         self.optimizers[name] = opt
+        self.opt_params[name] = [p for g in groups for p in g["params"]]
         self.base_lrs[name] = [g["lr"] for g in opt.param_groups]
+
+    def backward(self, loss: torch.Tensor, name: str = "model") -> None:
+        """Backward of one optimizer's (scaled) loss. The loss's finiteness is recorded for the guard."""
+        self._losses_finite = self._losses_finite & torch.isfinite(loss.detach())
+        if self.scaler is not None:
+            # a non-finite loss must skip the step even if its gradients came out finite: poison them
+            loss = loss * torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+            loss = self.scaler.scale(loss)
+        loss.backward()
 
     def set_lr(self) -> float:
         o = self.cfg.optim
@@ -121,24 +193,101 @@ class TrainLoop:
     def is_main(self) -> bool:
         return self.dist.is_main
 
+    # ------------------------------------------------------------------ one optimisation step
+    def train_step(self, micro_batches: list) -> dict[str, torch.Tensor]:
+        """Forward/backward over the micro-batches (gradients summed; DDP syncs on the last one only), then
+        unscale, clip, the finite guard and every optimizer's step. No host sync."""
+        n = len(micro_batches)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        saved = [b.clone() for b in self.guarded_buffers]
+        self._losses_finite = torch.ones((), dtype=torch.bool, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(micro_batches):
+            sync = nullcontext() if i == n - 1 or not self.dist.enabled else self._no_sync()
+            with sync:
+                terms = self.forward_backward(batch, 1.0 / n)
+            for k, v in terms.items():
+                v = v.detach().float() / n
+                sums[k] = sums[k] + v if k in sums else v
+        # the loss of any rank decides for all (gradients are all-reduced already; losses are not)
+        ok = dist.all_reduce_(self._losses_finite.to(torch.int32), op="min").bool()
+        fatal = ~ok
+        for name, opt in self.optimizers.items():
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            grads = [p.grad for p in self.opt_params[name] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+            if self.cfg.optim.grad_clip > 0 and grads:
+                torch.nn.utils.clip_grads_with_norm_(self.opt_params[name], self.cfg.optim.grad_clip, norm)
+            sums[f"grad_norm_{name}" if name != "model" else "grad_norm"] = norm.detach().float()
+            finite = torch.isfinite(norm)
+            if self.scaler is None:
+                fatal = fatal | ~finite  # in fp16, inf gradients are an overflow: the scaler backs off
+            ok = ok & finite
+        for opt in self.optimizers.values():
+            if self.scaler is not None:
+                self.scaler.step(opt)  # fused: the skip on overflow happens on the device
+            else:
+                opt.found_inf = (~ok).float()
+                opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        for buf, old in zip(self.guarded_buffers, saved):
+            buf.copy_(torch.where(ok, buf, old))
+        self.after_step(ok)
+        self._record_fatal(fatal, sums)
+        return sums
+
+    def _no_sync(self) -> ExitStack:
+        """Gradient accumulation: no all-reduce until the last micro-batch."""
+        stack = ExitStack()
+        for m in self.ddp_modules:
+            stack.enter_context(m.no_sync())
+        return stack
+
+    def _record_fatal(self, fatal: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Remember, on the device, the first step whose loss or gradients were non-finite, and its terms."""
+        first = self._fatal_step < 0
+        newly = fatal & first
+        self._fatal_step = torch.where(newly, self.step, self._fatal_step)
+        for k, v in terms.items():
+            old = self._fatal_terms.get(k, torch.full_like(v, float("nan")))
+            self._fatal_terms[k] = torch.where(newly, v, old)
+
+    def _raise_if_fatal(self) -> None:
+        """Host check (log and checkpoint steps only)."""
+        bad = int(self._fatal_step)
+        if bad < 0:
+            return
+        last = latest_checkpoint(self.ckpt_dir)
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad}: "
+            + ", ".join(f"{k}={float(v):.4g}" for k, v in self._fatal_terms.items())
+            + f". Stopped; that step and any later one changed no weights. The last good checkpoint is "
+            f"{last or 'none (no checkpoint yet)'}. Try a lower lr, grad clipping or precision=fp32."
+        )
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {
+        st = {
             "step": self.step,
             "signature": self.model_signature(),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "config": OmegaConf.to_container(self.cfg),
+            "rng": rng_state(),
+            "config": OmegaConf.to_yaml(self.cfg),
             **self.state_extra(),
         }
+        if self.scaler is not None:
+            st["grad_scaler"] = self.scaler.state_dict()
+        return st
 
     def save(self) -> Path | None:
+        self._raise_if_fatal()  # never checkpoint after a bad step: the last good checkpoint stays last
         path = None
         if self.is_main:
             path = save_checkpoint(self.state_dict(), self.ckpt_dir, self.step, self.cfg.keep_last)
-        barrier()
+        dist.barrier()
         return path
 
     def resume(self) -> None:
@@ -152,7 +301,7 @@ class TrainLoop:
             raise FileNotFoundError(f"resume={mode}: checkpoint {path} not found")
         state = load_checkpoint(path)
         if state.get("signature") != self.model_signature():
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {path} was written by a different model config and cannot be resumed:\n"
                 f"  checkpoint: {state.get('signature')}\n  this run:   {self.model_signature()}\n"
                 "(use a new name=, or resume=never to start over in a fresh run directory)"
@@ -160,23 +309,27 @@ class TrainLoop:
         self.load_extra(state)
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        # rank 0's RNG state was saved; each rank re-derives its own from it, as at the start
+        set_rng_state(state["rng"])
+        if self.dist.rank > 0:
+            seed_everything(hash((self.cfg.seed, self.dist.rank, int(state["step"]))) % 2**31)
         self.step = int(state["step"])
         if self.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ the loop
+    @property
+    def grad_accum(self) -> int:
+        return int(self.cfg.get("grad_accum", 1))
+
     def batches(self):
-        """Endless batches in a data order fixed by (seed, epoch); resumes mid-epoch at self.step."""
+        """Endless micro-batches in a data order fixed by (seed, epoch); resumes mid-epoch at self.step."""
         per_epoch = len(self.loader)
         if per_epoch == 0:
             raise ValueError("the training data yields no full batch: lower batch_size or add data")
-        epoch, offset = divmod(self.step, per_epoch)
+        epoch, offset = divmod(self.step * self.grad_accum, per_epoch)
         while True:
             skip = set_loader_epoch(self.loader, epoch, offset)  # streams cannot seek: skip by hand
             for i, batch in enumerate(self.loader):
@@ -188,43 +341,46 @@ class TrainLoop:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
+        start = self.step
+        interactive = bool(cfg.progress) and sys.stderr.isatty()
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
-        start = self.step
-        bar = tqdm(total=cfg.steps, initial=start, disable=not (self.is_main and cfg.progress),
+            _truncate_scalars(self.run_dir / "scalars.jsonl", start)  # a resume logs each step once
+            self.logger = build_logger(str(cfg.get("logger", "tensorboard")), self.run_dir, cfg, start)
+            log.info("%s%s -> %s (config: %s)", self.summary(), f", resumed at step {start}" if start else "",
+                     self.run_dir, self.run_dir / "config.yaml")
+        bar = tqdm(total=cfg.steps, initial=start, disable=not (self.is_main and interactive),
                    dynamic_ncols=True, desc=cfg.name)
-        t0, seen = time.perf_counter(), 0
+        window: dict[str, torch.Tensor] = {}
+        window_steps, t0, t_start, seen = 0, time.perf_counter(), time.perf_counter(), 0
         data = self.batches()
         while self.step < cfg.steps:
-            batch = next(data)
+            micro = [next(data) for _ in range(self.grad_accum)]
             lr_mult = self.set_lr()
-            terms = self.train_step(batch)
-            loss = float(terms["loss"].detach())
-            if any_rank(not math.isfinite(loss), self.device):
-                last = latest_checkpoint(self.ckpt_dir)
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {self.step}: "
-                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                    + f". Stopped; the last good checkpoint is {last or 'none (no checkpoint yet)'}. "
-                    "Try a lower lr, grad clipping or precision=fp32."
-                )
+            terms = self.train_step(micro)
+            for k, v in terms.items():
+                window[k] = window[k] + v if k in window else v
+            window_steps += 1
             self.step += 1
             seen += self.images_per_step
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                # every rank joins the reduction; the logged loss is the global-batch mean
-                scalars = {k: float(all_reduce_mean(torch.as_tensor(v, device=self.device).detach().float()))
-                           for k, v in terms.items()}
-            if self.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                for k, v in scalars.items():
-                    self.writer.add_scalar(f"train/{k}", v, self.step)
-                self.writer.add_scalar("train/lr_mult", lr_mult, self.step)
-                self.writer.add_scalar("train/images_per_s", rate, self.step)
-                with open(self.run_dir / "scalars.jsonl", "a") as f:  # for plots without TensorBoard
-                    f.write(json.dumps({"step": self.step, "lr_mult": lr_mult, "images_per_s": rate,
-                                        **scalars}) + "\n")
-                bar.set_postfix({**{k: f"{v:.4f}" for k, v in scalars.items()}, "img/s": f"{rate:.1f}"})
+                self._raise_if_fatal()
+                names = sorted(window)
+                # every rank joins the reduction: the logged terms are global-batch means over the window
+                means = dist.all_reduce_mean(torch.stack([window[k] for k in names]) / window_steps).tolist()
+                scalars = dict(zip(names, means))
+                window, window_steps = {}, 0
+                if self.is_main:
+                    now = time.perf_counter()
+                    rate = seen / max(now - t0, 1e-9)
+                    self._log_scalars(scalars, lr_mult, rate)
+                    if interactive:
+                        bar.set_postfix({**{k: f"{v:.4f}" for k, v in scalars.items()}, "img/s": f"{rate:.1f}"})
+                    else:
+                        eta = (now - t_start) / (self.step - start) * (cfg.steps - self.step)
+                        log.info("step %d/%d | %s | %.1f img/s | ETA %s", self.step, cfg.steps,
+                                 " ".join(f"{k} {v:.4g}" for k, v in scalars.items()), rate,
+                                 timedelta(seconds=round(eta)))
             if self.is_main and cfg.image_every and self.step % cfg.image_every == 0:
                 self.on_log_images()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -234,11 +390,37 @@ class TrainLoop:
         if self.is_main:
             self.on_log_images()
             self.export()
-            self.writer.close()
-        barrier()
+            self.logger.close()
+        dist.barrier()
         return self.run_dir
+
+    def _log_scalars(self, scalars: dict[str, float], lr_mult: float, rate: float) -> None:
+        row = {"step": self.step, "lr_mult": lr_mult, "images_per_s": rate, **scalars}
+        self.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, self.step)
+        with open(self.run_dir / "scalars.jsonl", "a") as f:  # for plots without TensorBoard
+            f.write(json.dumps(row) + "\n")
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Per-rank batch of one forward: the global batch over ranks and gradient-accumulation steps."""
+        b, world, accum = self.cfg.data.batch_size, self.dist.world_size, self.grad_accum
+        if accum < 1 or b % (world * accum):
+            raise ValueError(f"batch_size={b} is not divisible by {world} rank(s) x grad_accum={accum}")
+        return b // (world * accum)
 
     @property
     def images_per_step(self) -> int:
         """Images per optimisation step over all ranks (for the images/s figure)."""
         return self.cfg.data.batch_size
+
+
+def _truncate_scalars(path: Path, step: int) -> None:
+    """Drop the rows after `step` (logged after the checkpoint a resume starts from)."""
+    if not path.is_file():
+        return
+    rows = path.read_text().splitlines()
+    keep = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in keep))
+        tmp.replace(path)

@@ -12,13 +12,21 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision.utils import make_grid
 
-from tcae.config import model_overrides
-from tcae.data import MultiCropCollate, MultiCropTransform, build_dataset, build_loader, local_crop_size
+from tcae.config import DEFAULT_MODEL, ConfigError, model_overrides
+from tcae.data import (
+    MaskedTokens,
+    MultiCropCollate,
+    MultiCropTransform,
+    build_dataset,
+    build_loader,
+    eval_loader,
+    local_crop_size,
+)
+from tcae.data.spec import split_spec
 from tcae.losses import (
     IBOTHead,
     IBOTLoss,
@@ -34,18 +42,24 @@ from tcae.losses import (
 from tcae.models import TCAE, EncoderTokens, create_model
 from tcae.training.ema import EMA, cosine_momentum
 from tcae.training.loop import TrainLoop
-from tcae.training.optim import param_groups
 
 log = logging.getLogger("tcae.train")
+
+
+def ssl_heads(cls_head: nn.Module, patch_head: nn.Module, enc: EncoderTokens,
+              masked: MaskedTokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] head on every view's class token (V*B, K); patch head on the masked tokens only (M, K_p),
+    gathered by host-computed indices (no device sync), the only ones the loss reads."""
+    return cls_head(enc.cls), patch_head(masked.gather(enc.tokens))
 
 
 class TokenizerStudent(nn.Module):
     """The trained network in one module (so DDP sees one forward): autoencoder + iBOT heads.
 
     forward(images (B,3,H,W) in [-1,1], global_crops (Vg*B,3,H,W) | None, masks (Vg*B,y,x) | None,
-            local_crops (Vl*B,3,h,w) | None) -> dict with the reconstruction `rec` (B,3,H,W) and, with
-    SSL, the head outputs `cls` (Vs*B, out_dim) and `patch` (Vg*B, n, patch_out_dim) (zero where
-    unmasked: the patch head only runs on masked tokens, the only ones the loss reads).
+            masked MaskedTokens | None, local_crops (Vl*B,3,h,w) | None) -> dict with the reconstruction
+    `rec` (B,3,H,W), the latent `z` and, with SSL, the head outputs `cls` (Vs*B, out_dim) and `patch`
+    (M, patch_out_dim) on the M masked tokens.
     """
 
     def __init__(self, model: TCAE, cls_head: nn.Module | None, patch_head: nn.Module | None,
@@ -54,20 +68,7 @@ class TokenizerStudent(nn.Module):
         self.model, self.cls_head, self.patch_head = model, cls_head, patch_head
         self.freeze_encoder = freeze_encoder
 
-    def heads(self, enc: EncoderTokens, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        cls = self.cls_head(enc.cls)
-        patch = enc.tokens.new_zeros(*enc.tokens.shape[:2], self.patch_out_dim)
-        if masks is not None:
-            flat = masks.flatten(1)
-            patch = patch.to(cls.dtype)
-            patch[flat] = self.patch_head(enc.tokens[flat]).to(cls.dtype)
-        return cls, patch
-
-    @property
-    def patch_out_dim(self) -> int:
-        return self.patch_head.out_dim
-
-    def forward(self, images, global_crops=None, masks=None, local_crops=None) -> dict[str, torch.Tensor]:
+    def forward(self, images, global_crops=None, masks=None, masked=None, local_crops=None) -> dict[str, torch.Tensor]:
         m = self.model
         if global_crops is None:
             if self.freeze_encoder:
@@ -80,7 +81,7 @@ class TokenizerStudent(nn.Module):
         g = m.encode_tokens(global_crops, masks)
         z = m.tokens_to_latent(EncoderTokens(g.cls[:b], g.tokens[:b], g.grid))
         out = {"rec": m.decode(z), "z": z}
-        cls, patch = self.heads(g, masks)
+        cls, patch = ssl_heads(self.cls_head, self.patch_head, g, masked)
         if local_crops is not None:
             cls = torch.cat([cls, self.cls_head(m.encode_tokens(local_crops).cls)], dim=0)
         out.update(cls=cls, patch=patch)
@@ -90,32 +91,56 @@ class TokenizerStudent(nn.Module):
 class TokenizerTrainer(TrainLoop):
     """`tcae train` / `tcae finetune-decoder`."""
 
+    def summary(self) -> str:
+        c = self.model.config
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        return (f"{self.cfg.phase} phase: {'staged' if c.staged else 'single-stage'} TC-AE p={c.patch_size} "
+                f"f={c.compression} c={c.latent_channels} ({params:.1f}M params), ssl={'on' if self.ssl else 'off'}, "
+                f"data {self.cfg.data.spec} at {self.cfg.data.image_size} px, batch {self.cfg.data.batch_size}, "
+                f"{self.cfg.steps} steps")
+
+    def _build_model(self) -> TCAE:
+        """Phase 1: a preset with model.* overrides, or (init=) a warm start from a run or model directory.
+        Phase 2: the phase-1 model (init= is required). A model.* setting that contradicts init= is an error."""
+        cfg = self.cfg
+        overrides = model_overrides(cfg.model)
+        if not cfg.init:
+            if self.decoder_phase:
+                raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
+            overrides.setdefault("image_size", cfg.data.image_size)
+            return create_model(cfg.model.name or DEFAULT_MODEL, **overrides)
+        try:  # a run directory (its model/) or a model directory
+            model = TCAE.from_pretrained(cfg.init)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"init={cfg.init}: {e}") from None
+        loaded = model.config.to_dict()
+        clash = [f"model.{k}={v} (the init model has {loaded[k]})" for k, v in overrides.items()
+                 if k not in ("image_size", "grad_checkpointing") and loaded.get(k) != v]
+        if clash:
+            raise ConfigError(f"init={cfg.init} gives the model's architecture, so these settings cannot apply: "
+                              f"{', '.join(clash)}. Remove them, or drop init= to build a new model.")
+        if overrides.get("grad_checkpointing"):
+            model.set_grad_checkpointing(True)
+        log.info("init=%s: %s from its weights%s", cfg.init, "decoder phase" if self.decoder_phase else "warm start",
+                 f" (model.name={cfg.model.name} is not used: the architecture is the init model's)"
+                 if cfg.model.name else "")
+        return model
+
     def build(self) -> None:
         cfg = self.cfg
         if cfg.phase not in ("joint", "decoder"):
             raise ValueError(f"phase must be 'joint' or 'decoder', got {cfg.phase!r}")
         self.decoder_phase = cfg.phase == "decoder"
         self.ssl = bool(cfg.ssl.enabled) and not self.decoder_phase
-        if self.decoder_phase:
-            if not cfg.init:
-                raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
-            try:  # a run directory (its model/) or a model directory
-                model = TCAE.from_pretrained(cfg.init)
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"init={cfg.init}: {e}") from None
-        else:
-            overrides = model_overrides(cfg.model)
-            overrides.setdefault("image_size", cfg.data.image_size)
-            model = create_model(cfg.model.name, **overrides)
+        model = self._build_model()
         if cfg.data.image_size % model.config.compression:
             raise ValueError(f"data.image_size={cfg.data.image_size} is not divisible by the model's "
                              f"compression f={model.config.compression}")
         model.to(self.device)
         if self.decoder_phase:
-            for p in model.encoder_parameters():
-                p.requires_grad_(False)
+            model.encoder.requires_grad_(False)
         elif not self.ssl:
-            model.mask_token.requires_grad_(False)  # unused without masking; DDP needs every param used
+            model.encoder.mask_token.requires_grad_(False)  # unused without masking; DDP needs every param used
 
         cls_head = patch_head = None
         if self.ssl:
@@ -127,43 +152,37 @@ class TokenizerTrainer(TrainLoop):
             self.ibot_loss = IBOTLoss(s.out_dim, patch_head.out_dim, student_temp=s.student_temp,
                                       centering=s.centering, cls_weight=s.cls_weight,
                                       patch_weight=s.patch_weight, num_global_crops=s.num_global).to(self.device)
+            self.guarded_buffers += [self.ibot_loss.cls_center.center, self.ibot_loss.patch_center.center]
         self.student = TokenizerStudent(model, cls_head, patch_head, self.decoder_phase).to(self.device)
         self.model = model
-        self.teacher = None
+        # DINOv2's pattern: the teacher is an EMA copy of the student's encoder and heads, name for name
+        self.ssl_modules = self.teacher = None
         if self.ssl:
-            enc_ids = {id(p) for p in model.encoder_parameters()}
-            names = {n for n, p in self.student.named_parameters()
-                     if id(p) in enc_ids or n.startswith(("cls_head.", "patch_head."))}
-            self.teacher = EMA(self.student, names)
-            self.teacher.module.model.drop_decoder()  # the teacher only encodes
-            self.teacher.to(self.device)
+            heads = {"cls_head": cls_head} if patch_head is cls_head else {"cls_head": cls_head,
+                                                                            "patch_head": patch_head}
+            self.ssl_modules = nn.ModuleDict({"encoder": model.encoder, **heads})
+            self.teacher = EMA(self.ssl_modules).to(self.device)
         self.ema = EMA(model).to(self.device)
 
         lc = cfg.loss
         self.perceptual = build_perceptual(lc.perceptual, backbone_weights=lc.lpips_weights)
         if self.perceptual is not None:
             self.perceptual.to(self.device).eval().requires_grad_(False)
-        self.disc = None
+        self.disc = self.lecam = None
         if lc.gan:
             self.disc = PatchDiscriminator(3, lc.disc_channels, lc.disc_layers).to(self.device)
             self.lecam = LeCam().to(self.device) if lc.lecam_weight > 0 else None
-            self.disc_ddp = DDP(self.disc) if self.dist.enabled else self.disc
-            self.add_optimizer("disc", torch.optim.AdamW(
-                param_groups(self.disc, cfg.optim.weight_decay, lc.disc_lr or cfg.optim.lr),
-                betas=tuple(cfg.optim.betas)))
-
-        self.train_module = DDP(self.student) if self.dist.enabled else self.student
-        if cfg.compile:
-            self.train_module = torch.compile(self.train_module)
-        self.add_optimizer("model", torch.optim.AdamW(
-            param_groups(self.student, cfg.optim.weight_decay, cfg.optim.lr), betas=tuple(cfg.optim.betas)))
+            if self.lecam is not None:
+                self.guarded_buffers += list(self.lecam.buffers())
+            self.disc_ddp = self.wrap(self.disc)
+            self.add_optimizer("disc", self.disc, lc.disc_lr or cfg.optim.lr, cfg.optim.weight_decay)
+        self.train_module = self.wrap(self.student)
+        self.add_optimizer("model", self.student, cfg.optim.lr, cfg.optim.weight_decay)
         self._build_data(model)
 
     def _build_data(self, model: TCAE) -> None:
         cfg, d = self.cfg, self.cfg.data
-        if d.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size={d.batch_size} is not divisible by {self.dist.world_size} ranks")
-        per_rank = d.batch_size // self.dist.world_size
+        per_rank = self.micro_batch_size
         collate, transform = None, None
         if self.ssl:
             s = cfg.ssl
@@ -186,14 +205,16 @@ class TokenizerTrainer(TrainLoop):
             self.val_images = torch.stack([val[i]["image"] for i in range(n)]).to(self.device)
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward_backward(self, batch: dict, loss_scale: float) -> dict[str, torch.Tensor]:
         cfg, lc = self.cfg, self.cfg.loss
         dev = self.device
         kwargs = {}
         if self.ssl:
             kwargs = {"global_crops": batch["global_crops"].to(dev, non_blocking=True),
                       "masks": batch["masks"].to(dev, non_blocking=True),
-                      "local_crops": batch["local_crops"].to(dev) if "local_crops" in batch else None}
+                      "masked": batch["masked"].to(dev, non_blocking=True),
+                      "local_crops": batch["local_crops"].to(dev, non_blocking=True) if "local_crops" in batch
+                      else None}
             images = kwargs["global_crops"][: len(batch["image"])]  # "image" is global crop 0: copied once
         else:
             images = batch["image"].to(dev, non_blocking=True)
@@ -221,37 +242,24 @@ class TokenizerTrainer(TrainLoop):
                 rec_loss = rec_loss + lc.gan_weight * g_loss
         loss = cfg.loss.alpha * rec_loss
         if self.ssl:
+            masked = kwargs["masked"]
             with torch.no_grad(), self.autocast():
                 t = self.teacher.module
-                tg = t.model.encode_tokens(kwargs["global_crops"])
-                t_cls, t_patch = t.heads(tg, kwargs["masks"])
+                tg = t["encoder"].tokens(kwargs["global_crops"])
+                t_cls, t_patch = ssl_heads(t["cls_head"], t["patch_head"] if "patch_head" in t else t["cls_head"],
+                                           tg, masked)
             temp = teacher_temperature(self.step, cfg.ssl.teacher_temp_warmup_steps,
                                        cfg.ssl.warmup_teacher_temp, cfg.ssl.teacher_temp)
-            masks = kwargs["masks"].flatten(1)
             ib = self.ibot_loss(out["cls"].float(), t_cls.float(), out["patch"].float(), t_patch.float(),
-                                masks, temp)
+                                masked.weight, masked.num_views, temp)
             terms["ibot_cls"], terms["ibot_mim"] = ib["ibot_cls"], ib["ibot_mim"]
             loss = loss + ib["loss"]
-        terms = {"loss": loss, **terms}
-
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.student.parameters() if p.requires_grad], cfg.optim.grad_clip)
-        if torch.isfinite(loss):
-            opt.step()
-
+        self.backward(loss * loss_scale, "model")
         if gan_on:
-            terms.update(self._disc_step(images, rec.detach()))
-        with torch.no_grad():
-            self.ema.update(self.model, cfg.ema_decay)
-            if self.teacher is not None:
-                self.teacher.update(self.student, cosine_momentum(self.step, cfg.steps, cfg.ssl.momentum))
-        return terms
+            terms.update(self._disc_loss(images, rec.detach(), loss_scale))
+        return {"loss": loss, **terms}
 
-    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _disc_loss(self, real: torch.Tensor, fake: torch.Tensor, loss_scale: float) -> dict[str, torch.Tensor]:
         lc = self.cfg.loss
         with self.autocast():
             logits = self.disc_ddp(torch.cat([real, fake]))
@@ -263,13 +271,15 @@ class TokenizerTrainer(TrainLoop):
             self.lecam.update(lr_.detach(), lf.detach())
             d_loss = d_loss + lc.lecam_weight * reg
             out["lecam"] = reg.detach()
-        opt = self.optimizers["disc"]
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.optim.grad_clip)
-        opt.step()
+        self.backward(d_loss * loss_scale, "disc")
         return out
+
+    def after_step(self, ok: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.ema.update(self.model, self.cfg.ema_decay, ok)
+            if self.teacher is not None:
+                self.teacher.update(self.ssl_modules, cosine_momentum(self.step, self.cfg.steps,
+                                                                      self.cfg.ssl.momentum), ok)
 
     # ------------------------------------------------------------------ state
     def model_signature(self) -> dict:
@@ -300,22 +310,41 @@ class TokenizerTrainer(TrainLoop):
 
     @torch.no_grad()
     def on_log_images(self) -> None:
-        if self.val_images is None or self.writer is None:
+        if self.val_images is None or self.logger is None:
             return
         ema = self.ema.module
         rec = ema(self.val_images).sample.clamp(-1, 1)
         grid = make_grid(torch.cat([self.val_images, rec]) * 0.5 + 0.5, nrow=len(self.val_images))
-        self.writer.add_image("val/reconstruction", grid, self.step)
+        self.logger.image("val/reconstruction", grid, self.step)
         mse = ((rec - self.val_images) / 2).pow(2).flatten(1).mean(1)
-        self.writer.add_scalar("val/psnr_ema", float((-10 * torch.log10(mse)).mean()), self.step)
+        self.logger.log({"val/psnr_ema": float((-10 * torch.log10(mse)).mean())}, self.step)
+
+    @torch.no_grad()
+    def measure_latent_stats(self, model: TCAE) -> None:
+        """Per-channel latent mean/std of `model` over the first `latent_stats_images` training images
+        (evaluation crops, no augmentation), stored in the model: every exported tokenizer carries the
+        normalisation its latent diffusion model will use."""
+        from tcae.evaluation.diagnostics import LatentChannelStats
+
+        d = self.cfg.data
+        ds = build_dataset(split_spec(d.spec, "train"), d.image_size, train=False)
+        stats = LatentChannelStats(model.config.latent_channels, self.device)
+        for batch in eval_loader(ds, 64, d.num_workers, self.cfg.latent_stats_images, device=self.device):
+            with self.autocast():
+                stats.update(model.encode(batch["image"].to(self.device, non_blocking=True)).float())
+        mean, std = stats.mean_std()
+        model.set_latent_stats(mean, std.clamp_min(1e-6), stats.images)
 
     def export(self) -> None:
-        """runs/NAME/model/: the EMA autoencoder, loadable with TCAE.from_pretrained."""
-        self.ema.module.save_pretrained(str(self.run_dir / "model"))
-        log.info("saved the EMA model to %s", self.run_dir / "model")
+        """runs/NAME/model/: the EMA autoencoder with its latent statistics, loadable with TCAE.from_pretrained."""
+        model = self.ema.module
+        if self.cfg.latent_stats_images > 0:
+            self.measure_latent_stats(model)
+        model.save_pretrained(str(self.run_dir / "model"))
+        log.info("saved the EMA model to %s (latent statistics over %d images)", self.run_dir / "model",
+                 int(model.latent_stats_count))
 
 
 def train_tokenizer(cfg: DictConfig) -> Path:
-    """Run phase 1 or 2 as configured; returns the run directory."""
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg))
+    """Run phase 1 or 2 as configured; returns the run directory (its config.yaml is the resolved config)."""
     return TokenizerTrainer(cfg).fit()
