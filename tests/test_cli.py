@@ -169,7 +169,16 @@ def test_eval_rfid_without_inception_weights_names_the_file(tokenizer_run, tmp_p
 def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
     model_dir = tmp_path / "run" / "model"  # a copy: the shared model stays as trained
     shutil.copytree(tokenizer_run.model, model_dir)
-    assert not TCAE.from_pretrained(model_dir).has_latent_stats
+    trained = TCAE.from_pretrained(model_dir)
+    # training exported the model with its latent statistics: over its training images (the 13 train photos
+    # x 16 fixed evaluation crops = 208; at most latent_stats_images=1024)
+    assert trained.has_latent_stats and int(trained.latent_stats_count) == 208
+    ds = build_dataset("builtin:photos:train", 32, train=False)
+    with torch.no_grad():
+        z = trained.encode(torch.stack([ds[i]["image"] for i in range(208)])).double()
+    torch.testing.assert_close(trained.latent_mean.double(), z.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trained.latent_std.double(), z.std(dim=(0, 2, 3), correction=0), rtol=1e-4,
+                               atol=1e-5)
     out = tmp_path / "diag.json"
     # given the run directory, the stats go into the model in its model/, never beside it
     assert cli(["diagnose", "--model", str(tmp_path / "run"), "--data", "builtin:digits:train", "--write-stats",
@@ -178,7 +187,8 @@ def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
     assert "latent diagnostics on builtin:digits:train" in printed and "latent 32x2x2" in printed
     assert "A1 on pooled encoder tokens" in printed and f"latent statistics written into {model_dir}" in printed
     model = TCAE.from_pretrained(model_dir)
-    assert model.has_latent_stats and not (tmp_path / "run" / "config.json").exists()
+    assert int(model.latent_stats_count) == 256 and not (tmp_path / "run" / "config.json").exists()
+    assert not torch.equal(model.latent_mean, trained.latent_mean)  # re-measured on 256 images
     assert model.latent_mean.shape == model.latent_std.shape == (32,) and bool((model.latent_std > 0).all())
     result = json.loads(out.read_text())
     assert 0 <= result["probe_acc_tokens"] <= 1 and result["latent_shape"] == [32, 2, 2]

@@ -41,7 +41,7 @@ def _grid_path(grid: str | None, name: str, several: bool) -> str | None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from tcae.dist import cleanup, init_distributed
-    from tcae.evaluation import compare, evaluate, format_table, parse_metrics, results_to_json
+    from tcae.evaluation import Evaluator, compare, format_table, parse_metrics, results_to_json
     from tcae.models import TCAE
 
     metrics = parse_metrics(args.metrics)
@@ -56,17 +56,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     device = info.device if info else args.device
     main = info is None or info.is_main
     results = []
-    originals_cache: dict = {}  # the originals' feature statistics, computed for the first model only
     try:
+        # one evaluator for every model: the originals' feature statistics are computed once
+        evaluator = Evaluator(args.data, image_size=args.image_size, metrics=metrics, batch_size=args.batch_size,
+                              device=device, fid_stats=args.fid_stats, feature_weights=weights,
+                              max_images=args.max_images, num_workers=args.num_workers,
+                              lpips_weights=args.lpips_weights, autocast=args.bf16)
         for model_dir, name in zip(args.model, names):
             model = TCAE.from_pretrained(model_dir).eval()
-            result = evaluate(model, args.data, image_size=args.image_size, metrics=metrics,
-                              batch_size=args.batch_size, device=device, fid_stats=args.fid_stats,
-                              feature_weights=weights, max_images=args.max_images,
-                              grid_path=_grid_path(args.grid, name, len(args.model) > 1),
-                              num_workers=args.num_workers, lpips_weights=args.lpips_weights,
-                              save_fid_stats=args.save_fid_stats, autocast=args.bf16, model_name=name,
-                              originals_cache=originals_cache)
+            result = evaluator.run(model, name, _grid_path(args.grid, name, len(args.model) > 1),
+                                   args.save_fid_stats)
             result["model"]["dir"] = str(model_dir)
             results.append(result)
             if main:

@@ -7,8 +7,8 @@
 - Linear-probe accuracy on pooled encoder tokens (A1) and on latents (A2), and the paper's
   "structural loss" 1 - A2/A1: how much class structure the token -> latent step destroys.
 
-:func:`diagnose` runs all of them for a model over a data spec; :func:`compute_latent_stats` and
-:func:`write_latent_stats` measure the per-channel statistics and store them in a model directory.
+:func:`diagnose` runs all of them for a model over a data spec; :func:`write_latent_stats` stores the
+per-channel statistics in a model directory (`tcae train` measures them when it exports a model).
 """
 
 from __future__ import annotations
@@ -311,17 +311,6 @@ def _spread(dataset: Dataset, max_images: int | None) -> Dataset:
 
 # ----------------------------------------------------------------------------- latent stats for diffusion
 @torch.no_grad()
-def compute_latent_stats(model: torch.nn.Module, loader: DataLoader, device: torch.device | str | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel mean and std (each (c,) float32) of the raw latents over ``loader``, and the number
-    of images; summed over DDP ranks when a process group is initialised."""
-    device = torch.device(device or next(model.parameters()).device)
-    out = encode_dataset(model.to(device), loader, device, keep=False, desc="latent stats")
-    out["stats"].all_reduce()
-    mean, std = out["stats"].mean_std()
-    return mean, std.clamp_min(1e-6), out["stats"].images
-
-
 def write_latent_stats(model: torch.nn.Module, model_dir: str | os.PathLike, mean: torch.Tensor,
                        std: torch.Tensor, count: int) -> None:
     """Store (mean, std) in ``model`` (``set_latent_stats``) and rewrite ``model_dir``'s files.
