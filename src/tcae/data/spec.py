@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset, IterableDataset
+from tcae.data.base import SPLITS, Transform
 
-from tcae.data.base import Transform
-from tcae.data.builtin import SPLITS, DigitsDataset, PhotosDataset
-from tcae.data.folder import ImageFolderDataset
-from tcae.data.shards import ShardDataset, read_meta
-from tcae.data.transforms import eval_transform, train_transform
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset, IterableDataset
+
+# The datasets are imported where they are built: parsing a spec needs neither torchvision (transforms)
+# nor webdataset (shards), which the lean install lacks.
 
 SPEC_HELP = """accepted data specs:
   builtin:photos[:train|:val]          built-in natural photos (random crops), unlabelled
@@ -114,6 +115,11 @@ def build_dataset(
         ``{"image": FloatTensor (3, image_size, image_size) in [-1, 1], "label": int (-1 if
         unlabelled), "seed": int}`` (plus the keys of a dict-returning ``transform``).
     """
+    from tcae.data.builtin import DigitsDataset, PhotosDataset
+    from tcae.data.folder import ImageFolderDataset
+    from tcae.data.shards import ShardDataset
+    from tcae.data.transforms import eval_transform, train_transform
+
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     parsed = parse_spec(spec)
@@ -137,6 +143,10 @@ def dataset_num_classes(spec: str) -> int:
 
     Folders are scanned (as for training); shards report their meta.json's ``num_classes``.
     """
+    from tcae.data.builtin import DigitsDataset
+    from tcae.data.folder import ImageFolderDataset
+    from tcae.data.shards import read_meta
+
     parsed = parse_spec(spec)
     if parsed.kind == "digits":
         return DigitsDataset.num_classes
