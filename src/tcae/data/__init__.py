@@ -39,6 +39,7 @@ _LAZY = {
     "ShardDataset": "tcae.data.shards",
     "build_dataset": "tcae.data.spec",
     "build_loader": "tcae.data.loader",
+    "check_spec": "tcae.data.spec",
     "dataset_num_classes": "tcae.data.spec",
     "eval_transform": "tcae.data.transforms",
     "find_images": "tcae.data.folder",

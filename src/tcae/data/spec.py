@@ -88,6 +88,23 @@ def _folder_root(spec: str, parsed: DataSpec, train: bool) -> str:
     return root
 
 
+def check_spec(spec: str, train: bool = True) -> DataSpec:
+    """Parse `spec` and check that what it names is there, without reading any image: the folder (its
+    split sub-folder where one applies) or every local shard file. Commands call it before they print or
+    write anything. Raises ``ValueError`` / ``FileNotFoundError`` as :func:`build_dataset` would."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "folder":
+        _folder_root(spec, parsed, train)
+    elif parsed.kind == "shards":
+        from tcae.data.shards import expand_shards, is_remote
+
+        missing = [u for u in expand_shards(parsed.target) if not is_remote(u) and not os.path.isfile(u)]
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise _error(spec, f"shard file(s) not found: {missing[:3]}{more}", FileNotFoundError)
+    return parsed
+
+
 def build_dataset(
     spec: str,
     image_size: int,
