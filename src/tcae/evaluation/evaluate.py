@@ -88,6 +88,7 @@ def evaluate(
     autocast: bool = False,
     model_name: str | None = None,
     originals_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model``'s reconstructions on a dataset.
 
@@ -179,7 +180,7 @@ def evaluate(
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
     image_hw: list[int] | None = None
     num_images = 0  # this rank's; counted even with FD metrics only
-    for batch in tqdm(loader, desc="eval", disable=rank != 0):
+    for batch in tqdm(loader, desc="eval", disable=rank != 0 or not progress):
         x = batch["image"].to(device, non_blocking=True)
         image_hw = image_hw or list(x.shape[-2:])
         with amp:
