@@ -427,7 +427,7 @@ def test_sample_cli(tmp_path, tokenizer):
     dit = create_dit("dit-tiny", in_channels=32, input_size=2, num_classes=4)
     _randomize_zero_init(dit)
     dit.save_pretrained(dit_dir)
-    argv = ["sample", "--dit", str(dit_dir), "--tokenizer", str(tok_dir), "--num", "3", "--classes", "0,2",
+    argv = ["sample", "--dit", str(dit_dir), "--model", str(tok_dir), "--num", "3", "--classes", "0,2",
             "3", "--cfg", "2.0", "--cfg-interval", "0.2,0.9", "--steps", "3", "--sampler", "heun",
             "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out"), "--no-progress", "--pngs"]
     with pytest.raises(ValueError, match="latent statistics"):

@@ -65,7 +65,7 @@ class ImageSource:
         from tcae.data.decode import load_rgb
 
         try:
-            return np.asarray(load_rgb(self.path), dtype=np.uint8)
+            return np.array(load_rgb(self.path), dtype=np.uint8)  # a writable copy (torch.from_numpy)
         # what PIL raises for undecodable, truncated or oversized files (UnidentifiedImageError is an OSError)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read image {self.path}: {e}") from None

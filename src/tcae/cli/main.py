@@ -56,9 +56,10 @@ def _unknown_options(args: argparse.Namespace, argv: list[str], unknown: list[st
         hints.append(f"{key.replace('-', '_')}={value}")
     if not hints:
         return f"unrecognized arguments: {' '.join(unknown)}"
-    flags = ", ".join(t for t in unknown if t.startswith("--"))
-    return (f"{flags} is not an option of `tcae {args.command}`: training commands take key=value overrides "
-            f"after CONFIG; write {' '.join(hints)}")
+    flags = [t for t in unknown if t.startswith("--")]
+    what = f"{flags[0]} is not an option" if len(flags) == 1 else f"{', '.join(flags)} are not options"
+    return (f"{what} of `tcae {args.command}`: training commands take key=value overrides after CONFIG; "
+            f"write {' '.join(hints)}")
 
 
 def _user_error(err: BaseException) -> tuple[int, str] | None:

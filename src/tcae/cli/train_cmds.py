@@ -71,12 +71,14 @@ def check_tokenizer_inputs(cfg: Any) -> None:
         f = _init_compression(cfg.init)
     else:
         overrides = model_overrides(cfg.model)
-        overrides.setdefault("image_size", size)
+        nominal = overrides.pop("image_size", None)
         f = preset_config(cfg.model.name, **overrides).compression  # also checks the architecture
     if f is not None and size % f:
         lo = max(f, size // f * f)
         raise ValueError(f"data.image_size={size} is not divisible by the model's compression f={f} "
                          f"(nearest valid: {lo} or {lo + f})")
+    if cfg.phase != "decoder":
+        preset_config(cfg.model.name, **overrides, image_size=nominal or size)
 
 
 def check_dit_inputs(cfg: Any) -> None:
