@@ -4,6 +4,7 @@ import torch."""
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -193,3 +194,24 @@ def test_eval_json_is_written_into_the_out_directory(tmp_path, capsys):
     assert code == 0, err
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["num_images"] == 4
     assert (tmp_path / "ev" / "grid.png").is_file() and f"wrote {tmp_path / 'ev' / 'eval.json'}" in out
+
+
+def _documented_commands() -> list[list[str]]:
+    import shlex
+
+    found = []
+    for doc in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if words and words[0] in ("tcae", ".venv/bin/tcae"):
+                    found.append(words[1:])
+    return found
+
+
+def test_every_documented_command_parses():
+    commands = _documented_commands()
+    assert len(commands) >= 15 and {c[0] for c in commands} >= {"train", "eval", "reconstruct", "push", "sample"}
+    for argv in commands:
+        args, unknown = build_parser().parse_known_args(argv)
+        assert not unknown, argv

@@ -116,7 +116,8 @@ Reproduce: `make demo` (or `tcae demo --out out/demo`).
 
 ## Tokenizer: tcae-tiny, staged token compression + iBOT, {r['settings']['tokenizer_steps']} steps
 
-Reconstructions of `builtin:digits:val` (originals above, reconstructions below):
+Reconstructions of `builtin:digits:val` (originals, reconstructions, and the latents: their first 3 principal
+components as RGB):
 
 ![reconstructions](reconstructions.png)
 

@@ -16,6 +16,10 @@ DATA_HELP = ("an image folder (recursive; sub-folders are kept in --out; FOLDER:
              "one image file, or built-in data (builtin:digits:val, at --image-size)")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _sources_and_model(args: argparse.Namespace):
     """(images, model, device): the data is checked before the model is loaded."""
     from tcae.device import resolve_device
@@ -38,7 +42,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     sources, model, device = _sources_and_model(args)
     summary = reconstruct_images(model, sources, args.out, batch_size=args.batch_size, pad=args.pad, device=device,
                                  progress=not args.no_progress)
-    print(f"wrote {summary['images']} reconstructions (PNG, original sizes) to {summary['out']}")
+    print(f"wrote {_count(summary['images'], 'reconstruction')} (PNG, original sizes) to {summary['out']}")
     return 0
 
 
@@ -49,7 +53,7 @@ def _encode(args: argparse.Namespace) -> int:
     summary = encode_images(model, sources, args.out, model_id=args.model, batch_size=args.batch_size, pad=args.pad,
                             device=device, progress=not args.no_progress)
     stats = "with" if model.has_latent_stats else "without (not measured)"
-    print(f"wrote {summary['images']} latents (.safetensors, {stats} the model's latent statistics) to "
+    print(f"wrote {_count(summary['images'], 'latent')} (.safetensors, {stats} the model's latent statistics) to "
           f"{summary['out']}")
     return 0
 
@@ -63,7 +67,7 @@ def _decode(args: argparse.Namespace) -> int:
     model = load_model(args.model, device)
     summary = decode_latents(model, files, args.out, batch_size=args.batch_size, device=device,
                              progress=not args.no_progress)
-    print(f"wrote {summary['images']} images (PNG, original sizes) to {summary['out']}")
+    print(f"wrote {_count(summary['images'], 'image')} (PNG, original sizes) to {summary['out']}")
     return 0
 
 
