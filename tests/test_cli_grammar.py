@@ -215,3 +215,14 @@ def test_every_documented_command_parses():
     for argv in commands:
         args, unknown = build_parser().parse_known_args(argv)
         assert not unknown, argv
+
+
+def test_shipped_configs_pass_the_value_rules():
+    from tcae.config import list_configs
+    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
+
+    for name in list_configs():
+        if name.startswith("dit"):
+            load_config(DiTTrainConfig, name, [], DIT_ALIASES)
+        else:
+            load_config(TrainConfig, name, [], TRAIN_ALIASES)

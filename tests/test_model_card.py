@@ -163,3 +163,13 @@ def test_push_bad_input_exits_2(saved, tmp_path, monkeypatch, capsys, no_network
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_writing_latent_stats_refreshes_the_card(saved):
+    from tcae.evaluation.diagnostics import write_latent_stats
+
+    model, path = saved
+    write_latent_stats(model, path, torch.zeros(32), torch.ones(32), count=10)
+    text = (path / "README.md").read_text()
+    assert "| latent statistics | measured" in text and read_card_info(path / "README.md") == INFO
+    assert tcae.TCAE.from_pretrained(path).has_latent_stats

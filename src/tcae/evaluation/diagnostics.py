@@ -365,17 +365,21 @@ def write_latent_stats(model: torch.nn.Module, model_dir: str | os.PathLike, mea
 
     The model is saved into a temporary directory next to ``model_dir`` and its weights file then
     moved over the old one with ``os.replace`` (atomic), so an interrupted write never leaves a
-    half-written ``model.safetensors``. Other files (config, model card) are left alone.
+    half-written ``model.safetensors``. The model card (README.md) is rewritten with its recorded
+    training information kept and the latent statistics marked as measured; config.json is left alone.
     """
+    from tcae.models.card import read_card_info
+
     model_dir = Path(model_dir)
     model.set_latent_stats(mean.cpu(), std.cpu(), count)
     tmp = Path(tempfile.mkdtemp(prefix=".tcae-stats-", dir=model_dir.parent))
     try:
-        model.save_pretrained(tmp)
-        target = model_dir / "model.safetensors"
-        if target.exists():  # keep the old file's permissions (files in a mkdtemp dir may be 0600)
-            shutil.copymode(target, tmp / "model.safetensors")
-        os.replace(tmp / "model.safetensors", target)
+        model.save_pretrained(tmp, card_info=read_card_info(model_dir / "README.md"))
+        for name in ("model.safetensors", "README.md"):
+            target = model_dir / name
+            if target.exists():  # keep the old file's permissions (files in a mkdtemp dir may be 0600)
+                shutil.copymode(target, tmp / name)
+            os.replace(tmp / name, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote latent statistics (%d images) into %s", count, model_dir)
