@@ -39,7 +39,8 @@ from tcae.evaluation.metrics import MetricSums, psnr_per_image, ssim_per_image
 from tcae.evaluation.report import compare, comparison_markdown, format_table, results_to_json
 
 __all__ = [
-    "CUSTOM_LABEL", "DEFAULT_METRICS", "Evaluator", "FeatureNetwork", "FeatureStats", "LatentChannelStats", "MetricSums",
+    "CUSTOM_LABEL", "DEFAULT_METRICS", "Evaluator", "FeatureNetwork", "FeatureStats", "LatentChannelStats",
+    "MetricSums",
     "MissingWeightsError", "build_feature_network", "compare", "comparison_markdown",
     "diagnose", "effective_rank", "evaluate", "format_table", "frechet_distance", "inception_score",
     "latent_channel_stats", "linear_probe", "load_stats", "parse_metrics", "psnr_per_image",

@@ -1,7 +1,8 @@
 """Reconstruction evaluation of a tokenizer over a dataset: PSNR, SSIM, LPIPS, rFID (+ other FDs).
 
-:class:`Evaluator` (or :func:`evaluate` for one model) streams the data in batches: each image is encoded and decoded once, per-image
-metrics are summed, feature statistics of originals and reconstructions are accumulated
+:class:`Evaluator` (or :func:`evaluate` for one model) streams the data in batches: each image is
+encoded and decoded once, per-image metrics are summed, feature statistics of originals and
+reconstructions are accumulated
 (:class:`~tcae.evaluation.fid.FeatureStats`), and nothing grows with the dataset. Under DDP
 (``torchrun``; process group already initialised) rank r of W takes images r, r + W, ...
 (no padding, so every image counts exactly once) and all sums are all-reduced at the end;
@@ -83,6 +84,7 @@ class Evaluator:
             nn.Module (reported as a custom-network Fréchet distance).
         lpips_weights: VGG16 weights file for LPIPS (default: torch hub cache).
         autocast: bfloat16 autocast for the model (not for the metric networks).
+        progress: a progress bar on rank 0.
 
     Raises:
         MissingWeightsError / FileNotFoundError: a requested network's weights are not on disk.
@@ -102,11 +104,13 @@ class Evaluator:
         feature_network: str | nn.Module = "inception",
         lpips_weights: str | os.PathLike | None = None,
         autocast: bool = False,
+        progress: bool = True,
     ) -> None:
         self.names = parse_metrics(metrics)
         self.device = resolve_device(device)
         self.data, self.image_size = data, image_size
-        self.batch_size, self.num_workers, self.max_images, self.autocast = batch_size, num_workers, max_images, autocast
+        self.batch_size, self.num_workers, self.max_images = batch_size, num_workers, max_images
+        self.autocast, self.progress = autocast, progress
         self.spec_text = data if isinstance(data, str) else f"<{type(data).__name__}>"
         weights_map = dict(feature_weights) if isinstance(feature_weights, Mapping) else (
             {"inception": feature_weights} if feature_weights is not None else {})
@@ -178,7 +182,7 @@ class Evaluator:
         amp = torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
         image_hw: list[int] | None = None
         num_images = 0  # this rank's; counted even with FD metrics only
-        for batch in tqdm(loader, desc="eval", disable=rank != 0):
+        for batch in tqdm(loader, desc="eval", disable=rank != 0 or not self.progress):
             x = batch["image"].to(device, non_blocking=True)
             image_hw = image_hw or list(x.shape[-2:])
             with amp:
