@@ -1,16 +1,19 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install tcae, run the demo pipeline on built-in data (out/demo/report.md)
 #   make test   - create .venv, install tcae with test extras, run the whole test suite (CI runs this)
+# Both install tcae[all,dev] (training, evaluation, diffusers, test tools) with the exact torch builds of
+# constraints.txt; `pip install tcae` alone is the lean core (model, encode/decode, from_pretrained).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tcae-installed
 
 .PHONY: demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins torch/torchvision to the builds on this machine's disk; pyproject.toml keeps ranges
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

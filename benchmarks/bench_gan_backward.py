@@ -57,11 +57,11 @@ def main() -> None:
                 tokenizer.adaptive_gan_loss = form  # what TokenizerTrainer.train_step calls
                 if i == 0:
                     with flop_counter() as counter:
-                        trainer.train_step(batch)
+                        trainer.train_step([batch])
                     flops[kind] = counter.get_total_flops() / 1e9
                     continue
                 t = time.perf_counter()
-                trainer.train_step(batch)
+                trainer.train_step([batch])
                 times[kind].append(time.perf_counter() - t)
     print(f"command: python {' '.join(sys.argv)}")
     for kind in forms:

@@ -77,14 +77,14 @@ def step_flops(trainer, batch) -> int:
     from tcae.models.flops import flop_counter
 
     with flop_counter() as counter:
-        trainer.train_step(batch)
+        trainer.train_step([batch])
     trainer.step += 1
     return int(counter.get_total_flops())
 
 
 def timed_step(trainer, batch) -> float:
     t = time.perf_counter()
-    trainer.train_step(batch)
+    trainer.train_step([batch])
     trainer.step += 1
     return time.perf_counter() - t
 

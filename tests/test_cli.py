@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from tcae import repro
 from tcae.cli.main import main as cli
 from tcae.config import TRAIN_ALIASES, TrainConfig, list_configs, load_config, model_overrides
+from tcae.data import build_dataset
 from tcae.diffusion import DiT
 from tcae.evaluation.features import INCEPTION_FILE
 from tcae.models import TCAE, create_model
@@ -138,9 +139,9 @@ def test_finetune_decoder_from_run(tokenizer_run, tmp_path):
 
 # ---------------------------------------------------------------------------- eval / diagnose
 def test_eval_psnr_ssim_json_and_grid(tokenizer_run, tmp_path, capsys):
-    out, grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    out, grid = tmp_path / "eval" / "eval.json", tmp_path / "eval" / "grid.png"
     assert cli(["eval", "--model", str(tokenizer_run.model), "--data", "builtin:digits:val", "--image-size", "32",
-                "--metrics", "psnr,ssim", "--out", str(out), "--grid", str(grid)]) == 0
+                "--metrics", "psnr,ssim", "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "SSIM" in printed and f"wrote {out}" in printed
     result = json.loads(out.read_text())
@@ -149,15 +150,15 @@ def test_eval_psnr_ssim_json_and_grid(tokenizer_run, tmp_path, capsys):
     assert 0 < result["metrics"]["psnr"] < 100 and -1 <= result["metrics"]["ssim"] <= 1
     assert result["num_images"] == 360 and result["image_size"] == 32 and result["data"] == "builtin:digits:val"
     assert result["model"]["name"] == "t" and result["model"]["dir"] == str(tokenizer_run.model)
-    with Image.open(grid) as im:  # 8 originals above their 8 reconstructions
-        assert im.format == "PNG" and im.width > im.height > 2 * 32
+    with Image.open(grid) as im:  # 8 originals above their 8 reconstructions above the 8 latent views
+        assert im.format == "PNG" and im.width > im.height == 3 * 32 + 4 * 2
 
 
 def test_eval_rfid_without_inception_weights_names_the_file(tokenizer_run, tmp_path, monkeypatch, capsys):
     torch_home = tmp_path / "torch_home"  # empty: a developer's hub cache must not change the outcome
     torch_home.mkdir()
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    out = tmp_path / "rfid.json"
+    out = tmp_path / "rfid"
     assert cli(["eval", "--model", str(tokenizer_run.model), "--data", "builtin:digits:val", "--image-size", "32",
                 "--metrics", "rfid", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -169,8 +170,17 @@ def test_eval_rfid_without_inception_weights_names_the_file(tokenizer_run, tmp_p
 def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
     model_dir = tmp_path / "run" / "model"  # a copy: the shared model stays as trained
     shutil.copytree(tokenizer_run.model, model_dir)
-    assert not TCAE.from_pretrained(model_dir).has_latent_stats
-    out = tmp_path / "diag.json"
+    trained = TCAE.from_pretrained(model_dir)
+    # training exported the model with its latent statistics: over its training images (the 13 train photos
+    # x 16 fixed evaluation crops = 208; at most latent_stats_images=1024)
+    assert trained.has_latent_stats and int(trained.latent_stats_count) == 208
+    ds = build_dataset("builtin:photos:train", 32, train=False)
+    with torch.no_grad():
+        z = trained.encode(torch.stack([ds[i]["image"] for i in range(208)])).double()
+    torch.testing.assert_close(trained.latent_mean.double(), z.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trained.latent_std.double(), z.std(dim=(0, 2, 3), correction=0), rtol=1e-4,
+                               atol=1e-5)
+    out = tmp_path / "diag"
     # given the run directory, the stats go into the model in its model/, never beside it
     assert cli(["diagnose", "--model", str(tmp_path / "run"), "--data", "builtin:digits:train", "--write-stats",
                 "--max-images", "256", "--out", str(out)]) == 0
@@ -178,9 +188,10 @@ def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
     assert "latent diagnostics on builtin:digits:train" in printed and "latent 32x2x2" in printed
     assert "A1 on pooled encoder tokens" in printed and f"latent statistics written into {model_dir}" in printed
     model = TCAE.from_pretrained(model_dir)
-    assert model.has_latent_stats and not (tmp_path / "run" / "config.json").exists()
+    assert int(model.latent_stats_count) == 256 and not (tmp_path / "run" / "config.json").exists()
+    assert not torch.equal(model.latent_mean, trained.latent_mean)  # re-measured on 256 images
     assert model.latent_mean.shape == model.latent_std.shape == (32,) and bool((model.latent_std > 0).all())
-    result = json.loads(out.read_text())
+    result = json.loads((out / "diagnostics.json").read_text())
     assert 0 <= result["probe_acc_tokens"] <= 1 and result["latent_shape"] == [32, 2, 2]
 
 
@@ -215,7 +226,7 @@ def test_cache_latents_and_train_dit(latents, dit_run, tokenizer_run):
 
 def test_sample_writes_npz_and_grid(dit_run, tokenizer_run, tmp_path, capsys):
     out = tmp_path / "samples"
-    assert cli(["sample", "--dit", str(dit_run.run), "--tokenizer", str(tokenizer_run.model), "--num", "2",
+    assert cli(["sample", "--dit", str(dit_run.run), "--model", str(tokenizer_run.model), "--num", "2",
                 "--classes", "0,1", "--cfg", "1.5", "--steps", "4", "--out", str(out), "--no-progress"]) == 0
     assert "wrote 4 samples" in capsys.readouterr().out
     with np.load(out / "samples.npz") as npz:
@@ -322,7 +333,7 @@ def test_missing_model_or_data_exits_2_with_clear_message(argv, names, capsys, t
 
 
 def test_sample_with_missing_dit_exits_2(tokenizer_run, tmp_path, capsys):
-    assert cli(["sample", "--dit", str(tmp_path / "none"), "--tokenizer", str(tokenizer_run.model), "--num", "1",
+    assert cli(["sample", "--dit", str(tmp_path / "none"), "--model", str(tokenizer_run.model), "--num", "1",
                 "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "none") in err and "not found" in err and "Repo id" not in err

@@ -429,7 +429,7 @@ def test_sample_cli(tmp_path, tokenizer):
     c = 32
     dit.set_latent_stats(torch.full((c,), 0.1), torch.full((c,), 2.0))
     dit.save_pretrained(dit_dir)
-    argv = ["sample", "--dit", str(dit_dir), "--tokenizer", str(tok_dir), "--num", "3", "--classes", "0,2",
+    argv = ["sample", "--dit", str(dit_dir), "--model", str(tok_dir), "--num", "3", "--classes", "0,2",
             "3", "--cfg", "2.0", "--cfg-interval", "0.2,0.9", "--steps", "3", "--sampler", "heun",
             "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out"), "--no-progress", "--pngs"]
     assert _cli(argv) == 0

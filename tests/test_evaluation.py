@@ -17,6 +17,7 @@ from torch import nn
 import tcae
 from tcae.evaluation import (
     CUSTOM_LABEL,
+    Evaluator,
     FeatureNetwork,
     FeatureStats,
     LatentChannelStats,
@@ -421,11 +422,10 @@ def test_originals_statistics_are_computed_once_for_several_models():
         net = _CountingInception()
         alone.append(evaluate(m, "builtin:digits:val", feature_network=net, **kw)["metrics"]["rfid"])
         assert net.images_seen == 24  # originals + reconstructions
-    cache: dict = {}
-    nets = [_CountingInception(), _CountingInception()]
-    shared = [evaluate(m, "builtin:digits:val", feature_network=n, originals_cache=cache, **kw)["metrics"]["rfid"]
-              for m, n in zip(models, nets)]
-    assert [n.images_seen for n in nets] == [24, 12]  # the second model's originals come from the cache
+    net = _CountingInception()
+    evaluator = Evaluator("builtin:digits:val", feature_network=net, **kw)
+    shared = [evaluator.run(m)["metrics"]["rfid"] for m in models]
+    assert net.images_seen == 24 + 12  # the second model's originals come from the first run
     assert shared == pytest.approx(alone, rel=1e-9) and alone[0] != pytest.approx(alone[1])
 
 
@@ -545,9 +545,9 @@ def test_cli_eval_psnr_ssim_without_weights_and_missing_weights(tmp_path, empty_
     parser = _parser()
     args = parser.parse_args(["eval", "--model", str(model_dir), "--data", "builtin:digits", "--image-size",
                               str(SIZE), "--metrics", "psnr,ssim", "--max-images", "8", "--device", "cpu",
-                              "--out", str(tmp_path / "r.json")])
+                              "--out", str(tmp_path / "r")])
     assert args.func(args) == 0
-    out = json.loads((tmp_path / "r.json").read_text())
+    out = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert out["num_images"] == 8 and set(out["metrics"]) == {"psnr", "ssim"} and out["data"] == "builtin:digits"
     assert "PSNR" in capsys.readouterr().out
 

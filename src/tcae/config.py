@@ -1,13 +1,17 @@
 """Run configs: typed dataclass defaults <- a YAML file <- `key=value` overrides (OmegaConf).
 
-A misspelt key anywhere is an error that names it. Everyday keys have short top-level aliases
-(`lr=3e-4` means `optim.lr=3e-4`); everything else is set by its dotted path.
+A misspelt key anywhere is an error that names it; a value of the wrong type (`steps=abc`) is an
+error that says which type the key takes; a value out of range (`steps=-5`, `ssl.num_local=-1`,
+`precision=fp8`) is refused by the rules of :data:`FIELD_RULES`, checked once after every merge.
+Everyday keys have short top-level aliases (`lr=3e-4` means `optim.lr=3e-4`); everything else is set
+by its dotted path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +159,100 @@ class TrainConfig(LoopConfig):
     latent_stats_images: int = 1024  # training images whose latents set the exported model's mean/std (0: none)
 
 
+# ---------------------------------------------------------------------- value rules
+@dataclass(frozen=True)
+class Rule:
+    """A check on one config value: `ok(value)`, and what a valid value is (for the message)."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+POSITIVE = Rule(lambda v: v > 0, "must be > 0")
+NON_NEGATIVE = Rule(lambda v: v >= 0, "must be >= 0")
+UNIT = Rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+UNIT_OPEN = Rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def at_least(lo: int) -> Rule:
+    return Rule(lambda v: v >= lo, f"must be >= {lo}")
+
+
+def ordered_pair(lo: float, hi: float, open_lo: bool = False) -> Rule:
+    """A (min, max) pair with lo <= min <= max <= hi (lo < min when open_lo)."""
+    left = "(" if open_lo else "["
+    return Rule(lambda v: len(v) == 2 and (v[0] > lo if open_lo else v[0] >= lo) and v[0] <= v[1] <= hi,
+                f"must be a pair [min, max] with min <= max, both in {left}{lo}, {hi}]")
+
+
+# dataclass -> field -> rule; a subclass is checked against its bases' rules too (DiTTrainConfig gets
+# LoopConfig's). None, where a field allows it, is never checked. Trainers with their own sections add
+# theirs here (tcae.training.dit).
+FIELD_RULES: dict[type, dict[str, Rule]] = {
+    LoopConfig: {
+        "steps": POSITIVE, "log_every": POSITIVE, "image_every": NON_NEGATIVE, "checkpoint_every": POSITIVE,
+        "keep_last": NON_NEGATIVE, "ema_decay": UNIT, "precision": one_of("auto", "bf16", "fp16", "fp32"),
+    },
+    TrainConfig: {"phase": one_of("joint", "decoder")},
+    DataConfig: {"image_size": POSITIVE, "batch_size": POSITIVE, "num_workers": NON_NEGATIVE,
+                 "epoch_size": POSITIVE},
+    SSLConfig: {
+        "out_dim": POSITIVE, "patch_out_dim": POSITIVE, "head_hidden_dim": POSITIVE, "head_bottleneck_dim": POSITIVE,
+        "num_global": at_least(1), "num_local": NON_NEGATIVE, "local_size": POSITIVE,
+        "global_scale": ordered_pair(0.0, 1.0, open_lo=True), "local_scale": ordered_pair(0.0, 1.0, open_lo=True),
+        "mask_ratio": ordered_pair(0.0, 1.0), "mask_sample_prob": UNIT, "student_temp": POSITIVE,
+        "teacher_temp": POSITIVE, "warmup_teacher_temp": POSITIVE, "teacher_temp_warmup_steps": NON_NEGATIVE,
+        "momentum": UNIT, "centering": one_of("centering", "sinkhorn"), "cls_weight": NON_NEGATIVE,
+        "patch_weight": NON_NEGATIVE,
+    },
+    LossConfig: {
+        "alpha": NON_NEGATIVE, "l1_weight": NON_NEGATIVE, "perceptual": one_of("lpips", "none"),
+        "perceptual_weight": NON_NEGATIVE, "gan_weight": NON_NEGATIVE, "gan_start": NON_NEGATIVE,
+        "lecam_weight": NON_NEGATIVE, "disc_channels": POSITIVE, "disc_layers": POSITIVE, "disc_lr": POSITIVE,
+    },
+    OptimConfig: {
+        "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "betas": Rule(lambda v: all(0 <= b < 1 for b in v),
+                                                                    "must be two values in [0, 1)"),
+        "warmup_steps": NON_NEGATIVE, "min_lr_ratio": UNIT, "grad_clip": NON_NEGATIVE,
+    },
+}
+
+
+def _rules_for(cls: type) -> dict[str, Rule]:
+    rules: dict[str, Rule] = {}
+    for base in reversed(cls.__mro__):
+        rules.update(FIELD_RULES.get(base, {}))
+    return rules
+
+
+def config_violations(cfg: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """`key=value (what it must be)` for every value of `cfg` (structured as `schema`) that breaks a rule."""
+    out = []
+    rules = _rules_for(schema)
+    for f in dataclasses.fields(schema):
+        value = cfg[f.name]
+        if isinstance(value, DictConfig):
+            sub = OmegaConf.get_type(cfg, f.name)
+            if dataclasses.is_dataclass(sub):
+                out += config_violations(value, sub, f"{prefix}{f.name}.")
+            continue
+        rule = rules.get(f.name)
+        if rule is None or value is None:
+            continue
+        plain = list(value) if OmegaConf.is_config(value) else value  # a tuple field
+        try:
+            ok = rule.ok(plain)
+        except TypeError:
+            ok = False
+        if not ok:
+            out.append(f"{prefix}{f.name}={plain} ({rule.expected})")
+    return out
+
+
 TRAIN_ALIASES = {
     "data": "data.spec", "model": "model.name", "image_size": "data.image_size", "batch_size": "data.batch_size",
     "lr": "optim.lr", "ssl": "ssl.enabled", "perceptual": "loss.perceptual", "gan": "loss.gan",
@@ -179,13 +277,41 @@ def list_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def _key_error(err: Exception, schema: type, where: str) -> ConfigError:
+def _unknown_key(err: Exception, schema: type, where: str) -> ConfigError:
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or str(err)
     known = _all_keys(OmegaConf.structured(schema))
     close = difflib.get_close_matches(str(key), known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown or invalid config key {key!r}{hint} ({err.__class__.__name__}: "
-                       f"{str(err).splitlines()[0]})")
+    return ConfigError(f"{where}: unknown config key {key!r}{hint}")
+
+
+_TYPE_WORDS = {"IntegerNode": "an integer", "FloatNode": "a number", "BooleanNode": "true or false",
+               "StringNode": "a string"}
+
+
+def _expected_type(cfg: DictConfig, key: str) -> str | None:
+    """What the schema node at dotted `key` takes, in words ("an integer", ...); None if unknown."""
+    *parents, last = key.split(".")
+    node: Any = cfg
+    try:
+        for part in parents:
+            node = node[part]
+        leaf = node._get_node(last)
+    except Exception:  # the key itself is unknown: the caller reports that instead
+        return None
+    if leaf is None:
+        return None
+    if OmegaConf.is_config(leaf):  # a tuple / list field (TupleConfig in omegaconf 2.4, ListConfig before)
+        items = list(leaf)
+        kind = "numbers" if all(isinstance(v, (int, float)) for v in items) else "values"
+        return f"a list of {len(items)} {kind} like {items}"
+    return _TYPE_WORDS.get(type(leaf).__name__)
+
+
+def _bad_value(err: Exception, cfg: DictConfig, key: str, value: str, where: str | None) -> ConfigError:
+    expected = _expected_type(cfg, key)
+    what = f"is not {expected}" if expected else f"is not valid ({str(err).splitlines()[0]})"
+    return ConfigError(f"{where + ': ' if where else ''}{key}={value}: {value!r} {what}")
 
 
 def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -199,29 +325,41 @@ def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+def _merge(merged: DictConfig, other: DictConfig, schema: type, where: str | None, key: str | None = None,
+           value: str | None = None) -> DictConfig:
+    try:
+        return OmegaConf.merge(merged, other)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise _unknown_key(e, schema, where or "override") from None
+    except ValidationError as e:
+        key = key or getattr(e, "full_key", None) or "?"
+        if value is None:
+            value = str(OmegaConf.select(other, key, default="?"))
+        raise _bad_value(e, merged, key, value, where) from None
+
+
 def load_config(schema: type, config: str | None, overrides: list[str] = (),
                 aliases: dict[str, str] | None = None) -> DictConfig:
-    """defaults(schema) <- YAML `config` <- overrides ("key=value"); strict about keys and types."""
+    """defaults(schema) <- YAML `config` <- overrides ("key=value"); strict about keys, types and values.
+
+    Raises ConfigError naming the key for an unknown key, a value of the wrong type, or a value that
+    breaks a rule of :data:`FIELD_RULES` (all such values at once)."""
     aliases = aliases or {}
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
     merged = base
-    try:
-        if config is not None:
-            path = resolve_config_path(config)
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-    except (ConfigKeyError, ConfigAttributeError, ValidationError) as e:
-        raise _key_error(e, schema, f"config {config}") from None
-    dotlist = []
-    for item in overrides:
+    if config is not None:
+        path = resolve_config_path(config)
+        merged = _merge(merged, OmegaConf.load(path), schema, f"config {config}")
+    for item in overrides:  # one at a time, so that an error names the override as it was typed
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        dotlist.append(f"{aliases.get(key, key)}={value}")
-    try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ConfigAttributeError, ValidationError) as e:
-        raise _key_error(e, schema, "override") from None
+        full = aliases.get(key, key)
+        merged = _merge(merged, OmegaConf.from_dotlist([f"{full}={value}"]), schema, None, full, value)
+    bad = config_violations(merged, schema)
+    if bad:
+        raise ConfigError("invalid config value" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad))
     return merged
 
 

@@ -7,7 +7,6 @@ with a digit classifier, and write `report.md` with every figure and the command
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ def uint8_grid(images: np.ndarray, nrow: int, path: Path) -> None:
 
 
 def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_class: int = 10,
-             cfg_scale: float = 2.0, sample_steps: int = 50) -> Path:
+             cfg_scale: float = 2.0, sample_steps: int = 50, progress: bool = True) -> Path:
     from tcae.diffusion import save_samples_npz
 
     out = Path(out)
@@ -70,13 +69,15 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
     timer, t0 = Timer(), time.perf_counter()
     runs = out / "runs"
     with timer("tokenizer training"):
-        tok = train_tokenizer_stage(runs, "digits", ["name=tokenizer", f"steps={tokenizer_steps}"])
+        quiet = [] if progress else ["progress=false"]
+        tok = train_tokenizer_stage(runs, "digits", ["name=tokenizer", f"steps={tokenizer_steps}", *quiet])
     with timer("evaluation + diagnostics"):
-        ev = evaluate_stage(tok, "builtin:digits:val", IMAGE_SIZE, out, train_spec="builtin:digits:train")
+        ev = evaluate_stage(tok, "builtin:digits:val", IMAGE_SIZE, out, train_spec="builtin:digits:train",
+                            progress=progress)
     with timer("latent caching"):
         lat = latents_stage(tok, "builtin:digits:train", IMAGE_SIZE, out / "latents")
     with timer("DiT training"):
-        dit = dit_stage(runs, lat, ["name=dit", f"steps={dit_steps}"])
+        dit = dit_stage(runs, lat, ["name=dit", f"steps={dit_steps}", *quiet])
     with timer("sampling"):
         images, labels = sample_stage(dit, tok, list(range(10)), per_class, cfg_scale, sample_steps)
     save_samples_npz(images, out / "samples.npz", labels)
@@ -115,7 +116,8 @@ Reproduce: `make demo` (or `tcae demo --out out/demo`).
 
 ## Tokenizer: tcae-tiny, staged token compression + iBOT, {r['settings']['tokenizer_steps']} steps
 
-Reconstructions of `builtin:digits:val` (originals above, reconstructions below):
+Reconstructions of `builtin:digits:val` (originals, reconstructions, and the latents: their first 3 principal
+components as RGB):
 
 ![reconstructions](reconstructions.png)
 
@@ -152,16 +154,3 @@ All figures: `results.json`.
 """
     (out / "report.md").write_text(text)
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline on built-in digits (CPU, ~10 min): report.md")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--tokenizer-steps", type=int, default=500)
-    p.add_argument("--dit-steps", type=int, default=2000)
-    p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--cfg", type=float, default=2.0)
-    p.set_defaults(func=_run)
-
-
-def _run(a: argparse.Namespace) -> None:
-    print(f"report: {run_demo(Path(a.out), a.tokenizer_steps, a.dit_steps, a.per_class, a.cfg)}")

@@ -41,7 +41,7 @@ def train_tokenizer_stage(run_dir: Path, config: str, overrides: list[str]) -> P
 
 
 def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Path,
-                   train_spec: str | None = None) -> dict:
+                   train_spec: str | None = None, progress: bool = True) -> dict:
     """PSNR/SSIM (+ rFID/LPIPS only when their weights are present), a reconstruction grid, the latent
     diagnostics, and the latent statistics written into the model."""
     from tcae.evaluation import diagnose, evaluate, weights_available
@@ -50,8 +50,9 @@ def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Pat
     metrics = ["psnr", "ssim"] + [m for m in ("lpips", "rfid") if weights_available(m)]
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = evaluate(model, val_spec, image_size=image_size, metrics=tuple(metrics),
-                   grid_path=str(out_dir / "reconstructions.png"))
-    diag = diagnose(model, train_spec or val_spec, image_size=image_size, write_stats_to=str(model_dir))
+                   grid_path=str(out_dir / "reconstructions.png"), progress=progress)
+    diag = diagnose(model, train_spec or val_spec, image_size=image_size, write_stats_to=str(model_dir),
+                    progress=progress)
     return {"reconstruction": rec, "diagnostics": diag}
 
 

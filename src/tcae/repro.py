@@ -12,7 +12,6 @@ with neither, no samples are drawn.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +92,8 @@ def _slug(cell: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in cell).strip("-").replace("--", "-")
 
 
-def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judge: DigitsJudge | None) -> dict:
+def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judge: DigitsJudge | None,
+             progress: bool = True) -> dict:
     done = cell_dir / "result.json"
     if done.is_file():
         import json
@@ -107,7 +107,7 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
                                     ["name=tokenizer", f"steps={scale.tokenizer_steps}", f"data={train}",
                                      "progress=false", *scale.extra, *overrides])
     with timer("evaluate"):
-        ev = evaluate_stage(tok, val, scale.image_size, cell_dir, train_spec=train)
+        ev = evaluate_stage(tok, val, scale.image_size, cell_dir, train_spec=train, progress=progress)
     with timer("latents"):
         lat = latents_stage(tok, train, scale.image_size, cell_dir / "latents")
     with timer("dit"):
@@ -145,7 +145,12 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) ->
     return {k: metrics[k] for k in ("gfid", "is") if k in metrics}
 
 
-def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None) -> Path:
+def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
+                   progress: bool = True) -> Path:
+    if name not in PAPER:
+        raise ValueError(f"unknown experiment {name!r} (known: {', '.join(PAPER)})")
+    if scale_name not in SCALES:
+        raise ValueError(f"unknown scale {scale_name!r} (known: {', '.join(SCALES)})")
     scale = SCALES[scale_name]
     data = data or scale.data
     if not data:
@@ -156,7 +161,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     results = {}
     for cell, overrides in cells.items():
         log.info("cell %s: %s", cell, overrides)
-        results[cell] = run_cell(out / _slug(cell), overrides, scale, data, judge)
+        results[cell] = run_cell(out / _slug(cell), overrides, scale, data, judge, progress=progress)
     report = write_report(out, name, scale_name, data, results)
     return report
 
@@ -229,11 +234,3 @@ def write_report(out: Path, name: str, scale: str, data: str, results: dict) -> 
     report.write_text(text)
     return report
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("repro", help="re-run one of the paper's ablations: " + ", ".join(PAPER))
-    p.add_argument("experiment", choices=list(PAPER))
-    p.add_argument("--scale", choices=list(SCALES), default="tiny")
-    p.add_argument("--data", default=None, help="data spec (default: builtin:digits at --scale tiny)")
-    p.add_argument("--out", default=None)
-    p.set_defaults(func=lambda a: print(f"report: {run_experiment(a.experiment, a.scale, a.out, a.data)}"))

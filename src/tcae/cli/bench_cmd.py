@@ -7,7 +7,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
+from tcae.cli._common import add_command, add_no_progress
+
+# tcae.bench.run.DEFAULT_MODELS, spelt here so that building the parser does not import torch
+DEFAULT_MODELS = ("tcae-tiny", "tcae-s", "tcae-b", "dc-ae-f32c32")
 
 
 def _csv(text: str) -> list[str]:
@@ -23,6 +26,8 @@ def _command_line() -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from tcae.bench.run import run_bench, write_results
 
     if args.threads:
@@ -33,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device, repeats=args.repeats, warmup=args.warmup, train_step=not args.no_train_step,
         memory=not args.no_memory, compile=args.compile, channels_last=args.channels_last,
         baseline=args.baseline if args.baseline in models else None, matmul_size=args.matmul_size,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        log=(lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr, flush=True)),
     )
     command = _command_line()
     md = write_results(out, args.out_json, args.out_md, command=command)
@@ -42,10 +47,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from tcae.bench.run import DEFAULT_MODELS
-
-    p = subparsers.add_parser(
-        "bench", help="benchmark TC-AE presets against DC-AE-f32c32: FLOPs, images/s, memory, %% of matmul peak",
+    p = add_command(
+        subparsers, "bench", _run,
+        "benchmark TC-AE presets against DC-AE-f32c32: FLOPs, images/s, memory, %% of matmul peak",
         description="Measures every model in one run, interleaved, with the same batch, device and dtype "
                     "policy: parameters, encode/decode FLOPs, images/s for encode, decode, encode+decode and a "
                     "training step, peak memory and achieved FLOP/s against the measured matmul peak. "
@@ -68,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default="dc-ae-f32c32", help="model the ratio columns divide by")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--matmul-size", type=int, default=None, help="matmul peak size (default 4096 CPU, 8192 CUDA)")
-    p.add_argument("--out-json", default=None, help="write the full results as JSON here")
-    p.add_argument("--out-md", default=None, help="write the Markdown table here")
-    p.set_defaults(func=_run)
+    # files, not an --out directory: a results folder holds several runs side by side (benchmarks/results/)
+    p.add_argument("--out-json", default=None, metavar="FILE.json", help="write the full results as JSON here")
+    p.add_argument("--out-md", default=None, metavar="FILE.md", help="write the Markdown table here")
+    add_no_progress(p, "per-measurement log lines on stderr")

@@ -2,8 +2,8 @@
 
     tcae cache-latents --model runs/b/model --data /data/imagenet --flip --out latents/b
     tcae train-dit dit-b latents=latents/b
-    tcae sample --dit runs/dit-b/model --tokenizer runs/b/model --num 50000 --cfg 1.5 --out samples/
-    tcae eval-gen --samples samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz
+    tcae sample --dit runs/dit-b/model --model runs/b/model --num 50000 --cfg 1.5 --out samples/
+    tcae eval-gen --samples samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out eval-gen/
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from tcae.cli._common import DEVICE_HELP, add_command, add_no_progress, model_arg, out_dir_arg
 
-from tcae.device import resolve_device
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,11 @@ def _interval(text: str) -> tuple[float, float]:
 # ---------------------------------------------------------------------- cache-latents
 def _cache_latents(args: argparse.Namespace) -> int:
     from tcae.data import build_dataset
+    from tcae.device import resolve_device
     from tcae.diffusion.latents import cache_latents
-    from tcae.tokenizers import load_tokenizer
+    from tcae.inference import load_model
 
-    tokenizer = load_tokenizer(args.model)
+    tokenizer = load_model(args.model)
     size = args.image_size or tokenizer.config.image_size
     tokenizer.check_image_size(size)  # before anything is written to --out
     dataset = build_dataset(args.data, size, train=False)
@@ -71,19 +74,21 @@ def _grid_layout(labels: torch.Tensor, num: int, classes: list[int] | None, grid
 
 
 def _sample(args: argparse.Namespace) -> int:
+    import torch
     from PIL import Image
     from torchvision.utils import save_image
 
+    from tcae.device import resolve_device
     from tcae.diffusion.dit import DiT
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
     from tcae.diffusion.npz import NpzSampleWriter, to_uint8
+    from tcae.inference import load_model
     from tcae.models.checkpoint_io import resolve_run_dir
-    from tcae.tokenizers import load_tokenizer
 
     device = resolve_device(args.device)
     dit_dir = resolve_run_dir(args.dit)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
-    tokenizer = load_tokenizer(args.tokenizer).to(device).eval()
+    tokenizer = load_model(args.model, device)
     mean, std, stats_source = load_latent_stats(dit, tokenizer)
     classes = _int_list(",".join(args.classes)) if args.classes else None
     labels = class_labels(args.num, dit.config.num_classes, classes)
@@ -119,7 +124,7 @@ def _sample(args: argparse.Namespace) -> int:
     bar.close()
     writer.close(labels)
     save_image(torch.stack(grid) * 0.5 + 0.5, out / "grid.png", nrow=grid_cols, padding=2)
-    info = {"dit": dit_dir, "tokenizer": args.tokenizer, "latent_stats": stats_source, "num_samples": len(labels),
+    info = {"dit": dit_dir, "tokenizer": args.model, "latent_stats": stats_source, "num_samples": len(labels),
             "classes": classes, "cfg": args.cfg, "cfg_interval": list(args.cfg_interval), "steps": args.steps,
             "sampler": args.sampler, "shift": args.shift, "seed": args.seed, "dit_config": dit.config.to_dict()}
     (out / "sample_config.json").write_text(json.dumps(info, indent=2))
@@ -129,6 +134,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- eval-gen
 def _eval_gen(args: argparse.Namespace) -> int:
+    from tcae.device import resolve_device
     from tcae.diffusion.gen_eval import evaluate_samples
 
     result = evaluate_samples(args.samples, args.ref, image_size=args.image_size,
@@ -136,40 +142,41 @@ def _eval_gen(args: argparse.Namespace) -> int:
                               device=resolve_device(args.device), max_reference=args.max_ref,
                               progress=not args.no_progress, allow_unbalanced=args.allow_unbalanced)
     text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
     print(text)
     print(result["summary"])  # the numbers with the sample count and the reference they belong to
+    if args.out:
+        path = Path(args.out) / "eval_gen.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cache-latents", help="encode a dataset into sharded latents (+ per-channel stats); resumable",
-                       description="Encode a dataset with a TC-AE tokenizer into sharded safetensors of raw latents "
-                                   "and labels, with per-channel mean/std in meta.json (for `tcae train-dit`). "
-                                   "Rerunning with the same arguments resumes.")
-    p.add_argument("--model", required=True, help="tokenizer: a tcae model or training run directory, or "
-                                                  "diffusers:PATH_OR_HUB_ID (AutoencoderKL, AutoencoderDC, ...)")
+    p = add_command(sub, "cache-latents", _cache_latents,
+                    "encode a dataset into sharded latents (+ per-channel stats); resumable",
+                    description="Encode a dataset with a TC-AE tokenizer into sharded safetensors of raw latents "
+                                "and labels, with per-channel mean/std in meta.json (for `tcae train-dit`). "
+                                "Rerunning with the same arguments resumes.")
+    model_arg(p)
     p.add_argument("--data", required=True, help="data spec (builtin:digits, an image folder, shards; val split "
                                                  "unless the spec names one)")
-    p.add_argument("--out", required=True, help="output directory")
+    out_dir_arg(p, what="output directory (the latent cache)")
     p.add_argument("--image-size", type=int, default=None, help="default: the tokenizer's config image_size")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--flip", action="store_true", help="also cache each image's horizontal flip")
     p.add_argument("--shard-size", type=int, default=4096, help="dataset samples per shard")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cache_latents)
+    add_no_progress(p)
 
-    p = sub.add_parser("sample", help="generate images with a DiT and a tokenizer (samples.npz + grid.png)",
-                       description="Sample class-conditional latents with a flow-matching DiT, decode them with the "
-                                   "tokenizer, write samples.npz (ADM evaluator layout: arr_0 uint8 (N, H, W, 3), "
-                                   "arr_1 labels) and grid.png.")
-    p.add_argument("--dit", required=True, help="DiT directory (or train-dit run directory)")
-    p.add_argument("--tokenizer", required=True, help="the tokenizer the DiT's latents came from (as for "
-                                                      "cache-latents --model; diffusers:PATH_OR_HUB_ID too)")
+    p = add_command(sub, "sample", _sample, "generate images with a DiT and a tokenizer (samples.npz + grid.png)",
+                    description="Sample class-conditional latents with a flow-matching DiT, decode them with the "
+                                "tokenizer, write samples.npz (ADM evaluator layout: arr_0 uint8 (N, H, W, 3), "
+                                "arr_1 labels) and grid.png.")
+    p.add_argument("--dit", required=True, metavar="DIT", help="DiT directory, train-dit run directory or Hub repo id")
+    model_arg(p, help="the tokenizer that decodes the DiT's latents (model directory, run directory, Hub repo id or "
+                      "diffusers:PATH_OR_HUB_ID)")
     p.add_argument("--num", type=int, required=True,
                    help="samples in total (labels cycle through all classes), or per class with --classes")
     p.add_argument("--classes", nargs="+", default=None, help="class ids, e.g. 0,1,2 or 0 1 2: one grid row each")
@@ -183,21 +190,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "which uses no shift")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the DiT")
-    p.add_argument("--out", required=True, help="output directory")
+    out_dir_arg(p, what="output directory: samples.npz, grid.png, sample_config.json")
     p.add_argument("--grid-rows", type=int, default=None, help="rows of grid.png without --classes")
     p.add_argument("--pngs", action="store_true", help="also write each sample as samples/NNNNNN.png")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_sample)
+    add_no_progress(p)
 
-    p = sub.add_parser("eval-gen", help="gFID and Inception Score of a samples.npz",
-                       description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
-                                   "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
-                                   "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
-                                   ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
-                                   "samples must be class-balanced; every number names the sample count and "
-                                   "reference (docs/fid-protocol.md).")
+    p = add_command(sub, "eval-gen", _eval_gen, "gFID and Inception Score of a samples.npz",
+                    description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
+                                "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
+                                "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
+                                ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
+                                "samples must be class-balanced; every number names the sample count and "
+                                "reference (docs/fid-protocol.md).")
     p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
     p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0), torch-fidelity .pt or data spec")
     p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
@@ -206,7 +212,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unbalanced", action="store_true",
                    help="evaluate labelled samples whose classes are not equally represented (not the protocol)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="also write the result JSON here")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_eval_gen)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    out_dir_arg(p, required=False, what="also write the result as DIR/eval_gen.json")
+    add_no_progress(p)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+from tcae.cli._common import add_command, add_no_progress, model_arg, out_dir_arg
 
 
 def _model_name(model_dir: str) -> str:
@@ -32,16 +33,16 @@ def _feature_weights(args: argparse.Namespace) -> dict[str, str]:
     return weights
 
 
-def _grid_path(grid: str | None, name: str, several: bool) -> str | None:
-    if grid is None or not several:
-        return grid
-    p = Path(grid)
-    return str(p.with_name(f"{p.stem}_{name}{p.suffix or '.png'}"))
+def _grid_path(out: Path | None, name: str, several: bool) -> str | None:
+    """OUT/grid.png (OUT/grid_NAME.png with several models); None without --out."""
+    if out is None:
+        return None
+    return str(out / (f"grid_{name}.png" if several else "grid.png"))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from tcae.dist import cleanup, init_distributed
-    from tcae.evaluation import compare, evaluate, format_table, parse_metrics, results_to_json
+    from tcae.evaluation import Evaluator, compare, format_table, parse_metrics, results_to_json
     from tcae.tokenizers import load_tokenizer
 
     metrics = parse_metrics(args.metrics)
@@ -51,22 +52,22 @@ def _run_eval(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"model names {names} are not unique; pass --names a,b,...")
     weights = _feature_weights(args)
+    out = Path(args.out) if args.out else None
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     info = init_distributed(args.device or "auto") if distributed else None
     device = info.device if info else args.device
     main = info is None or info.is_main
     results = []
-    originals_cache: dict = {}  # the originals' feature statistics, computed for the first model only
     try:
+        # one evaluator for every model: the originals' feature statistics are computed once
+        evaluator = Evaluator(args.data, image_size=args.image_size, metrics=metrics, batch_size=args.batch_size,
+                              device=device, fid_stats=args.fid_stats, feature_weights=weights,
+                              max_images=args.max_images, num_workers=args.num_workers,
+                              lpips_weights=args.lpips_weights, autocast=args.bf16, progress=not args.no_progress)
         for model_dir, name in zip(args.model, names):
             model = load_tokenizer(model_dir)
-            result = evaluate(model, args.data, image_size=args.image_size, metrics=metrics,
-                              batch_size=args.batch_size, device=device, fid_stats=args.fid_stats,
-                              feature_weights=weights, max_images=args.max_images,
-                              grid_path=_grid_path(args.grid, name, len(args.model) > 1),
-                              num_workers=args.num_workers, lpips_weights=args.lpips_weights,
-                              save_fid_stats=args.save_fid_stats, autocast=args.bf16, model_name=name,
-                              originals_cache=originals_cache)
+            result = evaluator.run(model, name, None if args.no_grid else _grid_path(out, name, len(args.model) > 1),
+                                   args.save_fid_stats)
             result["model"]["dir"] = str(model_dir)
             results.append(result)
             if main:
@@ -77,14 +78,14 @@ def _run_eval(args: argparse.Namespace) -> int:
             cleanup()
     if not main:
         return 0
-    if args.out:
-        results_to_json(results[0] if len(results) == 1 else results, args.out)
-        print(f"wrote {args.out}")
-    if len(results) > 1 or args.compare_md or args.compare_png:
-        md = compare(results, names, args.compare_md, args.compare_png)
-        print(md)
-        for path in (args.compare_md, args.compare_png):
-            if path:
+    if out is not None:
+        results_to_json(results[0] if len(results) == 1 else results, out / "eval.json")
+        print(f"wrote {out / 'eval.json'}")
+    if len(results) > 1:
+        paths = (out / "comparison.md", out / "comparison.png") if out is not None else (None, None)
+        print(compare(results, names, *paths))
+        for path in paths:
+            if path is not None:
                 print(f"wrote {path}")
     return 0
 
@@ -132,37 +133,41 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     model = load_tokenizer(model_dir)
     result = diagnose(model, args.data, image_size=args.image_size, batch_size=args.batch_size,
                       device=args.device, max_images=args.max_images, num_workers=args.num_workers,
-                      probe=not args.no_probe, write_stats_to=model_dir if args.write_stats else None)
+                      probe=not args.no_probe, write_stats_to=model_dir if args.write_stats else None,
+                      progress=not args.no_progress)
     result["model"] = {"dir": str(args.model), "config": model.config.to_dict()}
     print(format_diagnostics(result))
     if args.out:
-        results_to_json(result, args.out)
-        print(f"wrote {args.out}")
+        path = Path(args.out) / "diagnostics.json"
+        results_to_json(result, path)
+        print(f"wrote {path}")
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out_files: str) -> None:
     p.add_argument("--data", required=True, help="data spec (builtin:photos, builtin:digits, a folder, shards); "
                    "its val split unless the spec names one")
     p.add_argument("--image-size", type=int, default=None, help="default: the model's config.image_size")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON")
+    out_dir_arg(p, required=False, what=f"output directory: {out_files} (default: print only)")
+    add_no_progress(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `eval` and `diagnose` sub-commands to the `tcae` parser."""
-    p = sub.add_parser(
-        "eval", help="reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of one or several tokenizers",
+    p = add_command(
+        sub, "eval", _run_eval, "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of one or several tokenizers",
         description="Encode and decode every image of a dataset and report PSNR, SSIM, LPIPS and rFID "
         "(Fréchet distance of InceptionV3 statistics, originals vs reconstructions, or vs --fid-stats). "
         "Several --model give a side-by-side Markdown table and bar plot.")
-    p.add_argument("--model", action="append", required=True, metavar="MODEL",
-                   help="tokenizer: a tcae model or training run directory, or diffusers:PATH_OR_HUB_ID "
-                   "(AutoencoderKL, AutoencoderDC, a tcae export-diffusers folder); repeat for a comparison")
+    model_arg(p, action="append", help="tokenizer: model directory (save_pretrained), training run directory, Hub "
+              "repo id or diffusers:PATH_OR_HUB_ID (AutoencoderKL, AutoencoderDC, a tcae export-diffusers folder); "
+              "repeat for a comparison")
     p.add_argument("--names", default=None, help="comma-separated display names for the models")
-    _common(p)
+    _common(p, "eval.json, grid.png (originals, reconstructions, latent view; grid_NAME.png per model) and with "
+               "several models comparison.md and comparison.png")
     p.add_argument("--metrics", default="psnr,ssim,lpips,rfid",
                    help="comma-separated: psnr, ssim, lpips, rfid, fd:dinov2, fd:torchvision:NAME "
                    "(psnr,ssim need no pretrained weights)")
@@ -178,35 +183,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-weights", action="append", default=None, metavar="NETWORK=PATH",
                    help="weights of an fd: network, e.g. dinov2=model.safetensors, torchvision:resnet50=r50.pth")
     p.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--grid", default=None, metavar="FILE.png",
-                   help="originals above reconstructions (first 8 images); one file per model")
-    p.add_argument("--compare-md", default=None, metavar="FILE.md", help="side-by-side Markdown table")
-    p.add_argument("--compare-png", default=None, metavar="FILE.png", help="side-by-side bar plot")
+    p.add_argument("--no-grid", action="store_true", help="no grid.png in --out")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the tokenizer")
-    p.set_defaults(func=_run_eval)
 
-    d = sub.add_parser(
-        "diagnose", help="latent diagnostics: channel stats, effective ranks, linear probes (A1, A2)",
+    d = add_command(
+        sub, "diagnose", _run_diagnose, "latent diagnostics: channel stats, effective ranks, linear probes (A1, A2)",
         description="Per-channel latent mean/std, effective rank of latents and encoder tokens, and on "
         "labelled data linear-probe accuracy on pooled tokens (A1) and latents (A2) with the structural "
         "loss 1 - A2/A1. --write-stats stores the latent statistics in the model for diffusion training.")
-    d.add_argument("--model", required=True, metavar="MODEL",
-                   help="tokenizer: a tcae model or training run directory, or diffusers:PATH_OR_HUB_ID")
-    _common(d)
+    model_arg(d)
+    _common(d, "diagnostics.json")
     d.add_argument("--max-images", type=int, default=2000, help="images per split (default 2000)")
     d.add_argument("--no-probe", action="store_true", help="skip the linear probes")
     d.add_argument("--write-stats", action="store_true",
                    help="store the per-channel latent mean/std (measured on --data as given: name the "
                    "training split, e.g. builtin:digits:train) in the model directory's weights")
-    d.set_defaults(func=_run_diagnose, batch_size=64)
-
-
-if __name__ == "__main__":  # python -m tcae.cli.eval_cmd ... (without the rest of the CLI)
-    parser = argparse.ArgumentParser(prog="tcae")
-    register(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args()
-    try:
-        sys.exit(ns.func(ns))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"tcae {ns.command}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    d.set_defaults(batch_size=64)

@@ -29,46 +29,53 @@ def _export_diffusers(args: argparse.Namespace) -> int:
 def _fid_ref(args: argparse.Namespace) -> int:
     from tcae.evaluation.fid_protocol import PROTOCOL, load_reference, reference_statistics, save_reference
 
-    if Path(args.out).suffix not in (".npz", ".pt"):
-        raise ValueError(f"--out {args.out}: write .npz (ADM / clean-fid layout) or .pt (torch-fidelity layout)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; --out is a directory (fid_stats.npz and fid_stats.pt go in it)")
+    batch = out / "reference_batch.npz" if args.images else None
     mu, sigma, count = reference_statistics(args.data, args.image_size, weights=args.inception_weights,
                                             batch_size=args.batch_size, device=args.device,
-                                            max_images=args.max_images, images_out=args.images_out,
+                                            max_images=args.max_images, images_out=batch,
                                             progress=not args.no_progress)
-    save_reference(args.out, mu, sigma, count, data=args.data, image_size=args.image_size,
-                   feature_network="inception-v3-compat")
-    print(f"wrote {args.out}: {load_reference(args.out).describe() if Path(args.out).suffix == '.npz' else count}"
-          f" images; {PROTOCOL}")
-    if args.images_out:
-        print(f"wrote {args.images_out}: the {count} uint8 crops as an ADM reference batch (arr_0, arr_1)")
+    meta = {"data": args.data, "image_size": args.image_size, "feature_network": "inception-v3-compat"}
+    npz = save_reference(out / "fid_stats.npz", mu, sigma, count, **meta)
+    pt = save_reference(out / "fid_stats.pt", mu, sigma, count)
+    print(f"wrote {npz}: {load_reference(npz).describe()}; {PROTOCOL}")
+    print(f"wrote {pt}: the same statistics in torch-fidelity's layout")
+    if batch is not None:
+        print(f"wrote {batch}: the {count} uint8 crops as an ADM reference batch (arr_0, arr_1)")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-diffusers", help="write a TC-AE as a diffusers model folder (TCAEAutoencoder)",
-                       description="Write a tcae model as a diffusers ModelMixin folder: config.json (_class_name "
-                                   "TCAEAutoencoder, the TCAEConfig fields, scaling_factor, latents_mean, "
-                                   "latents_std) and diffusion_pytorch_model.safetensors. Load it with "
-                                   "tcae.integrations.diffusers.TCAEAutoencoder.from_pretrained (diffusers' loader) "
-                                   "or use it in tcae's tools as --model diffusers:DIR.")
-    p.add_argument("--model", required=True, help="tcae model directory, training run directory or Hub repo id")
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_export_diffusers)
+    from tcae.cli._common import add_command, add_device, add_no_progress, out_dir_arg
 
-    p = sub.add_parser("fid-ref", help="reference InceptionV3 statistics by the pinned FID protocol (ADM crop)",
-                       description="Reference statistics the ADM way (docs/fid-protocol.md): each image BOX-halved "
-                                   "while its short side is >= 2 S, BICUBIC-resized to short side S, center-cropped "
-                                   "to S x S, as uint8; InceptionV3 (torch-fidelity's TF-FID port) pool features; mu "
-                                   "and sigma written with the image count. .npz: ADM / clean-fid layout (mu, sigma, "
-                                   "+ num_images, protocol); .pt: torch-fidelity's layout.")
+    p = add_command(sub, "export-diffusers", _export_diffusers,
+                    "write a TC-AE as a diffusers model folder (TCAEAutoencoder)",
+                    description="Write a tcae model as a diffusers ModelMixin folder: config.json (_class_name "
+                                "TCAEAutoencoder, the TCAEConfig fields, scaling_factor, latents_mean, latents_std) "
+                                "and diffusion_pytorch_model.safetensors. Load it with "
+                                "tcae.integrations.diffusers.TCAEAutoencoder.from_pretrained (diffusers' loader) or "
+                                "use it in tcae's tools as --model diffusers:DIR.")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="tcae model directory, training run directory or Hub repo id")
+    out_dir_arg(p, what="output folder (diffusers layout)")
+    add_no_progress(p)
+
+    p = add_command(sub, "fid-ref", _fid_ref, "reference InceptionV3 statistics by the pinned FID protocol (ADM crop)",
+                    description="Reference statistics the ADM way (docs/fid-protocol.md): each image BOX-halved "
+                                "while its short side is >= 2 S, BICUBIC-resized to short side S, center-cropped to "
+                                "S x S, as uint8; InceptionV3 (torch-fidelity's TF-FID port) pool features. Writes "
+                                "DIR/fid_stats.npz (ADM / clean-fid layout: mu, sigma, + num_images, protocol) and "
+                                "DIR/fid_stats.pt (torch-fidelity's layout).")
     p.add_argument("--data", required=True, help="data spec (its val split unless it names one, e.g. DIR:train)")
     p.add_argument("--image-size", type=int, required=True, help="S: side of the reference images")
-    p.add_argument("--out", required=True, metavar="REF.npz|REF.pt")
-    p.add_argument("--images-out", default=None, metavar="BATCH.npz",
-                   help="also write the crops as an ADM reference batch (what ADM's evaluator reads)")
+    out_dir_arg(p, what="output directory: fid_stats.npz, fid_stats.pt (and reference_batch.npz with --images)")
+    p.add_argument("--images", action="store_true",
+                   help="also write the crops as an ADM reference batch, DIR/reference_batch.npz (arr_0, arr_1): "
+                        "what ADM's own evaluator reads")
     p.add_argument("--max-images", type=int, default=None, help="the first N images only")
     p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_fid_ref)
+    add_device(p)
+    add_no_progress(p)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from tcae.models import create_model, flops, list_models
+from tcae.cli._common import add_command, add_no_progress
 
 
 def models_table(names: list[str], image_size: int | None = None, overrides: dict | None = None) -> list[dict]:
     """One row per preset: latent shape, parameters, encode/decode GFLOPs at `image_size`."""
+    from tcae.models import create_model, flops
+
     rows = []
     for name in names:
         m = create_model(name, **(overrides or {}))
@@ -31,6 +33,8 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tcae.models import list_models
+
     names = args.names or list_models()
     rows = []
     for staged in ([True, False] if args.both else [None]):
@@ -41,9 +45,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list TC-AE presets: latent shape, parameters, FLOPs (1 MAC = 2 FLOPs)")
+    p = add_command(sub, "models", _run, "list TC-AE presets: latent shape, parameters, FLOPs (1 MAC = 2 FLOPs)")
     p.add_argument("names", nargs="*", help="presets (default: all)")
     p.add_argument("--image-size", type=int, default=None, help="default: each preset's own")
     p.add_argument("--both", action="store_true", help="also list the single-stage (staged=false) baseline")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_run)
+    add_no_progress(p, "progress output (this command shows none)")

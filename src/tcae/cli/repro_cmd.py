@@ -1,9 +1,45 @@
-"""`tcae repro` and `tcae demo` parsers (the work lives in tcae.repro and tcae.demo)."""
+"""`tcae demo` and `tcae repro` parsers (the work lives in tcae.demo and tcae.repro)."""
 
-from tcae.demo import register as register_demo
-from tcae.repro import register as register_repro
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tcae.cli._common import add_command, add_no_progress, out_dir_arg
+
+# tcae.repro.PAPER and tcae.repro.SCALES keys, spelt here so that building the parser does not import torch
+EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling")
+SCALES = ("tiny", "small", "base")
 
 
-def register(sub) -> None:
-    register_demo(sub)
-    register_repro(sub)
+def _demo(args: argparse.Namespace) -> int:
+    from tcae.demo import run_demo
+
+    report = run_demo(Path(args.out), args.tokenizer_steps, args.dit_steps, args.per_class, args.cfg,
+                      progress=not args.no_progress)
+    print(f"report: {report}")
+    return 0
+
+
+def _repro(args: argparse.Namespace) -> int:
+    from tcae.repro import run_experiment
+
+    print(f"report: {run_experiment(args.experiment, args.scale, args.out, args.data, progress=not args.no_progress)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "demo", _demo, "the whole pipeline on built-in digits (CPU, ~10 min): report.md")
+    p.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (default: %(default)s)")
+    p.add_argument("--tokenizer-steps", type=int, default=500)
+    p.add_argument("--dit-steps", type=int, default=2000)
+    p.add_argument("--per-class", type=int, default=10)
+    p.add_argument("--cfg", type=float, default=2.0)
+    add_no_progress(p)
+
+    p = add_command(sub, "repro", _repro, "re-run one of the paper's ablations: " + ", ".join(EXPERIMENTS))
+    p.add_argument("experiment", choices=EXPERIMENTS)
+    p.add_argument("--scale", choices=SCALES, default="tiny")
+    p.add_argument("--data", default=None, help="data spec (default: builtin:digits at --scale tiny)")
+    out_dir_arg(p, required=False, what="output directory (default: out/repro/EXPERIMENT-SCALE)")
+    add_no_progress(p)

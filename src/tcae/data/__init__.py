@@ -14,42 +14,57 @@ Typical use::
 Self-supervised (iBOT) training swaps in :class:`MultiCropTransform` and :class:`MultiCropCollate`.
 Modules: ``spec`` (spec strings), ``folder``, ``builtin``, ``shards`` (datasets), ``decode`` (RGB
 conversion), ``transforms``, ``masking``, ``loader``, ``base`` (per-sample seeding).
+
+The names are imported on first use (PEP 562): ``tcae.data.decode`` and ``tcae.data.folder`` work
+without torchvision or webdataset (the lean install's inference commands read images through them).
 """
 
-from tcae.data.builtin import DigitsDataset, PhotosDataset, photo_names
-from tcae.data.decode import IMAGE_EXTENSIONS, load_rgb, to_rgb
-from tcae.data.folder import ImageFolderDataset, find_images
-from tcae.data.loader import ResumableSampler, build_loader, eval_loader, set_loader_epoch
-from tcae.data.masking import BlockMaskGenerator, MaskedTokens, MultiCropCollate
-from tcae.data.shards import ShardDataset, write_shards
-from tcae.data.spec import SPEC_HELP, DataSpec, build_dataset, dataset_num_classes, parse_spec
-from tcae.data.transforms import MultiCropTransform, eval_transform, local_crop_size, train_transform
+from __future__ import annotations
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "SPEC_HELP",
-    "BlockMaskGenerator",
-    "DataSpec",
-    "DigitsDataset",
-    "ImageFolderDataset",
-    "MaskedTokens",
-    "MultiCropCollate",
-    "MultiCropTransform",
-    "PhotosDataset",
-    "ResumableSampler",
-    "ShardDataset",
-    "build_dataset",
-    "build_loader",
-    "dataset_num_classes",
-    "eval_loader",
-    "eval_transform",
-    "find_images",
-    "load_rgb",
-    "local_crop_size",
-    "parse_spec",
-    "photo_names",
-    "set_loader_epoch",
-    "to_rgb",
-    "train_transform",
-    "write_shards",
-]
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_LAZY = {
+    "BlockMaskGenerator": "tcae.data.masking",
+    "DataSpec": "tcae.data.spec",
+    "DigitsDataset": "tcae.data.builtin",
+    "IMAGE_EXTENSIONS": "tcae.data.decode",
+    "ImageFolderDataset": "tcae.data.folder",
+    "MaskedTokens": "tcae.data.masking",
+    "MultiCropCollate": "tcae.data.masking",
+    "MultiCropTransform": "tcae.data.transforms",
+    "PhotosDataset": "tcae.data.builtin",
+    "ResumableSampler": "tcae.data.loader",
+    "SPEC_HELP": "tcae.data.spec",
+    "ShardDataset": "tcae.data.shards",
+    "build_dataset": "tcae.data.spec",
+    "build_loader": "tcae.data.loader",
+    "check_spec": "tcae.data.spec",
+    "dataset_num_classes": "tcae.data.spec",
+    "eval_loader": "tcae.data.loader",
+    "eval_transform": "tcae.data.transforms",
+    "split_spec": "tcae.data.spec",
+    "find_images": "tcae.data.folder",
+    "load_rgb": "tcae.data.decode",
+    "local_crop_size": "tcae.data.transforms",
+    "parse_spec": "tcae.data.spec",
+    "photo_names": "tcae.data.builtin",
+    "set_loader_epoch": "tcae.data.loader",
+    "to_rgb": "tcae.data.decode",
+    "train_transform": "tcae.data.transforms",
+    "write_shards": "tcae.data.shards",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tcae.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

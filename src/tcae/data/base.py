@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 Transform = Callable[[Image.Image], Any]
+SPLITS = ("train", "val")  # the split names a data spec may end in (`builtin:digits:val`, `folder:train`)
 _MASK64 = (1 << 64) - 1
 
 

@@ -45,13 +45,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tcae.data.base import EpochMixin, Transform, make_sample, sample_seed
+from tcae.data.base import SPLITS, EpochMixin, Transform, make_sample, sample_seed
 from tcae.data.decode import load_rgb, to_rgb
 from tcae.data.transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
 PHOTO_VAL = ("chelsea", "china", "moon", "motorcycle")
 PHOTOS_TRAIN_SCALE = (0.2, 1.0)
 DEFAULT_PHOTOS_EPOCH = 1000

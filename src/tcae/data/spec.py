@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset, IterableDataset
+from tcae.data.base import SPLITS, Transform
 
-from tcae.data.base import Transform
-from tcae.data.builtin import SPLITS, DigitsDataset, PhotosDataset
-from tcae.data.folder import ImageFolderDataset
-from tcae.data.shards import ShardDataset, read_meta
-from tcae.data.transforms import eval_transform, train_transform
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset, IterableDataset
+
+# The datasets are imported where they are built: parsing a spec needs neither torchvision (transforms)
+# nor webdataset (shards), which the lean install lacks.
 
 SPEC_HELP = """accepted data specs:
   builtin:photos[:train|:val]          built-in natural photos (random crops), unlabelled
@@ -88,6 +89,23 @@ def _folder_root(spec: str, parsed: DataSpec, train: bool) -> str:
     return root
 
 
+def check_spec(spec: str, train: bool = True) -> DataSpec:
+    """Parse `spec` and check that what it names is there, without reading any image: the folder (its
+    split sub-folder where one applies) or every local shard file. Commands call it before they print or
+    write anything. Raises ``ValueError`` / ``FileNotFoundError`` as :func:`build_dataset` would."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "folder":
+        _folder_root(spec, parsed, train)
+    elif parsed.kind == "shards":
+        from tcae.data.shards import expand_shards, is_remote
+
+        missing = [u for u in expand_shards(parsed.target) if not is_remote(u) and not os.path.isfile(u)]
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise _error(spec, f"shard file(s) not found: {missing[:3]}{more}", FileNotFoundError)
+    return parsed
+
+
 def build_dataset(
     spec: str,
     image_size: int,
@@ -115,6 +133,11 @@ def build_dataset(
         ``{"image": FloatTensor (3, image_size, image_size) in [-1, 1], "label": int (-1 if
         unlabelled), "seed": int}`` (plus the keys of a dict-returning ``transform``).
     """
+    from tcae.data.builtin import DigitsDataset, PhotosDataset
+    from tcae.data.folder import ImageFolderDataset
+    from tcae.data.shards import ShardDataset
+    from tcae.data.transforms import eval_transform, train_transform
+
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     parsed = parse_spec(spec)
@@ -138,6 +161,10 @@ def dataset_num_classes(spec: str) -> int:
 
     Folders are scanned (as for training); shards report their meta.json's ``num_classes``.
     """
+    from tcae.data.builtin import DigitsDataset
+    from tcae.data.folder import ImageFolderDataset
+    from tcae.data.shards import read_meta
+
     parsed = parse_spec(spec)
     if parsed.kind == "digits":
         return DigitsDataset.num_classes

@@ -3,7 +3,7 @@
 Modules: ``metrics`` (PSNR, SSIM, LPIPS, exact running means), ``features`` (feature networks for
 Fréchet distances, weights resolution), ``fid`` (streamed statistics, Fréchet distance, reference
 ``.npz`` files, Inception Score), ``diagnostics`` (latent statistics, effective rank, linear
-probes, structural loss), ``evaluate`` (the dataset loop), ``grid`` (reconstruction PNGs),
+probes, structural loss), ``evaluate`` (the dataset loop: :class:`Evaluator`), ``grid`` (reconstruction PNGs),
 ``report`` (JSON, tables, multi-model comparison).
 
 Typical use::
@@ -18,7 +18,6 @@ Typical use::
 
 from tcae.evaluation.diagnostics import (
     LatentChannelStats,
-    compute_latent_stats,
     diagnose,
     effective_rank,
     latent_channel_stats,
@@ -26,7 +25,7 @@ from tcae.evaluation.diagnostics import (
     structural_loss,
     write_latent_stats,
 )
-from tcae.evaluation.evaluate import DEFAULT_METRICS, evaluate, parse_metrics
+from tcae.evaluation.evaluate import DEFAULT_METRICS, Evaluator, evaluate, parse_metrics
 from tcae.evaluation.features import (
     CUSTOM_LABEL,
     FeatureNetwork,
@@ -40,8 +39,9 @@ from tcae.evaluation.metrics import MetricSums, psnr_per_image, ssim_per_image
 from tcae.evaluation.report import compare, comparison_markdown, format_table, results_to_json
 
 __all__ = [
-    "CUSTOM_LABEL", "DEFAULT_METRICS", "FeatureNetwork", "FeatureStats", "LatentChannelStats", "MetricSums",
-    "MissingWeightsError", "build_feature_network", "compare", "comparison_markdown", "compute_latent_stats",
+    "CUSTOM_LABEL", "DEFAULT_METRICS", "Evaluator", "FeatureNetwork", "FeatureStats", "LatentChannelStats",
+    "MetricSums",
+    "MissingWeightsError", "build_feature_network", "compare", "comparison_markdown",
     "diagnose", "effective_rank", "evaluate", "format_table", "frechet_distance", "inception_score",
     "latent_channel_stats", "linear_probe", "load_stats", "parse_metrics", "psnr_per_image",
     "reconstruction_grid", "results_to_json", "save_grid", "save_stats", "ssim_per_image", "structural_loss",

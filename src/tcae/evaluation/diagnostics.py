@@ -7,8 +7,8 @@
 - Linear-probe accuracy on pooled encoder tokens (A1) and on latents (A2), and the paper's
   "structural loss" 1 - A2/A1: how much class structure the token -> latent step destroys.
 
-:func:`diagnose` runs all of them for a model over a data spec; :func:`compute_latent_stats` and
-:func:`write_latent_stats` measure the per-channel statistics and store them in a model directory.
+:func:`diagnose` runs all of them for a model over a data spec; :func:`write_latent_stats` stores the
+per-channel statistics in a model directory (`tcae train` measures them when it exports a model).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def structural_loss(a1: float, a2: float) -> float:
 
 # ----------------------------------------------------------------------------- encoding a dataset
 def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.device | str,
-                   keep: bool = True, desc: str = "encode") -> dict[str, Any]:
+                   keep: bool = True, desc: str = "encode", progress: bool = True) -> dict[str, Any]:
     """Run the encoder over ``loader``: latent channel stats, and (``keep``) per-image features.
 
     Returns ``{"stats": LatentChannelStats, "latents": (N, c*h*w) float32, "tokens": (N, d)
@@ -179,7 +179,7 @@ def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     channels = getattr(getattr(model, "config", None), "latent_channels", None)
     stats = LatentChannelStats(channels if isinstance(channels, int) else None, device)
     latents, tokens, labels = [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not _is_main()):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and _is_main())):
         x = batch["image"].to(device, non_blocking=True)
         if hasattr(model, "encode_tokens"):
             enc = model.encode_tokens(x)
@@ -223,7 +223,8 @@ def probe_specs(spec: str) -> tuple[str, str] | None:
 @torch.no_grad()
 def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = None, batch_size: int = 64,
              device: torch.device | str | None = None, max_images: int | None = 2000, num_workers: int = 0,
-             probe: bool = True, write_stats_to: str | os.PathLike | None = None) -> dict[str, Any]:
+             probe: bool = True, write_stats_to: str | os.PathLike | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Latent diagnostics of ``model`` on ``data_spec`` (single process).
 
     Over ``build_dataset(data_spec, train=False)`` (its val split unless the spec names one;
@@ -247,7 +248,7 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
     model.check_image_size(size)
     dataset = build_dataset(data_spec, size, train=False)
     main = encode_dataset(model, eval_loader(dataset, batch_size, num_workers, max_images, device=device), device,
-                          desc="diagnose")
+                          desc="diagnose", progress=progress)
     n = len(main["labels"])
     stats = main["stats"].result()
     result: dict[str, Any] = {
@@ -266,7 +267,7 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
         result["token_dim"] = int(main["tokens"].shape[1])
     labels = main["labels"]
     if probe and n > 1 and bool((labels >= 0).all()) and len(labels.unique()) > 1:
-        result.update(_probe(model, data_spec, size, batch_size, device, max_images, num_workers, main))
+        result.update(_probe(model, data_spec, size, batch_size, device, max_images, num_workers, main, progress))
     if write_stats_to is not None:
         mean, std = main["stats"].mean_std()
         write_latent_stats(model, write_stats_to, mean, std.clamp_min(1e-6), main["stats"].images)
@@ -275,7 +276,7 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
 
 
 def _probe(model: torch.nn.Module, data_spec: str, size: int, batch_size: int, device: torch.device,
-           max_images: int | None, num_workers: int, main: dict[str, Any]) -> dict[str, Any]:
+           max_images: int | None, num_workers: int, main: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     from tcae.data import build_dataset
 
     specs = probe_specs(data_spec)
@@ -285,7 +286,7 @@ def _probe(model: torch.nn.Module, data_spec: str, size: int, batch_size: int, d
             ds = build_dataset(spec, size, train=False)  # explicit split, deterministic transform
             # every class must be present in a capped train split: spread the cap over the whole split
             loader = eval_loader(_spread(ds, max_images), batch_size, num_workers, device=device)
-            parts.append(encode_dataset(model, loader, device, desc=f"probe {spec}"))
+            parts.append(encode_dataset(model, loader, device, desc=f"probe {spec}", progress=progress))
         tr, va = parts
         split = "train/val"
     else:
@@ -318,34 +319,27 @@ def _spread(dataset: Dataset, max_images: int | None) -> Dataset:
 
 # ----------------------------------------------------------------------------- latent stats for diffusion
 @torch.no_grad()
-def compute_latent_stats(model: torch.nn.Module, loader: DataLoader, device: torch.device | str | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-channel mean and std (each (c,) float32) of the raw latents over ``loader``, and the number
-    of images; summed over DDP ranks when a process group is initialised."""
-    device = torch.device(device or next(model.parameters()).device)
-    out = encode_dataset(model.to(device), loader, device, keep=False, desc="latent stats")
-    out["stats"].all_reduce()
-    mean, std = out["stats"].mean_std()
-    return mean, std.clamp_min(1e-6), out["stats"].images
-
-
 def write_latent_stats(model: torch.nn.Module, model_dir: str | os.PathLike, mean: torch.Tensor,
                        std: torch.Tensor, count: int) -> None:
     """Store (mean, std) in ``model`` (``set_latent_stats``) and rewrite ``model_dir``'s files.
 
     The model is saved into a temporary directory next to ``model_dir`` and its weights file then
     moved over the old one with ``os.replace`` (atomic), so an interrupted write never leaves a
-    half-written ``model.safetensors``. Other files (config, model card) are left alone.
+    half-written ``model.safetensors``. The model card (README.md) is rewritten with its recorded
+    training information kept and the latent statistics marked as measured; config.json is left alone.
     """
+    from tcae.models.card import read_card_info
+
     model_dir = Path(model_dir)
     model.set_latent_stats(mean.cpu(), std.cpu(), count)
     tmp = Path(tempfile.mkdtemp(prefix=".tcae-stats-", dir=model_dir.parent))
     try:
-        model.save_pretrained(tmp)
-        target = model_dir / "model.safetensors"
-        if target.exists():  # keep the old file's permissions (files in a mkdtemp dir may be 0600)
-            shutil.copymode(target, tmp / "model.safetensors")
-        os.replace(tmp / "model.safetensors", target)
+        model.save_pretrained(tmp, card_info=read_card_info(model_dir / "README.md"))
+        for name in ("model.safetensors", "README.md"):
+            target = model_dir / name
+            if target.exists():  # keep the old file's permissions (files in a mkdtemp dir may be 0600)
+                shutil.copymode(target, tmp / name)
+            os.replace(tmp / name, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote latent statistics (%d images) into %s", count, model_dir)

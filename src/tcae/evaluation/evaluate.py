@@ -1,7 +1,8 @@
 """Reconstruction evaluation of a tokenizer over a dataset: PSNR, SSIM, LPIPS, rFID (+ other FDs).
 
-:func:`evaluate` streams the data in batches: each image is encoded and decoded once, per-image
-metrics are summed, feature statistics of originals and reconstructions are accumulated
+:class:`Evaluator` (or :func:`evaluate` for one model) streams the data in batches: each image is
+encoded and decoded once, per-image metrics are summed, feature statistics of originals and
+reconstructions are accumulated
 (:class:`~tcae.evaluation.fid.FeatureStats`), and nothing grows with the dataset. Under DDP
 (``torchrun``; process group already initialised) rank r of W takes images r, r + W, ...
 (no padding, so every image counts exactly once) and all sums are all-reduced at the end;
@@ -63,187 +64,193 @@ def parse_metrics(metrics: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.rank(), dist.world_size()
-    return 0, 1
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data_spec: str | Dataset,
-    image_size: int | None = None,
-    metrics: str | Sequence[str] = DEFAULT_METRICS,
-    batch_size: int = 32,
-    device: torch.device | str | None = None,
-    fid_stats: str | os.PathLike | None = None,
-    feature_weights: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
-    max_images: int | None = None,
-    grid_path: str | os.PathLike | None = None,
-    num_workers: int = 0,
-    feature_network: str | nn.Module = "inception",
-    lpips_weights: str | os.PathLike | None = None,
-    save_fid_stats: str | os.PathLike | None = None,
-    autocast: bool = False,
-    model_name: str | None = None,
-    originals_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``model``'s reconstructions on a dataset.
+class Evaluator:
+    """Reconstruction metrics of tokenizers on one data set: built once from the data, the metrics and their
+    feature networks (every weights file is checked here, before any image is read), then `run(model)` per
+    model. The originals' feature statistics do not depend on the model: they are computed by the first
+    run that needs them and reused by every later one.
 
     Args:
-        model: a tokenizer with ``encode(x)`` / ``decode(z)`` (x: (B, 3, H, W) in [-1, 1]).
-        data_spec: a data spec (``tcae.data``; its val split unless it names one, deterministic
-            transform) or a Dataset of ``{"image": (3, H, W) in [-1, 1], ...}`` samples.
-        image_size: side of the evaluated images; default the model's ``config.image_size``.
+        data: a data spec (``tcae.data``; its val split unless it names one, deterministic transform) or a
+            Dataset of ``{"image": (3, H, W) in [-1, 1], ...}`` samples.
+        image_size: side of the evaluated images; default the first model's ``config.image_size``.
         metrics: names or comma-separated string (module docstring).
         fid_stats: reference ``.npz`` (``mu``, ``sigma``: InceptionV3 pool features); rFID is then
             reconstructions vs reference.
         feature_weights: weights file of the Inception network (a path), or a mapping network name
             ("inception", "dinov2", "torchvision:resnet50", ...) -> path.
         max_images: evaluate the first N images only.
-        grid_path: write a PNG of the first 8 originals above their reconstructions (rank 0).
         feature_network: the network of the ``rfid`` metric: "inception" (FID proper) or any
             nn.Module (reported as a custom-network Fréchet distance).
         lpips_weights: VGG16 weights file for LPIPS (default: torch hub cache).
-        save_fid_stats: also write the originals' statistics of the rfid network to this ``.npz``
-            (a reference for later runs; rank 0).
         autocast: bfloat16 autocast for the model (not for the metric networks).
-        originals_cache: a dict kept across calls (several models, one data set): the originals'
-            feature statistics are computed once per (network, data spec, image size, max_images)
-            and reused, as they do not depend on the model. Only for a data spec string.
-
-    Returns:
-        ``{"metrics": {key: float}, "labels": {key: str}, "num_images": int, "data": str,
-        "image_size": int, "feature_networks": {...}, "model": {...}, "versions": {...}, ...}``.
+        progress: a progress bar on rank 0.
 
     Raises:
-        MissingWeightsError / FileNotFoundError: a requested network's weights are not on disk
-            (raised before any image is processed).
+        MissingWeightsError / FileNotFoundError: a requested network's weights are not on disk.
     """
-    names = parse_metrics(metrics)
-    device = resolve_device(device)
-    config = getattr(model, "config", None)
-    size = int(image_size or getattr(config, "image_size", 0) or 0)
-    if size and hasattr(model, "check_image_size"):
-        model.check_image_size(size)  # fail before loading data and feature networks
-    if isinstance(data_spec, str):
-        if not size:
-            raise ValueError("image_size is needed when the model has no config.image_size")
-        from tcae.data import build_dataset
 
-        dataset = build_dataset(data_spec, size, train=False)
-        spec_text = data_spec
-    else:
-        dataset, spec_text = data_spec, f"<{type(data_spec).__name__}>"
-    rank, world = _dist()
-
-    # build every network first: a missing weights file fails before any image is processed
-    weights_map = dict(feature_weights) if isinstance(feature_weights, Mapping) else (
-        {"inception": feature_weights} if feature_weights is not None else {})
-    missing: list[str] = []  # every missing file in one message, not one per run
-    lpips_net = None
-    if "lpips" in names:
-        try:
-            lpips_net = LPIPSMetric(lpips_weights).to(device)
-        except FileNotFoundError as err:
-            missing.append(str(err))
-    networks: dict[str, FeatureNetwork] = {}
-    for m in names:
-        if m == "rfid" or m.startswith("fd:"):
-            spec = feature_network if m == "rfid" else m[3:]
-            key = spec if isinstance(spec, str) else "custom"
+    def __init__(
+        self,
+        data: str | Dataset,
+        image_size: int | None = None,
+        metrics: str | Sequence[str] = DEFAULT_METRICS,
+        batch_size: int = 32,
+        device: torch.device | str | None = None,
+        fid_stats: str | os.PathLike | None = None,
+        feature_weights: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
+        max_images: int | None = None,
+        num_workers: int = 0,
+        feature_network: str | nn.Module = "inception",
+        lpips_weights: str | os.PathLike | None = None,
+        autocast: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.names = parse_metrics(metrics)
+        self.device = resolve_device(device)
+        self.data, self.image_size = data, image_size
+        self.batch_size, self.num_workers, self.max_images = batch_size, num_workers, max_images
+        self.autocast, self.progress = autocast, progress
+        self.spec_text = data if isinstance(data, str) else f"<{type(data).__name__}>"
+        weights_map = dict(feature_weights) if isinstance(feature_weights, Mapping) else (
+            {"inception": feature_weights} if feature_weights is not None else {})
+        missing: list[str] = []  # every missing file in one message, not one per run
+        self.lpips_net = None
+        if "lpips" in self.names:
             try:
-                net = build_feature_network(spec, weights_map.get(key)).to(device).eval()
+                self.lpips_net = LPIPSMetric(lpips_weights).to(self.device)
             except FileNotFoundError as err:
                 missing.append(str(err))
-                continue
-            networks[net.metric_key("r")] = net
-    if missing:
-        raise MissingWeightsError("\n".join(missing) + "\n(psnr and ssim need no pretrained weights: "
-                                  "--metrics psnr,ssim)")
-    reference = load_stats(fid_stats) if fid_stats is not None else None
-    if reference is not None and "rfid" not in networks:
-        raise ValueError("fid_stats (reference statistics) given but the rfid (InceptionV3) metric is not "
-                         "requested")
+        self.networks: dict[str, FeatureNetwork] = {}
+        for m in self.names:
+            if m == "rfid" or m.startswith("fd:"):
+                spec = feature_network if m == "rfid" else m[3:]
+                key = spec if isinstance(spec, str) else "custom"
+                try:
+                    net = build_feature_network(spec, weights_map.get(key)).to(self.device).eval()
+                except FileNotFoundError as err:
+                    missing.append(str(err))
+                    continue
+                self.networks[net.metric_key("r")] = net
+        if missing:
+            raise MissingWeightsError("\n".join(missing) + "\n(psnr and ssim need no pretrained weights: "
+                                      "--metrics psnr,ssim)")
+        self.fid_stats = fid_stats
+        self.reference = load_stats(fid_stats) if fid_stats is not None else None
+        if self.reference is not None and "rfid" not in self.networks:
+            raise ValueError("fid_stats (reference statistics) given but the rfid (InceptionV3) metric is not "
+                             "requested")
+        self._datasets: dict[int, Dataset] = {}
+        self._originals: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # (metric key, size)
 
-    model = model.to(device).eval()
-    sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names])
-    stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
-    # a Dataset object has no identity to key a cache by: only data spec strings share statistics
-    cache = originals_cache if isinstance(data_spec, str) else None
-    cache_keys = {k: (net.name, spec_text, size, max_images) for k, net in networks.items()}
-    cached = {k: cache[ck] for k, ck in cache_keys.items() if ck in cache} if cache is not None else {}
-    needs_real = {k: _needs_real(k, reference, save_fid_stats) and k not in cached for k in networks}
-    loader = eval_loader(dataset, batch_size, num_workers, max_images, distributed=True, device=device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
-    image_hw: list[int] | None = None
-    num_images = 0  # this rank's; counted even with FD metrics only
-    for batch in tqdm(loader, desc="eval", disable=rank != 0):
-        x = batch["image"].to(device, non_blocking=True)
-        image_hw = image_hw or list(x.shape[-2:])
-        with amp:
-            recon = model.decode(model.encode(x))
-        recon = recon.float().clamp(-1, 1)  # what a saved image shows; metrics see the same pixels
-        if "psnr" in names:
-            sums.add("psnr", psnr_per_image(recon, x))
-        if "ssim" in names:
-            sums.add("ssim", ssim_per_image(recon, x))
-        if lpips_net is not None:
-            sums.add("lpips", lpips_net(recon, x))
-        num_images += x.shape[0]
+    def dataset(self, size: int) -> Dataset:
+        if not isinstance(self.data, str):
+            return self.data
+        if size not in self._datasets:
+            from tcae.data import build_dataset
+
+            self._datasets[size] = build_dataset(self.data, size, train=False)
+        return self._datasets[size]
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, model_name: str | None = None, grid_path: str | os.PathLike | None = None,
+            save_fid_stats: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Evaluate ``model`` (``encode(x)`` / ``decode(z)``, x: (B, 3, H, W) in [-1, 1]).
+
+        grid_path: a PNG of the first 8 originals above their reconstructions (rank 0). save_fid_stats:
+        also write the originals' statistics of the rfid network to this ``.npz`` (rank 0).
+
+        Returns ``{"metrics": {key: float}, "labels": {key: str}, "num_images": int, "data": str,
+        "image_size": int, "feature_networks": {...}, "model": {...}, "versions": {...}, ...}``.
+        """
+        names, device, networks = self.names, self.device, self.networks
+        config = getattr(model, "config", None)
+        size = int(self.image_size or getattr(config, "image_size", 0) or 0)
+        if size and hasattr(model, "check_image_size"):
+            model.check_image_size(size)  # fail before loading data
+        if isinstance(self.data, str) and not size:
+            raise ValueError("image_size is needed when the model has no config.image_size")
+        dataset = self.dataset(size)
+        rank, world = dist.rank(), dist.world_size()
+        model = model.to(device).eval()
+        sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names])
+        stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
+        cached = {k: self._originals[(k, size)] for k in networks if (k, size) in self._originals}
+        needs_real = {k: _needs_real(k, self.reference, save_fid_stats) and k not in cached for k in networks}
+        loader = eval_loader(dataset, self.batch_size, self.num_workers, self.max_images, distributed=True,
+                             device=device)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+        image_hw: list[int] | None = None
+        num_images = 0  # this rank's; counted even with FD metrics only
+        for batch in tqdm(loader, desc="eval", disable=rank != 0 or not self.progress):
+            x = batch["image"].to(device, non_blocking=True)
+            image_hw = image_hw or list(x.shape[-2:])
+            with amp:
+                recon = model.decode(model.encode(x))
+            recon = recon.float().clamp(-1, 1)  # what a saved image shows; metrics see the same pixels
+            if "psnr" in names:
+                sums.add("psnr", psnr_per_image(recon, x))
+            if "ssim" in names:
+                sums.add("ssim", ssim_per_image(recon, x))
+            if self.lpips_net is not None:
+                sums.add("lpips", self.lpips_net(recon, x))
+            num_images += x.shape[0]
+            for key, net in networks.items():
+                real, fake = stats[key]
+                if needs_real[key]:
+                    real.update(net(x)["features"])
+                fake.update(net(recon)["features"])
+
+        reduce_device = device if device.type == "cuda" else torch.device("cpu")  # NCCL: cuda, gloo: cpu
+        sums.all_reduce(reduce_device)
+        if world > 1:
+            n = torch.tensor([float(num_images)], dtype=torch.float64, device=reduce_device)
+            num_images = int(round(dist.all_reduce_(n).item()))
+        values = sums.means()
+        labels = {k: METRIC_LABELS[k] for k in values}
+        net_info: dict[str, Any] = {}
         for key, net in networks.items():
             real, fake = stats[key]
+            fake.all_reduce()
+            mu_f, sigma_f = fake.mean_cov()
+            originals = cached.get(key)
             if needs_real[key]:
-                real.update(net(x)["features"])
-            fake.update(net(recon)["features"])
+                real.all_reduce()
+                originals = self._originals[(key, size)] = real.mean_cov()
+            if key == "rfid" and save_fid_stats is not None and rank == 0:
+                save_stats(save_fid_stats, *originals)
+            if key == "rfid" and self.reference is not None:
+                mu_r, sigma_r = self.reference
+                against = str(self.fid_stats)
+            else:
+                mu_r, sigma_r = originals
+                against = "originals"
+            values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+            labels[key] = net.metric_label("r")
+            net_info[key] = {"network": net.name, "label": labels[key], "dim": int(mu_f.shape[0]),
+                             "reference": against}
 
-    reduce_device = device if device.type == "cuda" else torch.device("cpu")  # NCCL: cuda, gloo: cpu
-    sums.all_reduce(reduce_device)
-    if world > 1:
-        n = torch.tensor([float(num_images)], dtype=torch.float64, device=reduce_device)
-        dist.all_reduce_(n)
-        num_images = int(round(n.item()))
-    values = sums.means()
-    labels = {k: METRIC_LABELS[k] for k in values}
-    net_info: dict[str, Any] = {}
-    for key, net in networks.items():
-        real, fake = stats[key]
-        fake.all_reduce()
-        mu_f, sigma_f = fake.mean_cov()
-        originals = cached.get(key)
-        if needs_real[key]:
-            real.all_reduce()
-            originals = real.mean_cov()
-            if cache is not None:
-                cache[cache_keys[key]] = originals
-        if key == "rfid" and save_fid_stats is not None and rank == 0:
-            save_stats(save_fid_stats, *originals)
-        if key == "rfid" and reference is not None:
-            mu_r, sigma_r = reference
-            against = str(fid_stats)
-        else:
-            mu_r, sigma_r = originals
-            against = "originals"
-        values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
-        labels[key] = net.metric_label("r")
-        net_info[key] = {"network": net.name, "label": labels[key], "dim": int(mu_f.shape[0]),
-                         "reference": against}
+        if grid_path is not None and rank == 0:
+            reconstruction_grid(model, dataset, grid_path, device=device, n=8)
+        return {
+            "metrics": {m: values[m] for m in _ordered(names, values)},
+            "labels": labels,
+            "num_images": num_images,
+            "data": self.spec_text,
+            "image_size": image_hw[0] if image_hw and image_hw[0] == image_hw[1] else (image_hw or size or None),
+            "feature_networks": net_info,
+            "model": _model_info(model, model_name),
+            "world_size": world,
+            "grid": None if grid_path is None else str(grid_path),
+            "versions": environment_versions(),
+        }
 
-    if grid_path is not None and rank == 0:
-        reconstruction_grid(model, dataset, grid_path, device=device, n=8)
-    return {
-        "metrics": {m: values[m] for m in _ordered(names, values)},
-        "labels": labels,
-        "num_images": num_images,
-        "data": spec_text,
-        "image_size": image_hw[0] if image_hw and image_hw[0] == image_hw[1] else (image_hw or size or None),
-        "feature_networks": net_info,
-        "model": _model_info(model, model_name),
-        "world_size": world,
-        "grid": None if grid_path is None else str(grid_path),
-        "versions": environment_versions(),
-    }
+
+def evaluate(model: nn.Module, data_spec: str | Dataset, grid_path: str | os.PathLike | None = None,
+             save_fid_stats: str | os.PathLike | None = None, model_name: str | None = None,
+             **evaluator_kwargs: Any) -> dict[str, Any]:
+    """One model, one data set: ``Evaluator(data_spec, **evaluator_kwargs).run(model, ...)``."""
+    return Evaluator(data_spec, **evaluator_kwargs).run(model, model_name, grid_path, save_fid_stats)
 
 
 def _needs_real(key: str, reference: Any, save_fid_stats: Any) -> bool:

@@ -79,8 +79,7 @@ def softmax_center(teacher_logits: torch.Tensor, center: torch.Tensor, temp: flo
 
 
 @torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3,
-                   n_valid: int | torch.Tensor | None = None) -> torch.Tensor:
+def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3) -> torch.Tensor:
     """Sinkhorn-Knopp teacher targets (SwAV / DINOv2): softmax-like assignments with equal prototype mass.
 
     Q = exp(t / temp) as a K x B matrix is scaled alternately so each prototype (row) holds 1/K of the
@@ -88,23 +87,20 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3,
     sums to 1, while prototypes are used equally over the whole batch (all ranks together when
     torch.distributed is initialised: sums are all-reduced, B is the global number of samples).
 
-    teacher_logits (N, K); n_valid: rows [:n_valid] are samples, later rows padding (ignored, returned as
-    zeros) -- for masked patch tokens whose count differs per rank. -> float probs (N, K), no grad.
+    teacher_logits (N, K), N may differ per rank (masked patch tokens) and be 0 -> float probs (N, K), no grad.
     Every rank must call this the same number of times (collectives), even with no valid rows.
     """
     t = teacher_logits.float()
-    n_local = t.shape[0] if n_valid is None else int(n_valid)
-    valid = t[:n_local]
+    n_local = t.shape[0]
     num_k = t.shape[1]
     # the global sample count stays on the device (no host sync); with no samples anywhere every
     # division below meets an empty tensor and the output is all zeros
     num_b = dist.all_reduce_(t.new_full((1,), float(n_local)))
     # exp of logits / 0.04 overflows for unnormalised heads: subtract the global max (cancels below)
-    peak = valid.max() if n_local > 0 else t.new_full((), float("-inf"))
+    peak = t.max() if n_local > 0 else t.new_full((), float("-inf"))
     peak = dist.all_reduce_(peak.reshape(1), op="max")
-    out = torch.zeros_like(t)
     tiny = torch.finfo(torch.float32).tiny
-    q = torch.exp((valid - peak) / temp).t()  # (K, B_local)
+    q = torch.exp((t - peak) / temp).t()  # (K, B_local)
     total = dist.all_reduce_(q.sum())
     q /= total.clamp_min(tiny)
     for _ in range(n_iters):
@@ -114,8 +110,7 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temp: float, n_iters: int = 3,
         q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)  # mass per sample (local: columns are samples)
         q /= num_b
     q *= num_b
-    out[:n_local] = q.t()
-    return out
+    return q.t()
 
 
 class Center(nn.Module):

@@ -166,6 +166,29 @@ class DataclassHubMixin(PyTorchModelHubMixin):
             _check_hub_reachable(model_id, Path(model_id), cls.model_kind)
         return super().from_pretrained(model_id, *args, **kwargs)
 
+    def save_pretrained(self, save_directory: str | Path, *, card_info: dict[str, Any] | None = None,
+                        **kwargs: Any) -> str | None:
+        """Write config.json, model.safetensors and README.md, a model card (`tcae.models.card`: what the
+        model is, the paper, license, latent shape, training data and steps, metrics, usage).
+
+        `card_info` (keys in `tcae.models.card.CARD_INFO_KEYS`, e.g. ``{"training_data": "builtin:digits",
+        "steps": 400, "metrics": {"psnr": 24.1}}``) is merged over what the card already in
+        `save_directory` recorded, so re-saving a model keeps its training information. Other keyword
+        arguments go to huggingface_hub's `save_pretrained` (`push_to_hub=True`, `repo_id=`, ...)."""
+        from tcae.models.card import check_card_info, read_card_info
+
+        card = Path(save_directory) / "README.md"
+        passed = dict((kwargs.pop("model_card_kwargs", None) or {}).get("card_info") or {})
+        info = check_card_info({**read_card_info(card), **passed, **(card_info or {})})
+        card.unlink(missing_ok=True)  # huggingface_hub keeps an existing card; this one describes these weights
+        return super().save_pretrained(save_directory, model_card_kwargs={"card_info": info}, **kwargs)
+
+    def generate_model_card(self, *args: Any, card_info: dict[str, Any] | None = None, **kwargs: Any):
+        """The model card huggingface_hub writes on save / push (`tcae.models.card.build_model_card`)."""
+        from tcae.models.card import build_model_card
+
+        return build_model_card(self, card_info)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         save_model_dir(self, save_directory, dataclasses.asdict(self.config))
 

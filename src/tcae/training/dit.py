@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig
 
-from tcae.config import LoopConfig, OptimConfig, _optional_fields, model_overrides
+from tcae.config import (
+    FIELD_RULES,
+    NON_NEGATIVE,
+    POSITIVE,
+    LoopConfig,
+    OptimConfig,
+    _optional_fields,
+    model_overrides,
+    one_of,
+)
 from tcae.data import build_loader
 from tcae.diffusion import DiTConfig, LatentDataset, create_dit, flow_matching_loss
 from tcae.training.ema import EMA
@@ -38,6 +47,9 @@ class DiTTrainConfig(LoopConfig):
     timesteps: str = "logit_normal"  # or "uniform"
     ema_decay: float = 0.9999
 
+
+FIELD_RULES[LatentDataConfig] = {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE}
+FIELD_RULES[DiTTrainConfig] = {"timesteps": one_of("logit_normal", "uniform")}
 
 DIT_ALIASES = {"latents": "data.latents", "model": "model.name", "batch_size": "data.batch_size", "lr": "optim.lr"}
 

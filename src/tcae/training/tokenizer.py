@@ -340,7 +340,10 @@ class TokenizerTrainer(TrainLoop):
         model = self.ema.module
         if self.cfg.latent_stats_images > 0:
             self.measure_latent_stats(model)
-        model.save_pretrained(str(self.run_dir / "model"))
+        cfg = self.cfg
+        model.save_pretrained(str(self.run_dir / "model"), card_info={
+            "name": cfg.name, "training_data": cfg.data.spec, "steps": self.step, "phase": cfg.phase,
+            "image_size": cfg.data.image_size})
         log.info("saved the EMA model to %s (latent statistics over %d images)", self.run_dir / "model",
                  int(model.latent_stats_count))
 
