@@ -327,11 +327,10 @@ def test_eval_on_a_diffusers_autoencoder_matches_direct_metrics(diffusers_dirs, 
     from skimage.metrics import structural_similarity
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    out = tmp_path / "eval.json"
     assert cli(["eval", "--model", f"diffusers:{diffusers_dirs / kind}", "--data", "builtin:digits",
                 "--image-size", "32", "--metrics", "psnr,ssim", "--max-images", "24", "--batch-size", "8",
-                "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
+                "--out", str(tmp_path), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
     x, _, recon = _direct(kind, diffusers_dirs, 24)
     a, b = ((recon.clamp(-1, 1) + 1) / 2), (x + 1) / 2
     psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean().item()
@@ -348,10 +347,9 @@ def test_eval_on_a_diffusers_autoencoder_matches_direct_metrics(diffusers_dirs, 
 def test_diagnose_on_a_diffusers_autoencoder_matches_direct_latent_stats(diffusers_dirs, tmp_path, capsys, kind):
     """`tcae diagnose` on AutoencoderKL / AutoencoderDC: per-channel latent mean/std and the effective rank
     of the latents equal numpy's on diffusers' own encode; no encoder tokens, so A1 is n/a, A2 is measured."""
-    out = tmp_path / "diag.json"
     assert cli(["diagnose", "--model", f"diffusers:{diffusers_dirs / kind}", "--data", "builtin:digits",
-                "--image-size", "32", "--max-images", "64", "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
+                "--image-size", "32", "--max-images", "64", "--out", str(tmp_path), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "diagnostics.json").read_text())
     assert "A1 on pooled encoder tokens: n/a" in capsys.readouterr().out
     _, z, _ = _direct(kind, diffusers_dirs, 64)
     zn = z.double().numpy()
@@ -368,11 +366,11 @@ def test_diagnose_on_a_diffusers_autoencoder_matches_direct_latent_stats(diffuse
 
 def test_one_eval_table_for_tcae_dcae_and_sd_vae(tiny_tcae, export, diffusers_dirs, tmp_path, capsys):
     _, native = tiny_tcae
-    md = tmp_path / "compare.md"
     assert cli(["eval", "--model", str(native), "--model", f"diffusers:{export}",
                 "--model", f"diffusers:{diffusers_dirs / 'dc'}", "--model", f"diffusers:{diffusers_dirs / 'kl'}",
                 "--names", "tcae,tcae-export,dc-ae,sd-vae", "--data", "builtin:digits", "--image-size", "64",
-                "--metrics", "psnr,ssim", "--max-images", "8", "--compare-md", str(md)]) == 0
+                "--metrics", "psnr,ssim", "--max-images", "8", "--out", str(tmp_path), "--no-progress"]) == 0
+    md = tmp_path / "comparison.md"
     rows = {line.split("|")[1].strip(): line for line in md.read_text().splitlines() if line.startswith("| ")}
     assert {"tcae", "tcae-export", "dc-ae", "sd-vae"} <= set(rows)
     assert rows["tcae"].split("|")[2:] == rows["tcae-export"].split("|")[2:]  # the export is the same model
@@ -417,5 +415,6 @@ def test_diffusers_spec_errors(diffusers_dirs, tmp_path, capsys):
     assert "--write-stats writes into a tcae model directory" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
-    assert cli(["eval", "--model", f"diffusers:{tmp_path / 'bad'}", "--data", "builtin:digits"]) == 2
+    assert cli(["eval", "--model", f"diffusers:{tmp_path / 'bad'}", "--data", "builtin:digits",
+                "--metrics", "psnr"]) == 2
     assert "is not a diffusers autoencoder" in capsys.readouterr().err

@@ -178,8 +178,9 @@ def test_gen_numbers_name_samples_and_reference_and_need_balance(tmp_path, capsy
 
 
 def test_fid_ref_cli_needs_inception_weights(tmp_path, capsys):
-    assert cli(["fid-ref", "--data", "builtin:digits", "--image-size", "32", "--out", str(tmp_path / "r.npz")]) == 2
+    assert cli(["fid-ref", "--data", "builtin:digits", "--image-size", "32", "--out", str(tmp_path / "ref")]) == 2
     assert "weights-inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
-    assert cli(["fid-ref", "--data", "builtin:digits", "--image-size", "32", "--out", str(tmp_path / "r.txt")]) == 2
-    assert ".npz (ADM / clean-fid layout) or .pt" in capsys.readouterr().err
-    assert not (tmp_path / "r.npz").exists()
+    assert not (tmp_path / "ref" / "fid_stats.npz").exists()
+    (tmp_path / "file").write_text("")
+    assert cli(["fid-ref", "--data", "builtin:digits", "--image-size", "32", "--out", str(tmp_path / "file")]) == 2
+    assert "--out is a directory" in capsys.readouterr().err
