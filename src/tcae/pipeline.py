@@ -24,7 +24,8 @@ from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
 from tcae.data import build_dataset
 from tcae.data.spec import split_spec  # noqa: F401  (part of this module's API)
 from tcae.device import resolve_device
-from tcae.models import TCAE, flops
+from tcae.models import flops
+from tcae.tokenizers import load_tokenizer
 
 log = logging.getLogger("tcae.pipeline")
 
@@ -40,30 +41,31 @@ def train_tokenizer_stage(run_dir: Path, config: str, overrides: list[str]) -> P
     return model_dir
 
 
-def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Path,
-                   train_spec: str | None = None, progress: bool = True) -> dict:
+def evaluate_stage(model_dir: Path | str, val_spec: str, image_size: int, out_dir: Path,
+                   train_spec: str | None = None, progress: bool = True, write_stats: bool = True) -> dict:
     """PSNR/SSIM (+ rFID/LPIPS only when their weights are present), a reconstruction grid, the latent
-    diagnostics, and the latent statistics written into the model."""
+    diagnostics, and (`write_stats`) the latent statistics written into the model. `model_dir`: any
+    tokenizer spec (:func:`tcae.tokenizers.load_tokenizer`); writing statistics needs a tcae model."""
     from tcae.evaluation import diagnose, evaluate, weights_available
 
-    model = TCAE.from_pretrained(str(model_dir)).eval()
+    model = load_tokenizer(str(model_dir))
     metrics = ["psnr", "ssim"] + [m for m in ("lpips", "rfid") if weights_available(m)]
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = evaluate(model, val_spec, image_size=image_size, metrics=tuple(metrics),
                    grid_path=str(out_dir / "reconstructions.png"), progress=progress)
-    diag = diagnose(model, train_spec or val_spec, image_size=image_size, write_stats_to=str(model_dir),
-                    progress=progress)
+    diag = diagnose(model, train_spec or val_spec, image_size=image_size,
+                    write_stats_to=str(model_dir) if write_stats else None, progress=progress)
     return {"reconstruction": rec, "diagnostics": diag}
 
 
-def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Path,
+def latents_stage(model_dir: Path | str, data_spec: str, image_size: int, out_dir: Path,
                   device: str | torch.device | None = None) -> Path:
-    """Cache normalisable latents of `data_spec` (resumable). The dataset is built with train=False
-    (no augmentation), so a spec without a split means its val split: pass
+    """Cache normalisable latents of `data_spec` (resumable) with any tokenizer spec. The dataset is built
+    with train=False (no augmentation), so a spec without a split means its val split: pass
     `split_spec(spec, "train")` to cache training latents."""
     from tcae.diffusion import cache_latents
 
-    model = TCAE.from_pretrained(str(model_dir)).eval()
+    model = load_tokenizer(str(model_dir))
     ds = build_dataset(data_spec, image_size, train=False)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
                   device=resolve_device(device))
@@ -81,7 +83,7 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
     return model_dir
 
 
-def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_class: int, cfg_scale: float,
+def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], per_class: int, cfg_scale: float,
                  steps: int, seed: int = 0, device: str | torch.device | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Class-conditional samples as uint8 (N, H, W, 3) and their labels (N,), class-major."""
@@ -90,7 +92,7 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_cla
 
     device = resolve_device(device)
     dit = DiT.from_pretrained(str(dit_dir)).to(device).eval()
-    tok = TCAE.from_pretrained(str(tokenizer_dir)).to(device).eval()
+    tok = load_tokenizer(str(tokenizer_dir)).to(device).eval()
     mean, std, _ = load_latent_stats(dit, tok)
     labels = class_labels(per_class, dit.config.num_classes, classes)
     chunks = []
@@ -148,9 +150,9 @@ class DigitsJudge:
                 "judge_val_accuracy": self.val_accuracy}
 
 
-def tokenizer_cost(model_dir: Path, image_size: int) -> dict:
-    model = TCAE.from_pretrained(str(model_dir))
-    return flops(model, image_size).as_dict()
+def tokenizer_cost(model_dir: Path | str, image_size: int) -> dict:
+    """Encode/decode FLOPs of one image (any tokenizer spec)."""
+    return flops(load_tokenizer(str(model_dir)), image_size).as_dict()
 
 
 class Timer:

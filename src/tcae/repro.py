@@ -100,14 +100,27 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
 
         return json.loads(done.read_text())
     timer = Timer()
+    with timer("tokenizer"):
+        tok = train_tokenizer_stage(cell_dir / "runs", scale.tokenizer_config,
+                                    ["name=tokenizer", f"steps={scale.tokenizer_steps}",
+                                     f"data={split_spec(data, 'train')}", "progress=false", *scale.extra,
+                                     *overrides])
+    result = {"overrides": overrides, **score_tokenizer(cell_dir, tok, scale, data, judge, timer, progress)}
+    write_json(done, result)
+    return result
+
+
+def score_tokenizer(cell_dir: Path, tok: Path | str, scale: Scale, data: str, judge: DigitsJudge | None,
+                    timer: Timer, progress: bool = True, write_stats: bool = True) -> dict:
+    """A cell after its tokenizer, for any tokenizer spec `tok` (also `tcae score`'s): evaluate and
+    diagnose it (on the val / train split), cache its train latents, train the scale's DiT for its steps,
+    draw `per_class` samples of every class (no CFG, 50 Euler steps) and judge them. `write_stats`:
+    store the measured latent statistics in the tokenizer (a tcae model the cell owns)."""
     runs = cell_dir / "runs"
     val, train = split_spec(data, "val"), split_spec(data, "train")
-    with timer("tokenizer"):
-        tok = train_tokenizer_stage(runs, scale.tokenizer_config,
-                                    ["name=tokenizer", f"steps={scale.tokenizer_steps}", f"data={train}",
-                                     "progress=false", *scale.extra, *overrides])
     with timer("evaluate"):
-        ev = evaluate_stage(tok, val, scale.image_size, cell_dir, train_spec=train, progress=progress)
+        ev = evaluate_stage(tok, val, scale.image_size, cell_dir, train_spec=train, progress=progress,
+                            write_stats=write_stats)
     with timer("latents"):
         lat = latents_stage(tok, train, scale.image_size, cell_dir / "latents")
     with timer("dit"):
@@ -123,10 +136,7 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
         if inception:
             with timer("gen-eval"):
                 gen.update(_gen_metrics(images, labels, cell_dir / "samples.npz", val, scale.image_size))
-    result = {"overrides": overrides, **ev, "generation": gen, "timings_s": timer.seconds,
-              "cost": tokenizer_cost(tok, scale.image_size)}
-    write_json(done, result)
-    return result
+    return {**ev, "generation": gen, "timings_s": timer.seconds, "cost": tokenizer_cost(tok, scale.image_size)}
 
 
 def _inception_available() -> bool:

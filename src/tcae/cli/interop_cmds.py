@@ -47,6 +47,18 @@ def _fid_ref(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from tcae.score import score_models
+
+    names = args.names.split(",") if args.names else None
+    payload = score_models(args.model, args.data, args.budget, args.out, names=names, image_size=args.image_size,
+                           dit_steps=args.dit_steps, progress=not args.no_progress)
+    print(payload["markdown"])
+    out = Path(payload["out"])
+    print(f"wrote {out / 'score.json'} and {out / 'score.md'}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from tcae.cli._common import add_command, add_device, add_no_progress, out_dir_arg
 
@@ -78,4 +90,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
     p.add_argument("--batch-size", type=int, default=100)
     add_device(p)
+    add_no_progress(p)
+
+    p = add_command(sub, "score", _score, "generation-proxy score of tokenizers: recon + probes + a budget DiT's gFID",
+                    description="For each --model (a tcae model or diffusers:PATH_OR_HUB_ID): PSNR/SSIM (LPIPS, rFID "
+                                "with their weights), the latent probes (A1, A2, structural loss), then its latents "
+                                "cached, a DiT of the budget's size trained for the budget's steps, class-balanced "
+                                "samples judged (gFID/IS with the Inception weights; FD-digits on builtin:digits). "
+                                "One JSON and one Markdown row per tokenizer, the budget named in every generation "
+                                "figure. The same code path as tcae repro; resumable per tokenizer.")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL",
+                   help="tokenizer: tcae model or run directory, Hub repo id or diffusers:PATH_OR_HUB_ID; repeat "
+                        "for one table")
+    p.add_argument("--names", default=None, help="comma-separated names for the table rows")
+    p.add_argument("--data", default=None, help="labelled data spec (default: the budget's, builtin:digits for tiny)")
+    p.add_argument("--budget", default="tiny", choices=("tiny", "small", "base"),
+                   help="tiny: dit-tiny, 1500 steps, 30 samples per class, 32 px (CPU minutes); small / base: GPU")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image size (default: the budget's); changes the budget's name, e.g. tiny[image_size=64]")
+    p.add_argument("--dit-steps", type=int, default=None,
+                   help="DiT steps (default: the budget's); changes the budget's name, e.g. tiny[dit_steps=200]")
+    out_dir_arg(p, required=False, what="output directory (default out/score-BUDGET): score.json, score.md, a "
+                                        "folder per tokenizer")
     add_no_progress(p)
