@@ -418,3 +418,22 @@ def test_diffusers_spec_errors(diffusers_dirs, tmp_path, capsys):
     assert cli(["eval", "--model", f"diffusers:{tmp_path / 'bad'}", "--data", "builtin:digits",
                 "--metrics", "psnr"]) == 2
     assert "is not a diffusers autoencoder" in capsys.readouterr().err
+    assert cli(["push", "--model", f"diffusers:{diffusers_dirs / 'kl'}", "--repo", "org/x", "--dry-run",
+                "--out", str(tmp_path / "push")]) == 2
+    assert "tcae push uploads tcae models" in capsys.readouterr().err
+
+
+def test_inference_commands_take_a_diffusers_autoencoder(diffusers_dirs, tmp_path):
+    """`tcae reconstruct` goes through the same loader: its PNGs are diffusers' own reconstructions."""
+    from PIL import Image
+
+    assert cli(["reconstruct", "--model", f"diffusers:{diffusers_dirs / 'kl'}", "--data", "builtin:digits:val",
+                "--image-size", "32", "--max-images", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    x, _, _ = _direct("kl", diffusers_dirs, 2)
+    x = ((x + 1) * 127.5).round() / 127.5 - 1  # the command reads the images as uint8 files
+    ae = diffusers.AutoencoderKL.from_pretrained(diffusers_dirs / "kl").eval()
+    with torch.no_grad():
+        recon = ae.decode(ae.encode(x).latent_dist.mode()).sample
+    expected = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    got = np.stack([np.asarray(Image.open(tmp_path / f"{i:06d}.png")) for i in range(2)])
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # float rounding at a .5 boundary
