@@ -20,8 +20,8 @@ mode (``latent_dist.mode()``: deterministic, as reconstruction metrics need). It
 diffusers' SD/SDXL pipelines: ``(z - shift_factor) * scaling_factor``, or with per-channel
 ``latents_mean``/``latents_std`` in its config ``(z - latents_mean) * scaling_factor / latents_std``;
 as a per-channel affine map that is ``latent_mean`` = shift (or latents_mean) and ``latent_std`` =
-1 / scaling_factor (or latents_std / scaling_factor). ``tcae train-dit`` does not depend on it: it
-standardises every tokenizer's latents with statistics measured on the latent cache.
+1 / scaling_factor (or latents_std / scaling_factor). ``tcae cache-latents`` records it as the cache's
+normalisation, so ``tcae train-dit`` trains on the latents a diffusers pipeline would feed its model.
 """
 
 from __future__ import annotations
