@@ -232,6 +232,18 @@ def _crossfade_weights(n_tiles: int, size: int, overlap: int) -> list[torch.Tens
     return out
 
 
+def test_tile_settings_must_align_to_f(tiling_vae):
+    vae = TCAEAutoencoder.from_tcae(create_model("tcae-tiny", image_size=32))
+    with pytest.raises(ValueError, match="tile_sample_stride_height=20 must be a positive multiple of the compression"):
+        vae.enable_tiling(tile_sample_stride_height=20)
+    with pytest.raises(ValueError, match="must not exceed the tile size"):
+        vae.enable_tiling(tile_sample_min_height=32, tile_sample_stride_height=48)
+    vae.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=32)  # non-square tiles
+    assert (vae.tile_latent_min_height, vae.tile_latent_min_width, vae.tile_sample_stride_height) == (4, 2, 48)
+    with torch.no_grad(), pytest.raises(ValueError, match="divisible by 16"):
+        vae.encode(torch.zeros(1, 3, 72, 64))
+
+
 def test_tiling_4x_image_is_the_crossfade_of_its_tiles(tiling_vae):
     """A 128 x 128 image, 4x the 32 px training size, tiles of 32 px, stride 16: 7 x 7 tiles. The tiled
     latent and image equal the linear crossfade of the tiles' own tcae encode / decode, computed here
