@@ -37,8 +37,10 @@ def test_budget_names_and_markdown_name_the_budget():
     results = [{"name": "a", "metrics": {"psnr": 20.0, "fd_digits@tiny": 12.5, "gflops_enc_dec": 0.07}},
                {"name": "b", "metrics": {"psnr": 18.0, "probe_acc_tokens": 0.5, "gflops_enc_dec": 0.1}}]
     md = score_markdown(results, "tiny", budget, "builtin:digits").splitlines()
-    assert md[0] == "| tokenizer | PSNR | A1 tokens | FD-digits@tiny | GFLOPs enc+dec |"
-    assert md[2] == "| a | 20 | n/a | 12.5 | 0.07 |" and md[3] == "| b | 18 | 0.5 | n/a | 0.1 |"
+    assert md[0] == ("| tokenizer | PSNR | SSIM | LPIPS | rFID | A1 tokens | FD-digits@tiny | gFID@tiny | "
+                     "GFLOPs enc+dec |")  # reconstruction metrics and gFID always shown, n/a when not computed
+    assert md[2] == "| a | 20 | n/a | n/a | n/a | n/a | 12.5 | n/a | 0.07 |"
+    assert md[3] == "| b | 18 | n/a | n/a | n/a | 0.5 | n/a | n/a | 0.1 |"
     assert "Budget tiny: dit-tiny trained 1500 steps" in md[-1] and "300 class-balanced samples" in md[-1]
 
 

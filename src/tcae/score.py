@@ -118,7 +118,10 @@ def _figures(cell: dict, label: str, budget: dict, data: str) -> tuple[dict, dic
     metrics.update({k: diag[k] for k in ("probe_acc_tokens", "probe_acc_latents", "structural_loss") if k in diag})
     samples = f"{budget['samples']} samples ({budget['per_class']} per class x {budget['num_classes']})"
     run = f"budget {label}: {budget['dit']} {budget['dit_steps']} steps, {samples}, {budget['sampler']}"
-    labels = {k: f"{k} on the val split of {data}" for k in metrics}
+    labels = {k: f"{k} of the reconstructions of the val split of {data}" for k in ("psnr", "ssim", "lpips", "rfid")
+              if k in metrics}
+    labels.update({k: f"{k}: linear probe fitted on the train split of {data}, scored on its val split"
+                   for k in ("probe_acc_tokens", "probe_acc_latents", "structural_loss") if k in metrics})
     about = {"fd_digits": "FD-digits: Frechet distance in a digit classifier's hidden features (not FID) vs "
                           "held-out real digits",
              "recognised_share": "share of samples the digit classifier assigns to their class",
@@ -136,7 +139,8 @@ def score_markdown(results: list[dict], label: str, budget: dict, data: str) -> 
     """A Markdown table, one row per tokenizer; generation columns carry the budget; a note says what it is."""
     cols = [(h if k not in GENERATION else f"{h}@{label}", k if k not in GENERATION else f"{k}@{label}")
             for h, k in COLUMNS] + [("GFLOPs enc+dec", "gflops_enc_dec")]
-    cols = [(h, k) for h, k in cols if any(k in r["metrics"] for r in results)]
+    always = {"psnr", "ssim", "lpips", "rfid", f"gfid@{label}"}  # n/a says a metric could not be computed
+    cols = [(h, k) for h, k in cols if k in always or any(k in r["metrics"] for r in results)]
     lines = ["| tokenizer | " + " | ".join(h for h, _ in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in results:
         vals = [r["metrics"].get(k) for _, k in cols]
