@@ -41,7 +41,7 @@ def trainer_for(args: argparse.Namespace, run_dir: str, name: str, compile_: boo
     cfg = load_config(TrainConfig, "b", [
         f"run_dir={run_dir}", f"name={name}", *size, f"device={args.device}", f"precision={args.precision}",
         "gan=true", "loss.gan_start=0", "perceptual=none", "progress=false", f"compile={str(compile_).lower()}",
-        "data.epoch_size=4096", f"steps={args.steps + 20 + 2}"], TRAIN_ALIASES)
+        "data.epoch_size=4096", f"steps={args.steps + args.sync_steps + 3}"], TRAIN_ALIASES)
     trainer = TokenizerTrainer(cfg)
     trainer.perceptual = perceptual_for_timing().to(trainer.device)  # the `b` config's LPIPS, for cost
     data = trainer.batches()
@@ -85,19 +85,19 @@ def train_rows(args: argparse.Namespace, peak: float, tmp: str) -> list[dict]:
                      "img_s": trainer.cfg.data.batch_size / sec, "tflops": flops / sec / 1e12,
                      "peak_pct": 100 * flops / sec / peak if peak else None, "gb": _peak_gb(device)})
         if not compile_:
-            rows.append(sync_free_row(trainer, batches))
+            rows.append(sync_free_row(trainer, batches, args.sync_steps))
         del trainer
     return rows
 
 
-def sync_free_row(trainer, batches) -> dict:
-    """20 steps with host syncs turned into errors (CUDA only; elsewhere the steps run unguarded)."""
+def sync_free_row(trainer, batches, steps: int) -> dict:
+    """`steps` steps with host syncs turned into errors (CUDA only; elsewhere the steps run unguarded)."""
     cuda = trainer.device.type == "cuda"
     ok = "passed"
     if cuda:
         torch.cuda.set_sync_debug_mode("error")
     try:
-        for i in range(20):
+        for i in range(steps):
             trainer.train_step([batches[i % len(batches)]])
             trainer.step += 1
     except RuntimeError as e:
@@ -105,8 +105,8 @@ def sync_free_row(trainer, batches) -> dict:
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
-    return {"what": "20 steps under set_sync_debug_mode('error')" if cuda else "20 steps (no CUDA: no sync check)",
-            "status": ok}
+    what = f"{steps} steps under set_sync_debug_mode('error')" if cuda else f"{steps} steps (no CUDA: no sync check)"
+    return {"what": what, "status": ok}
 
 
 def bench_rows(args: argparse.Namespace) -> list[dict]:
@@ -115,7 +115,8 @@ def bench_rows(args: argparse.Namespace) -> list[dict]:
     size, batch = (64, 2) if args.tiny else (256, args.batch_size)
     models = ("tcae-tiny", "dc-ae-f32c32") if args.tiny else ("tcae-b", "dc-ae-f32c32")
     out = run_bench(models, image_size=size, batch_size=batch, dtypes=(args.precision,), device=args.device,
-                    repeats=3, warmup=1, train_step=False, memory=args.device == "cuda")
+                    repeats=1 if args.tiny else 5, warmup=0 if args.tiny else 1, train_step=False,
+                    memory=args.device == "cuda")
     rows = []
     for r in out["results"]:
         for phase in ("encode", "decode"):
@@ -153,9 +154,10 @@ def _fmt(v, spec: str) -> str:
 
 
 def table(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| check | img/s | TFLOP/s | % of bf16 peak | peak GB | status |", "|---|---|---|---|---|---|"]
+    lines = [header, "", "| check | img/s | TFLOP/s | % of matmul peak | peak GB | status |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['what']} | {_fmt(r.get('img_s'), '.2f')} | {_fmt(r.get('tflops'), '.2f')} | "
+        lines.append(f"| {r['what']} | {_fmt(r.get('img_s'), '.3g')} | {_fmt(r.get('tflops'), '.3g')} | "
                      f"{_fmt(r.get('peak_pct'), '.1f')} | {_fmt(r.get('gb'), '.2f')} | {r.get('status', 'ok')} |")
     return "\n".join(lines)
 
@@ -166,10 +168,12 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU / CI): the same code paths")
     p.add_argument("--batch-size", type=int, default=32, help="tcae-b training and bench batch (default 32)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per setting")
+    p.add_argument("--sync-steps", type=int, default=None, help="steps under the sync check (default 20; 2 tiny)")
     p.add_argument("--precision", default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = p.parse_args()
     args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    args.sync_steps = args.sync_steps if args.sync_steps is not None else (2 if args.tiny else 20)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda but CUDA is not available", file=sys.stderr)
         return 2

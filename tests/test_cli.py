@@ -238,6 +238,20 @@ def test_sample_writes_npz_and_grid(dit_run, tokenizer_run, tmp_path, capsys):
     assert info["cfg"] == 1.5 and info["steps"] == 4 and info["latent_stats"] == "dit"
 
 
+def test_chain_samples_from_copied_model_directories(tokenizer_run, latents, dit_run, tmp_path):
+    """train -> cache-latents -> train-dit -> sample, with no diagnose step: `sample` needs only the two model
+    directories, wherever they were copied, and gives the same samples as from the originals."""
+    tok, dit = tmp_path / "elsewhere" / "tok", tmp_path / "elsewhere" / "dit"
+    shutil.copytree(tokenizer_run.model, tok)
+    shutil.copytree(dit_run.model, dit)
+    common = ["--num", "2", "--classes", "0,3", "--steps", "3", "--seed", "7", "--no-progress"]
+    assert cli(["sample", "--dit", str(dit_run.model), "--model", str(tokenizer_run.model), *common,
+                "--out", str(tmp_path / "a")]) == 0
+    assert cli(["sample", "--dit", str(dit), "--model", str(tok), *common, "--out", str(tmp_path / "b")]) == 0
+    with np.load(tmp_path / "a" / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
+        assert a["arr_0"].shape == (4, 32, 32, 3) and np.array_equal(a["arr_0"], b["arr_0"])
+
+
 # ---------------------------------------------------------------------------- exact resume after SIGKILL
 # Runs `tcae ARGS` and SIGKILLs its own process when the loop is about to take its 5th step: after
 # checkpoint 3 is on disk and step 4 is done but not checkpointed. (A DiT step on 2x2 latents takes

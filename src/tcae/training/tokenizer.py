@@ -176,6 +176,12 @@ class TokenizerTrainer(TrainLoop):
                 self.guarded_buffers += list(self.lecam.buffers())
             self.disc_ddp = self.wrap(self.disc)
             self.add_optimizer("disc", self.disc, lc.disc_lr or cfg.optim.lr, cfg.optim.weight_decay)
+        if cfg.compile and lc.gan and lc.adaptive_gan_weight:
+            # the adaptive weight differentiates through the compiled graph before loss.backward() (retained
+            # graph), which compiled backwards with donated buffers refuse
+            import torch._functorch.config
+
+            torch._functorch.config.donated_buffer = False
         self.train_module = self.wrap(self.student)
         self.add_optimizer("model", self.student, cfg.optim.lr, cfg.optim.weight_decay)
         self._build_data(model)
