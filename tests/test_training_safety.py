@@ -290,3 +290,12 @@ def test_model_path_that_is_not_local_fails_fast_and_names_it(tmp_path, monkeypa
     with pytest.raises(Exception):  # noqa: B017 (whatever the mixin makes of the fake Hub's answer)
         TCAE.from_pretrained("some-org/some-model")
     assert asked and asked[0][0] == "some-org/some-model"
+
+
+def test_logger_none_and_wandb_without_the_package(tmp_path, capsys, monkeypatch):
+    run = TokenizerTrainer(make_cfg(tmp_path, "name=quiet", "ssl=false", "steps=2", "logger=none")).fit()
+    assert not (run / "tb").exists() and len((run / "scalars.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    assert cli(["train", "tiny", *FAST, f"run_dir={tmp_path}", "name=w", "steps=1", "ssl=false",
+                "logger=wandb"]) == 2
+    assert "logger=wandb needs the wandb package" in capsys.readouterr().err
