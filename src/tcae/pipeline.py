@@ -55,18 +55,20 @@ def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Pat
 
 
 def split_spec(data_spec: str, split: str) -> str:
-    """`data_spec` naming its `split` ("train" or "val") explicitly where the spec grammar allows one.
+    """`data_spec` naming its `split` ("train", "val", or "test" where the data has one) explicitly
+    where the spec grammar allows one.
 
     Built-in data and image folders with train/ and val/ sub-folders get ":train"/":val" appended (a
     spec that already names a split is returned unchanged); a folder without split sub-folders and
     WebDataset shards have no splits, so the spec is returned as it is (the same images either way).
+    "test" exists for `builtin:fashion` only; asked of other data it is a ValueError.
     """
     from tcae.data import parse_spec
     from tcae.data.builtin import SPLITS
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     parsed = parse_spec(data_spec)
+    if split not in parsed.splits:
+        raise ValueError(f"unknown split {split!r} for {data_spec!r} (known: {', '.join(parsed.splits)})")
     if parsed.split is not None or parsed.kind == "shards":
         return data_spec
     if parsed.kind == "folder" and not all((Path(parsed.target) / s).is_dir() for s in SPLITS):
@@ -82,7 +84,7 @@ def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Pat
     from tcae.diffusion import cache_latents
 
     model = TCAE.from_pretrained(str(model_dir)).eval()
-    ds = build_dataset(data_spec, image_size, train=False)
+    ds = build_dataset(data_spec, image_size, train=False, channels=model.config.in_channels)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
                   device=resolve_device(device))
     return out_dir

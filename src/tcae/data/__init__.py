@@ -12,12 +12,13 @@ Typical use::
             batch["image"]  # (B, 3, 256, 256) in [-1, 1]
 
 Self-supervised (iBOT) training swaps in :class:`MultiCropTransform` and :class:`MultiCropCollate`.
-Modules: ``spec`` (spec strings), ``folder``, ``builtin``, ``shards`` (datasets), ``decode`` (RGB
+Modules: ``spec`` (spec strings), ``folder``, ``builtin``, ``fashion``, ``shards`` (datasets), ``decode`` (RGB
 conversion), ``transforms``, ``masking``, ``loader``, ``base`` (per-sample seeding).
 """
 
 from tcae.data.builtin import DigitsDataset, PhotosDataset, photo_names
 from tcae.data.decode import IMAGE_EXTENSIONS, load_rgb, to_rgb
+from tcae.data.fashion import FASHION_CLASSES, FashionMNISTDataset, read_idx
 from tcae.data.folder import ImageFolderDataset, find_images
 from tcae.data.loader import ResumableSampler, build_loader, set_loader_epoch
 from tcae.data.masking import BlockMaskGenerator, MultiCropCollate
@@ -31,6 +32,8 @@ __all__ = [
     "BlockMaskGenerator",
     "DataSpec",
     "DigitsDataset",
+    "FASHION_CLASSES",
+    "FashionMNISTDataset",
     "ImageFolderDataset",
     "MultiCropCollate",
     "MultiCropTransform",
@@ -46,6 +49,7 @@ __all__ = [
     "local_crop_size",
     "parse_spec",
     "photo_names",
+    "read_idx",
     "set_loader_epoch",
     "to_rgb",
     "train_transform",
