@@ -98,9 +98,9 @@ SCALES = {
 }
 # (scale, data kind) -> the scale on that data, where it differs from SCALES[scale]
 DATA_SCALES = {
-    ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=1200,
-                               dit_steps=3000, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
-                               eval_split="test", convergence_every=500, mapping=FASHION_MAPPING),
+    ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=800,
+                               dit_steps=2000, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
+                               eval_split="test", convergence_every=400, mapping=FASHION_MAPPING),
 }
 
 
@@ -181,11 +181,17 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     configs (run names and folders aside), the image size and the data. Equal keys = the same run."""
     from omegaconf import OmegaConf
 
-    from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
+    from tcae.config import TRAIN_ALIASES, TrainConfig, load_config, model_overrides
+    from tcae.models.presets import preset_config
     from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
 
-    tok = OmegaConf.to_container(load_config(TrainConfig, scale.tokenizer_config,
-                                             tokenizer_overrides(overrides, scale, data, seed), TRAIN_ALIASES))
+    cfg = load_config(TrainConfig, scale.tokenizer_config, tokenizer_overrides(overrides, scale, data, seed),
+                      TRAIN_ALIASES)
+    tok = OmegaConf.to_container(cfg)
+    # the model as the trainer builds it (preset + overrides): `model.staged=true` on a staged preset is no change
+    model = model_overrides(cfg.model)
+    model.setdefault("image_size", cfg.data.image_size)
+    tok["model"] = preset_config(cfg.model.name, **model).to_dict()
     dit = OmegaConf.to_container(load_config(DiTTrainConfig, scale.dit_config, dit_overrides(scale, seed),
                                              DIT_ALIASES))
     for cfg in (tok, dit):
@@ -202,12 +208,20 @@ def eval_dir_name(scale: Scale, split: str, judge_name: str | None) -> str:
     return f"eval-{split}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
+class CellBusy(RuntimeError):
+    """Another process holds the cell (raised only when not waiting for it)."""
+
+
 @contextlib.contextmanager
-def _locked(cell_dir: Path):
-    """One process at a time per cell folder (two experiments sharing a cell wait for each other)."""
+def _locked(cell_dir: Path, wait: bool = True):
+    """One process at a time per cell folder: with `wait`, block until the holder is done, else raise
+    CellBusy at once."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     with open(cell_dir / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise CellBusy(str(cell_dir)) from None
         try:
             yield
         finally:
@@ -215,18 +229,19 @@ def _locked(cell_dir: Path):
 
 
 def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judge=None, seed: int = 0,
-             split: str | None = None, reference_cache: dict | None = None) -> dict:
+             split: str | None = None, reference_cache: dict | None = None, wait: bool = True) -> dict:
     """Train (or resume) one (cell, seed) in `cell_dir` and evaluate it on `split` (default the scale's).
 
     judge: a :class:`tcae.evaluation.Judge` (or None). Returns the result, also written to
     `cell_dir/eval-<split>-<settings>/result.json`; a finished result is read back, nothing recomputed.
+    A cell another process is working on is waited for, or with `wait=False` raises CellBusy.
     """
     split = split or scale.eval_split
     eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
     done = eval_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    with _locked(cell_dir):
+    with _locked(cell_dir, wait):
         if done.is_file():  # finished by another process while this one waited
             return json.loads(done.read_text())
         return _run_cell(cell_dir, eval_dir, overrides, scale, data, judge, seed, split, reference_cache)
@@ -339,7 +354,10 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) ->
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
                    seeds: int = 1, split: str | None = None, cells_dir: Path | None = None) -> Path:
     """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
-    then the report. Returns the report's path."""
+    then the report. Returns the report's path.
+
+    Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
+    another process holds is skipped and taken up again (waited for) after the others."""
     from tcae.evaluation import build_feature_network, judge_for_data
     from tcae.repro_report import write_report
 
@@ -356,19 +374,29 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     judge = build_feature_network(judge_name) if judge_name else None
     reference_cache: dict = {}
     results: dict[str, dict[int, dict]] = {cell: {} for cell in cells}
-    for seed in range(seeds):
-        for cell, overrides in cells.items():
+    todo = [(seed, cell) for seed in range(seeds) for cell in cells]
+    for attempt in ("skip busy cells", "wait for busy cells"):
+        busy = []
+        for seed, cell in todo:
             target = out / _slug(cell) / f"seed-{seed}"
             if (target / "result.json").is_file():
                 results[cell][seed] = json.loads((target / "result.json").read_text())
                 continue
+            overrides = cells[cell]
             key = cell_key(overrides, scale, data, seed)
             log.info("cell %s, seed %d: %s (run %s)", cell, seed, overrides, key)
-            result = run_cell(cells_dir / key, overrides, scale, data, judge, seed, split, reference_cache)
+            try:
+                result = run_cell(cells_dir / key, overrides, scale, data, judge, seed, split, reference_cache,
+                                  wait=attempt == "wait for busy cells")
+            except CellBusy:  # another worker is on it: take the next cell, come back at the end
+                log.info("cell %s, seed %d is being computed by another process; later", cell, seed)
+                busy.append((seed, cell))
+                continue
             result = {**result, "cell": cell, "overrides": overrides, "key": key}
             _copy_figures(Path(result["cell_dir"]), scale, split, judge, target)
             write_json(target / "result.json", result)
             results[cell][seed] = result
+        todo = busy
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
     return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor)
 

@@ -285,7 +285,8 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
         total = sum(mean.values()) + ev
         for r in results[c]:
             unique_wall[r.get("key", id(r))] = sum(r.get("timings_s", {}).values())
-        costs.append(f"| {c} | {_fmt(sums[c].get('gflops', {}) and sums[c]['gflops']['mean'])} | "
+        gflops = sums[c].get("gflops")
+        costs.append(f"| {c} | {_fmt(gflops['mean'] if gflops else None)} | "
                      f"{mean['tokenizer']:.0f} | {mean['latents']:.0f} | {mean['dit']:.0f} | {ev:.0f} | {total:.0f} |")
 
     _plots(out, results, fd_name)
