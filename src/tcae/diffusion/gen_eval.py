@@ -1,10 +1,12 @@
 """Generation metrics of a sample file: gFID and Inception Score (`tcae eval-gen`).
 
-Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3)). The reference is either statistics
-(`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz`), images in the same
-`.npz` layout, or a data spec (its val split, resized and center-cropped to the samples' size).
-Features come from `tcae.evaluation` (torch-fidelity's InceptionV3 port of the TF-FID network, so
-numbers are comparable with ADM's evaluator).
+Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3), labels in `arr_1`). The reference is
+either statistics (`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz`), images in
+the same `.npz` layout, or a data spec (its val split unless the spec names one, resized and
+center-cropped to the samples' size). Features come from `tcae.evaluation`: torch-fidelity's
+InceptionV3 port of the TF-FID network by default (numbers comparable with ADM's evaluator), or any
+other feature network; a judge (`judge:fashion`, ...), whose logits are over the data's own classes,
+also gives the class agreement of labelled samples.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tcae.device import resolve_device
-from tcae.diffusion.npz import load_samples_npz
+from tcae.diffusion.npz import load_sample_labels, load_samples_npz
 
 
 def _uint8_batches(images: np.ndarray, batch_size: int) -> Any:
@@ -39,31 +41,48 @@ def evaluate_samples(
     device: str | torch.device | None = None,
     max_reference: int | None = None,
     progress: bool = True,
+    labels: np.ndarray | None = None,
+    reference_cache: dict | None = None,
 ) -> dict[str, Any]:
     """gFID (Fréchet distance of samples vs reference features) and IS of the samples.
 
     samples: ADM-layout `.npz` path or uint8 (N, H, W, 3) array. reference: see the module docstring.
     image_size: size of reference images from a data spec (default: the samples' height).
-    feature_network: "inception" (gFID proper), another feature network name ("dinov2", ...;
-    key ``gfd_<name>``) or an nn.Module / FeatureNetwork (labelled as a custom network). The
-    Inception Score is computed only with the InceptionV3 network (never from another network's logits).
-    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std"}, "labels", "num_samples", "reference", ...}.
+    feature_network: "inception" (gFID proper), another feature network name ("dinov2",
+    "judge:fashion", ...; key ``gfd_<name>``) or an nn.Module / FeatureNetwork (labelled as a custom
+    network unless it is a FeatureNetwork). The Inception Score is computed only with the InceptionV3
+    network (never from another network's logits). inception_weights: the weights file of
+    ``feature_network`` (named so for the default network).
+    labels: the samples' class labels (N,) (default: the `.npz`'s `arr_1`, if any); with a judge
+    network (``judges_labels``) they give ``class_agreement`` (share of samples the judge assigns to
+    their label) and its per-class counts.
+    reference_cache: a dict kept by the caller across calls with the same network: the reference's
+    feature statistics are computed once and reused.
+    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std", "class_agreement"}, "labels", "num_samples",
+    "reference", ...} ("labels" are the metrics' human-readable names).
     """
-    from tcae.evaluation import FeatureStats, build_feature_network, frechet_distance, inception_score
+    from tcae.evaluation import FeatureStats, build_feature_network
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
+    if labels is None and not isinstance(samples, np.ndarray):
+        labels = load_sample_labels(samples)
     device = resolve_device(device)
     net = build_feature_network(feature_network, inception_weights).to(device).eval()
     key = net.metric_key("g")
 
     fake, logits = FeatureStats(net.dim), []
+    keep_logits = net.is_fid or (net.judges_labels and labels is not None)
     for x in tqdm(_uint8_batches(images, batch_size), total=-(-len(images) // batch_size),
                   desc="sample features", disable=not progress):
         out = net(x.to(device))
         fake.update(out["features"])
-        if net.is_fid and "logits" in out:  # IS only from InceptionV3's logits
+        if keep_logits and "logits" in out:  # IS only from InceptionV3's logits; agreement only from a judge's
             logits.append(out["logits"].float().cpu())
     mu_f, sigma_f = fake.mean_cov()
+    cache_key = (net.name, str(reference), int(image_size or images.shape[1]), max_reference)
+    if reference_cache is not None and cache_key in reference_cache:
+        ref_stats, num_ref = reference_cache[cache_key]
+        return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, reference)
 
     ref_desc, num_ref = str(reference), None
     ref_path = Path(reference)
@@ -91,12 +110,28 @@ def evaluate_samples(
         for batch in tqdm(loader, desc="reference features", disable=not progress):
             real.update(net(batch["image"].to(device, non_blocking=True))["features"])
         ref_stats, num_ref = real.mean_cov(), real.count
+    if reference_cache is not None:
+        reference_cache[cache_key] = (ref_stats, num_ref)
+    return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc)
+
+
+def _result(net, key: str, mu_f, sigma_f, ref_stats, num_ref, logits: list, labels, images: np.ndarray,
+            reference) -> dict[str, Any]:
+    from tcae.evaluation import class_agreement, frechet_distance, inception_score
 
     metrics = {key: frechet_distance(mu_f, sigma_f, *ref_stats)}
-    labels = {key: net.metric_label("g")}
+    names = {key: net.metric_label("g")}
+    extra: dict[str, Any] = {}
     if net.is_fid and logits:
         metrics["is"], metrics["is_std"] = inception_score(torch.cat(logits))
-        labels["is"], labels["is_std"] = "Inception Score", "Inception Score std over 10 splits"
-    return {"metrics": metrics, "labels": labels, "num_samples": int(images.shape[0]),
-            "image_size": list(images.shape[1:3]), "reference": ref_desc, "num_reference": num_ref,
-            "feature_network": net.name}
+        names["is"], names["is_std"] = "Inception Score", "Inception Score std over 10 splits"
+    if net.judges_labels and logits and labels is not None:
+        agreement = class_agreement(torch.cat(logits), labels)
+        metrics["class_agreement"] = agreement.pop("class_agreement")
+        names["class_agreement"] = f"share of samples the {net.name} network assigns to their label"
+        extra = agreement
+    if hasattr(net, "describe"):
+        extra["judge"] = net.describe()
+    return {"metrics": metrics, "labels": names, "num_samples": int(images.shape[0]),
+            "image_size": list(images.shape[1:3]), "reference": str(reference), "num_reference": num_ref,
+            "feature_network": net.name, **extra}

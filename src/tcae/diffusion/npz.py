@@ -68,6 +68,12 @@ def load_samples_npz(path: str | os.PathLike) -> np.ndarray:
     return images
 
 
+def load_sample_labels(path: str | os.PathLike) -> np.ndarray | None:
+    """`arr_1` (the class labels, int64 (N,)) of a sample file, or None when it has none."""
+    with np.load(path) as data:
+        return data["arr_1"].astype(np.int64) if "arr_1" in data else None
+
+
 class NpzSampleWriter:
     """Fill an (N, H, W, 3) uint8 sample file batch by batch, then `close()` to write `path` (.npz).
 
