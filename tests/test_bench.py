@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from tcae.bench import benchmark_model, matmul_peak, run_bench, to_markdown, write_results
 from tcae.bench.core import median_and_spread
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PHASES = ("encode", "decode", "encode_decode", "train_step")
 
@@ -137,3 +143,19 @@ def test_training_benchmark_script_runs_both_objectives():
         assert f"({objective} L_rec; 2 global + 4 local crops)" in res.stdout
         recon_gflops[objective] = recon["step_gflops"]
     assert recon_gflops["paper"] > recon_gflops["l1"]  # LPIPS's VGG16 and the PatchGAN really ran
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_code_paths_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py --device cpu --tiny: training (iBOT + GAN), the guarded steps, the encode/decode
+    bench and a 1-process torchrun all run, so the GPU check cannot rot (compile=true training: test_training)."""
+    out = tmp_path / "check.md"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--tiny",
+                        "--steps", "1", "--skip-compile", "--out", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    text = out.read_text()
+    for row in ("train step, joint iBOT + GAN |", "2 steps (no CUDA",
+                "tcae-tiny encode", "dc-ae-f32c32 decode", "torchrun --nproc-per-node 1 (gloo)"):
+        assert row in text, row
+    assert "FAILED" not in text

@@ -29,9 +29,10 @@ from tcae.cli.main import main as cli
 from tcae.config import TRAIN_ALIASES, TrainConfig, list_configs, load_config, model_overrides
 from tcae.data import build_dataset
 from tcae.diffusion import DiT
+from tcae.evaluation import DigitsJudge, build_feature_network
 from tcae.evaluation.features import INCEPTION_FILE
 from tcae.models import TCAE, create_model
-from tcae.pipeline import DigitsJudge, split_spec
+from tcae.pipeline import judge_samples, split_spec
 from tcae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 # The shipped `tiny` config made fast: 32 px, small iBOT heads, two local crops (as in test_training.py).
@@ -238,6 +239,20 @@ def test_sample_writes_npz_and_grid(dit_run, tokenizer_run, tmp_path, capsys):
     assert info["cfg"] == 1.5 and info["steps"] == 4 and info["latent_stats"] == "dit"
 
 
+def test_chain_samples_from_copied_model_directories(tokenizer_run, latents, dit_run, tmp_path):
+    """train -> cache-latents -> train-dit -> sample, with no diagnose step: `sample` needs only the two model
+    directories, wherever they were copied, and gives the same samples as from the originals."""
+    tok, dit = tmp_path / "elsewhere" / "tok", tmp_path / "elsewhere" / "dit"
+    shutil.copytree(tokenizer_run.model, tok)
+    shutil.copytree(dit_run.model, dit)
+    common = ["--num", "2", "--classes", "0,3", "--steps", "3", "--seed", "7", "--no-progress"]
+    assert cli(["sample", "--dit", str(dit_run.model), "--model", str(tokenizer_run.model), *common,
+                "--out", str(tmp_path / "a")]) == 0
+    assert cli(["sample", "--dit", str(dit), "--model", str(tok), *common, "--out", str(tmp_path / "b")]) == 0
+    with np.load(tmp_path / "a" / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
+        assert a["arr_0"].shape == (4, 32, 32, 3) and np.array_equal(a["arr_0"], b["arr_0"])
+
+
 # ---------------------------------------------------------------------------- exact resume after SIGKILL
 # Runs `tcae ARGS` and SIGKILLs its own process when the loop is about to take its 5th step: after
 # checkpoint 3 is on disk and step 4 is done but not checkpointed. (A DiT step on 2x2 latents takes
@@ -359,15 +374,17 @@ def test_demo_writes_report(tmp_path, capsys):
     assert results["settings"]["tokenizer_steps"] == 10 and results["settings"]["dit_steps"] == 20
     assert math.isfinite(results["reconstruction"]["metrics"]["psnr"])
     gen = results["generation"]
-    assert gen["per_class_total"] == 2 and set(gen["recognised_per_class"]) == {str(c) for c in range(10)}
-    assert gen["recognised_share"] == pytest.approx(sum(gen["recognised_per_class"].values()) / 20)
-    assert math.isfinite(gen["fd_digits"]) and gen["judge_val_accuracy"] > 0.9
+    assert gen["per_class_total"] == {str(c): 2 for c in range(10)}
+    assert set(gen["class_agreement_per_class"]) == {str(c) for c in range(10)}
+    assert gen["class_agreement"] == pytest.approx(sum(gen["class_agreement_per_class"].values()) / 20)
+    assert math.isfinite(gen["fd_judge"]) and gen["fd_name"] == "FD-digits" and gen["judge"]["accuracy"] > 0.9
+    assert gen["reference"] == "builtin:digits:val"
     # the reported judgement is that of the saved samples and labels
     with np.load(out / "samples.npz") as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
-    again = DigitsJudge.fit().judge(images, labels)
-    assert again["recognised_share"] == pytest.approx(gen["recognised_share"])
-    assert again["fd_digits"] == pytest.approx(gen["fd_digits"])
+    again = judge_samples(images, labels, build_feature_network("judge:digits"), "builtin:digits:val", 32)
+    assert again["class_agreement"] == pytest.approx(gen["class_agreement"])
+    assert again["fd_judge"] == pytest.approx(gen["fd_judge"])
     report = (out / "report.md").read_text()
     assert "# tcae demo report" in report and "10 steps" in report and "20 steps" in report
     for name in ("samples.png", "reconstructions.png", "loss_tokenizer.png", "loss_dit.png"):
@@ -409,8 +426,8 @@ def test_experiment_cells(experiment, scale_name):
             assert cfg.model.staged is False
         elif "staged" in cell:
             assert cfg.model.staged in (None, True)
-        if cell == "DINO":
-            assert cfg.ssl.patch_weight == 0
+        if cell == "DINO":  # DINO: no patch loss and no masked views
+            assert cfg.ssl.patch_weight == 0 and cfg.ssl.mask_sample_prob == 0
         if cell.startswith("c="):
             assert cfg.model.latent_channels == int(cell[2:])
         if cell.startswith("p="):
@@ -447,12 +464,13 @@ def _no_training(monkeypatch) -> None:
 
 def test_run_cell_is_resumable(tiny_scale, tmp_path, monkeypatch):
     cell = tmp_path / "cell"
-    judge = DigitsJudge.fit()  # as run_experiment passes for digits (without it nor Inception: no samples)
+    judge = DigitsJudge()  # as run_experiment passes for digits (without it nor Inception: no samples)
     result = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=judge)
     assert result["overrides"] == ["ssl=false"] and math.isfinite(result["reconstruction"]["metrics"]["psnr"])
-    assert {"tokenizer", "evaluate", "latents", "dit", "sample"} <= set(result["timings_s"])
-    assert "recognised_share" in result["generation"]
-    assert json.loads((cell / "result.json").read_text()) == json.loads(json.dumps(result, default=float))
+    assert {"tokenizer", "evaluate", "latents", "dit", "sample", "judge"} <= set(result["timings_s"])
+    assert "class_agreement" in result["generation"] and result["split"] == "val"
+    done = cell / repro.eval_dir_name(tiny_scale, "val", judge.name) / "result.json"
+    assert json.loads(done.read_text()) == json.loads(json.dumps(result, default=float))
     tok = load_config(TrainConfig, str(cell / "runs" / "tokenizer" / "config.yaml"))
     assert tok.steps == 3 and tok.ssl.enabled is False and tok.data.spec == "builtin:digits:train"
     trained = files_under(cell / "runs")
@@ -462,20 +480,19 @@ def test_run_cell_is_resumable(tiny_scale, tmp_path, monkeypatch):
     before = files_under(cell)
     with monkeypatch.context() as m:
         _no_training(m)
-        assert repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=None) == json.loads(
-            (cell / "result.json").read_text())
+        assert repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=judge) == json.loads(
+            done.read_text())
     assert files_under(cell) == before
 
     # a cell interrupted after training (no result.json): evaluated again, trained models reused as they are
-    (cell / "result.json").unlink()
+    done.unlink()
     again = repro.run_cell(cell, ["ssl=false"], tiny_scale, "builtin:digits", judge=judge)
-    assert (cell / "result.json").is_file()
+    assert done.is_file()
     assert again["reconstruction"]["metrics"]["psnr"] == pytest.approx(result["reconstruction"]["metrics"]["psnr"])
     now = files_under(cell / "runs")
     for path in ("tokenizer/checkpoints/step-00000003.pt", "dit/checkpoints/step-00000003.pt",
-                 "dit/model/model.safetensors"):
+                 "dit/model/model.safetensors", "tokenizer/model/model.safetensors"):
         assert now[path] == trained[path], f"{path} was rewritten: the cell retrained"
-    # the tokenizer's model file is rewritten by the evaluation (latent statistics), with the same tensors
     _assert_same(load_file(cell / "runs" / "tokenizer" / "model" / "model.safetensors"), tok_weights, "tokenizer")
 
 
@@ -489,15 +506,18 @@ def test_repro_stc_ssl_tiny_report_and_resume(tiny_scale, tmp_path, monkeypatch,
     paper, measured = text.split("## Measured")
     for cell, values in repro.PAPER["stc-ssl"].items():
         assert f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in values.items()) + " |" in paper
-    rows = [line for line in measured.splitlines() if line.startswith("| ") and not line.startswith("| cell")]
+    table = measured.split("\n\n")[1].splitlines()
+    assert table[0].startswith("| cell | seeds | PSNR |")
+    rows = table[2:]
     assert [r.split("|")[1].strip() for r in rows] == list(repro.experiment_cells("stc-ssl", tiny_scale))
     for r in rows:
         cols = [c.strip() for c in r.strip("|").split("|")]
-        assert len(cols) == len(repro.COLUMNS) + 2
-        assert float(cols[1]) > 0  # PSNR measured, not n/a
-    results = {cell: json.loads((out / repro._slug(cell) / "result.json").read_text())
+        assert len(cols) == len(table[0].strip("|").split("|")) and cols[1] == "1"
+        assert float(cols[2]) > 0  # PSNR measured, not n/a (one seed: the value itself)
+    results = {cell: json.loads((out / repro._slug(cell) / "seed-0" / "result.json").read_text())
                for cell in repro.PAPER["stc-ssl"]}
-    assert all("recognised_share" in r["generation"] for r in results.values())
+    assert all("class_agreement" in r["generation"] for r in results.values())
+    assert "n/a (one seed: no spread)" in text  # one seed: no verdict
 
     # again through the CLI: every cell is read back from its result.json, nothing retrains
     cells_before = {cell: files_under(out / repro._slug(cell)) for cell in results}

@@ -358,7 +358,7 @@ def test_evaluate_end_to_end_and_compare(tmp_path):
     from PIL import Image
 
     w, h = Image.open(tmp_path / "grid.png").size
-    assert h == 2 * SIZE + 3 * 2 and w == 8 * SIZE + 9 * 2  # 2 rows x 8 images, padding 2
+    assert h == 3 * SIZE + 4 * 2 and w == 8 * SIZE + 9 * 2  # originals, reconstructions, latent PCA view; padding 2
 
     # psnr matches a direct per-image mean over the model's (clamped) reconstructions
     x = SyntheticImages(10).x

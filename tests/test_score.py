@@ -33,8 +33,9 @@ def tokenizers(tmp_path):
 def test_budget_names_and_markdown_name_the_budget():
     assert budget_name("tiny") == "tiny" and budget_name("tiny", dit_steps=20) == "tiny[dit_steps=20]"
     budget = {"dit": "dit-tiny", "dit_steps": 1500, "samples": 300, "per_class": 30, "num_classes": 10,
-              "sampler": "euler, 50 steps, no CFG", "gfid_reference": None, "image_size": 32}
-    results = [{"name": "a", "metrics": {"psnr": 20.0, "fd_digits@tiny": 12.5, "gflops_enc_dec": 0.07}},
+              "sampler": "euler, 50 steps, no CFG", "gfid_reference": None, "image_size": 32, "fd_name": "FD-digits",
+              "eval_split": "builtin:digits:val"}
+    results = [{"name": "a", "metrics": {"psnr": 20.0, "fd_judge@tiny": 12.5, "gflops_enc_dec": 0.07}},
                {"name": "b", "metrics": {"psnr": 18.0, "probe_acc_tokens": 0.5, "gflops_enc_dec": 0.1}}]
     md = score_markdown(results, "tiny", budget, "builtin:digits").splitlines()
     assert md[0] == ("| tokenizer | PSNR | SSIM | LPIPS | rFID | A1 tokens | FD-digits@tiny | gFID@tiny | "
@@ -72,7 +73,7 @@ def test_score_tcae_and_a_diffusers_kl_on_digits(tokenizers, tmp_path, monkeypat
     rows = {r["name"]: r for r in payload["results"]}
     assert set(rows) == {"tcae", "sd-vae"}
     for r in rows.values():
-        gen = [k for k in r["metrics"] if k.startswith(("fd_digits", "recognised_share"))]
+        gen = [k for k in r["metrics"] if k.startswith(("fd_judge", "class_agreement"))]
         assert gen and all(k.endswith("@tiny[dit_steps=3]") for k in gen)
         assert all("budget tiny[dit_steps=3]: dit-tiny 3 steps, 20 samples (2 per class x 10)" in r["labels"][k]
                    for k in gen)

@@ -93,6 +93,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs after resume"
     for k in a["ibot_loss"]:
         assert torch.equal(a["ibot_loss"][k], b["ibot_loss"][k])
+    # the steps logged between checkpoint 3 and the kill are logged once, in scalars.jsonl and TensorBoard
+    assert [r["step"] for r in scalars(tmp_path / "killed")] == list(range(1, 10))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "killed" / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 10))
 
 
 @pytest.mark.slow

@@ -2,10 +2,10 @@
 `tcae repro`: train a tokenizer, evaluate and diagnose it, cache its latents, train a DiT, sample,
 and judge the samples.
 
-On offline machines the Inception network behind FID/IS is usually missing; the built-in digits then
-get an honest substitute that is never called FID: a small MLP digit classifier trained on
-scikit-learn's digits judges samples (share recognised as their class) and its hidden features give a
-Fréchet distance ("FD-digits").
+On offline machines the Inception network behind FID/IS is usually missing; labelled built-in data
+then gets an honest substitute that is never called FID: a judge (`tcae.evaluation.judges`: an MLP on
+scikit-learn's digits, a small CNN on Fashion-MNIST) gives the class agreement of class-conditional
+samples and a Fréchet distance in its penultimate features ("FD-digits", "FD-fashion").
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
 from tcae.data import build_dataset
 from tcae.data.spec import split_spec  # noqa: F401  (part of this module's API)
 from tcae.device import resolve_device
+from tcae.evaluation.features import FeatureNetwork
 from tcae.models import flops
 from tcae.tokenizers import load_tokenizer
 
@@ -42,10 +41,13 @@ def train_tokenizer_stage(run_dir: Path, config: str, overrides: list[str]) -> P
 
 
 def evaluate_stage(model_dir: Path | str, val_spec: str, image_size: int, out_dir: Path,
-                   train_spec: str | None = None, progress: bool = True, write_stats: bool = True) -> dict:
-    """PSNR/SSIM (+ rFID/LPIPS only when their weights are present), a reconstruction grid, the latent
-    diagnostics, and (`write_stats`) the latent statistics written into the model. `model_dir`: any
-    tokenizer spec (:func:`tcae.tokenizers.load_tokenizer`); writing statistics needs a tcae model."""
+                   train_spec: str | None = None, diag_spec: str | None = None, progress: bool = True) -> dict:
+    """PSNR/SSIM (+ rFID/LPIPS only when their weights are present) on `val_spec`, a reconstruction
+    grid, and the latent diagnostics on `train_spec` (its linear probe scored on the val split), whose
+    latent statistics are written into the model; with `diag_spec` the diagnostics run on that spec
+    instead (e.g. a test split, where the probe is scored) and nothing is written into the model.
+    `model_dir`: any tokenizer spec (:func:`tcae.tokenizers.load_tokenizer`); writing statistics needs a
+    tcae model."""
     from tcae.evaluation import diagnose, evaluate, weights_available
 
     model = load_tokenizer(str(model_dir))
@@ -53,20 +55,20 @@ def evaluate_stage(model_dir: Path | str, val_spec: str, image_size: int, out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = evaluate(model, val_spec, image_size=image_size, metrics=tuple(metrics),
                    grid_path=str(out_dir / "reconstructions.png"), progress=progress)
-    diag = diagnose(model, train_spec or val_spec, image_size=image_size,
-                    write_stats_to=str(model_dir) if write_stats else None, progress=progress)
+    diag = diagnose(model, diag_spec or train_spec or val_spec, image_size=image_size,
+                    write_stats_to=None if diag_spec else str(model_dir), progress=progress)
     return {"reconstruction": rec, "diagnostics": diag}
 
 
 def latents_stage(model_dir: Path | str, data_spec: str, image_size: int, out_dir: Path,
                   device: str | torch.device | None = None) -> Path:
-    """Cache normalisable latents of `data_spec` (resumable) with any tokenizer spec. The dataset is built
-    with train=False (no augmentation), so a spec without a split means its val split: pass
+    """Cache normalisable latents of `data_spec` (resumable). The dataset is built with train=False
+    (no augmentation), so a spec without a split means its val split: pass
     `split_spec(spec, "train")` to cache training latents."""
     from tcae.diffusion import cache_latents
 
     model = load_tokenizer(str(model_dir))
-    ds = build_dataset(data_spec, image_size, train=False)
+    ds = build_dataset(data_spec, image_size, train=False, channels=model.config.in_channels)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
                   device=resolve_device(device))
     return out_dir
@@ -84,14 +86,17 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
 
 
 def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], per_class: int, cfg_scale: float,
-                 steps: int, seed: int = 0, device: str | torch.device | None = None
+                 steps: int, seed: int = 0, device: str | torch.device | None = None, dit=None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Class-conditional samples as uint8 (N, H, W, 3) and their labels (N,), class-major."""
+    """Class-conditional samples as uint8 (N, H, W, 3) and their labels (N,), class-major.
+
+    `dit`: a DiT to sample with instead of the one in `dit_dir` (e.g. an earlier EMA snapshot,
+    :func:`dit_from_snapshot`); the latent statistics still come from `dit_dir`."""
     from tcae.diffusion import DiT, to_uint8
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
 
     device = resolve_device(device)
-    dit = DiT.from_pretrained(str(dit_dir)).to(device).eval()
+    dit = (dit if dit is not None else DiT.from_pretrained(str(dit_dir))).to(device).eval()
     tok = load_tokenizer(str(tokenizer_dir)).to(device).eval()
     mean, std, _ = load_latent_stats(dit, tok)
     labels = class_labels(per_class, dit.config.num_classes, classes)
@@ -103,51 +108,72 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], p
     return torch.cat(chunks).numpy(), labels.numpy()
 
 
-# ---------------------------------------------------------------------------- digits judge
-@dataclass
-class DigitsJudge:
-    """An MLP classifier on scikit-learn's 8x8 digits (0..16) that judges generated digit images."""
+# ---------------------------------------------------------------------------- judging samples
+def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork, reference_spec: str,
+                  image_size: int, reference_cache: dict | None = None) -> dict:
+    """A judge's verdict on class-conditional samples, through `tcae eval-gen`'s code path.
 
-    clf: object
-    val_accuracy: float
-    real_features: np.ndarray
+    images: uint8 (N, H, W, 3); labels (N,); judge: a :class:`tcae.evaluation.Judge`;
+    reference_spec: the real data the Fréchet distance compares against (e.g. the test split).
+    Returns {"fd_judge": FD-<data> in the judge's penultimate features (not FID), "fd_name",
+    "class_agreement": share of samples the judge assigns to their label, "class_agreement_per_class"
+    and "per_class_total" (counts per class), "judge": the judge's provenance and accuracy,
+    "num_samples", "reference"}.
+    """
+    from tcae.diffusion.gen_eval import evaluate_samples
 
-    @staticmethod
-    def to_digits_space(images_uint8: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, 64) in the digits' 0..16 scale (gray, area-downsampled to 8x8)."""
-        x = torch.from_numpy(images_uint8).float().mean(-1)[:, None] / 255.0
-        x = F.adaptive_avg_pool2d(x, 8)
-        return (x.flatten(1) * 16).numpy()
+    res = evaluate_samples(images, reference_spec, image_size=image_size, feature_network=judge, labels=labels,
+                           progress=False, reference_cache=reference_cache)
+    key = judge.metric_key("g")
+    return {"fd_judge": res["metrics"][key], "fd_name": f"FD-{judge.data}",
+            "class_agreement": res["metrics"]["class_agreement"],
+            "class_agreement_per_class": res["class_agreement_per_class"], "per_class_total": res["per_class_total"],
+            "judge": res["judge"], "num_samples": res["num_samples"], "reference": res["reference"]}
 
-    @classmethod
-    def fit(cls, seed: int = 0) -> DigitsJudge:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-        from sklearn.neural_network import MLPClassifier
 
-        d = load_digits()
-        xtr, xva, ytr, yva = train_test_split(d.data, d.target, test_size=0.2, random_state=seed,
-                                              stratify=d.target)
-        clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=600, random_state=seed).fit(xtr, ytr)
-        judge = cls(clf, float(clf.score(xva, yva)), np.empty(0))
-        judge.real_features = judge.features(xva)
-        return judge
+def dit_snapshots(dit_run: Path, every: int) -> list[Path]:
+    """EMA snapshots of a finished `tcae train-dit` run at every `every` steps before its last:
+    `dit_run/ema/step-N.safetensors` (the EMA DiT the run would have exported at step N, its config
+    in the metadata). Made once from the training checkpoints, which are then deleted (all but the
+    newest, which resuming needs): a snapshot is a quarter of a checkpoint (no model, no optimizer)."""
+    from safetensors.torch import save_file
 
-    def features(self, x64: np.ndarray) -> np.ndarray:
-        return np.maximum(x64 @ self.clf.coefs_[0] + self.clf.intercepts_[0], 0.0)
+    from tcae.training.checkpoint import list_checkpoints, load_checkpoint
 
-    def judge(self, images_uint8: np.ndarray, labels: np.ndarray) -> dict:
-        from tcae.evaluation import frechet_distance
+    snap_dir = Path(dit_run) / "ema"
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    ckpts = list_checkpoints(Path(dit_run) / "checkpoints")
+    for ckpt in ckpts[:-1]:
+        step = int(ckpt.stem.split("-")[1])
+        target = snap_dir / f"step-{step:08d}.safetensors"
+        if step % every == 0 and not target.is_file():
+            state = load_checkpoint(ckpt)
+            try:
+                config = state["signature"]["dit"]
+                ema = {k.removeprefix("module."): v.contiguous() for k, v in state["ema"].items()
+                       if k.startswith("module.")}
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"{ckpt} is not a DiT training checkpoint (no {err})") from None
+            tmp = target.with_name(f".{target.name}.tmp")
+            save_file(ema, str(tmp), metadata={"config": json.dumps(config), "step": str(step)})
+            tmp.replace(target)
+        ckpt.unlink()
+    return sorted(snap_dir.glob("step-*.safetensors"))
 
-        x = self.to_digits_space(images_uint8)
-        pred = self.clf.predict(x)
-        per_class = {int(c): int(((pred == c) & (labels == c)).sum()) for c in np.unique(labels)}
-        f = self.features(x)
-        fd = frechet_distance(f.mean(0), np.cov(f, rowvar=False),
-                              self.real_features.mean(0), np.cov(self.real_features, rowvar=False))
-        return {"recognised_per_class": per_class, "per_class_total": int(len(labels) // len(per_class)),
-                "recognised_share": float((pred == labels).mean()), "fd_digits": float(fd),
-                "judge_val_accuracy": self.val_accuracy}
+
+def dit_from_snapshot(path: Path):
+    """The EMA DiT of a :func:`dit_snapshots` file, in eval mode."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from tcae.diffusion import DiT
+    from tcae.diffusion.dit import DiTConfig
+
+    with safe_open(str(path), "pt") as f:
+        config = json.loads((f.metadata() or {})["config"])
+    dit = DiT(DiTConfig(**config))
+    dit.load_state_dict(load_file(str(path)))
+    return dit.eval()
 
 
 def tokenizer_cost(model_dir: Path | str, image_size: int) -> dict:

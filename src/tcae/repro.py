@@ -1,26 +1,42 @@
-"""`tcae repro EXPERIMENT`: re-run the paper's ablations as a grid of tokenizers + small DiTs.
+"""`tcae repro EXPERIMENT`: re-run the paper's ablations as a grid of tokenizers + small DiTs, with seeds.
 
-Each cell trains a tokenizer (one set of overrides), evaluates and diagnoses it, caches its latents,
-trains a DiT, samples and judges the samples; its `result.json` makes the grid resumable per cell.
-The report puts the paper's table beside the measured one.
+Each (cell, seed) trains a tokenizer (the cell's overrides, `seed=S`), evaluates and diagnoses it on
+the evaluation split, caches its training latents, trains a DiT (`seed=S`), samples class-balanced
+sets from the DiT's EMA at several training checkpoints and at the end, and judges them. Identical
+(resolved config, seed) runs are shared between cells and experiments: they live once under the cells
+directory (default `<out>/../cells/<key>/`, the key a hash of the resolved tokenizer and DiT configs),
+each step resumable (training resumes from checkpoints; latents, convergence points and results are
+written as they finish). An experiment's folder holds `<cell>/seed-<S>/result.json` and the report
+(`tcae.repro_report`): per-seed values, mean ± std and min..max, the paper's table, plots and a
+verdict per claim computed from the seeds' spread.
 
-Scales: `tiny` runs on a CPU on `builtin:digits` (32 px); `small` and `base` are for GPUs on a real
-data set (`--data`). Samples are judged by gFID/IS (against the val split) when the Inception
-network's weights are present, and on digits also by a digit classifier (`tcae.pipeline.DigitsJudge`);
-with neither, no samples are drawn.
+Scales (`--scale`): `tiny` runs on a CPU: on `builtin:digits` (default; no compression: 64 real pixel
+values, 128 latent numbers) or on `builtin:fashion`, where the tiny scale mirrors the paper's regime
+(see `FASHION_MAPPING`); `small` and `base` are for GPUs on a real data set (`--data`). Samples are
+judged by the data set's judge (`tcae.evaluation.judges`: FD-<data> and class agreement) and by
+gFID/IS against the evaluation split when the Inception weights are present; with neither, no samples
+are drawn. Settings are to be chosen with `--eval-split val`; reports use the test split where the
+data has one (Fashion-MNIST), else val.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcae.pipeline import (
-    DigitsJudge,
     Timer,
+    dit_from_snapshot,
+    dit_snapshots,
     dit_stage,
     evaluate_stage,
+    judge_samples,
     latents_stage,
     sample_stage,
     split_spec,
@@ -34,6 +50,12 @@ log = logging.getLogger("tcae.repro")
 
 @dataclass
 class Scale:
+    """Everything a scale fixes: configs, steps, sample counts, the evaluation split.
+
+    `convergence_every`: DiT steps between the checkpoints sampled for the convergence curve (0: none);
+    `extra` / `dit_extra`: overrides of every cell's tokenizer / DiT; `mapping`: markdown table of how
+    the scale maps onto the paper's regime (for the report)."""
+
     tokenizer_config: str
     dit_config: str
     data: str
@@ -44,7 +66,26 @@ class Scale:
     per_class: int
     base_channels: int
     extra: list[str] = field(default_factory=list)
+    dit_extra: list[str] = field(default_factory=list)
+    eval_split: str = "val"
+    sample_steps: int = 50
+    convergence_every: int = 0
+    mapping: str = ""
 
+
+FASHION_MAPPING = """\
+| | paper (ImageNet 256x256) | tiny (Fashion-MNIST) |
+|---|---|---|
+| image | 256x256x3: 196,608 real values | 32x32 (28x28x1 padded): 784 real values |
+| patch size p, fine tokens | 8, 32x32 | 4, 8x8 |
+| staged: 2x2 merge -> coarse tokens | 16x16 | 4x4 |
+| latent (f) | 8x8x128 = 8,192 numbers (f=32) | 2x2x8 = 32 numbers (f=16) |
+| f_tok->lat staged / single-stage | 4 / 16 | 4 / 16 |
+| latent numbers per real pixel value | 8,192 / 196,608 = 1/24 | 32 / 784 = 1/24.5 |
+| token-scaling p (p/f) | 4, 8, 16 (1/8, 1/4, 1/2) | 2, 4, 8 (1/8, 1/4, 1/2) |
+| channels experiment | c=128 vs 256 | c=8 vs 16 |
+| DiT | LightningDiT on 8x8 latents | dit-tiny (4 blocks, width 128) on 2x2 latents |
+"""
 
 SCALES = {
     "tiny": Scale("digits", "dit-tiny", "builtin:digits", 32, 10, tokenizer_steps=400, dit_steps=1500,
@@ -54,6 +95,27 @@ SCALES = {
     "base": Scale("b", "dit-b", "", 256, 1000, tokenizer_steps=500_000, dit_steps=400_000, per_class=50,
                   base_channels=128),
 }
+# (scale, data kind) -> the scale on that data, where it differs from SCALES[scale]
+DATA_SCALES = {
+    ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=800,
+                               dit_steps=2000, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
+                               eval_split="test", convergence_every=400, mapping=FASHION_MAPPING),
+}
+
+
+def resolve_scale(scale_name: str, data: str | None) -> tuple[Scale, str]:
+    """(the scale for this data, the data spec): `DATA_SCALES[(scale, kind)]` where there is one."""
+    from tcae.data import parse_spec
+
+    if scale_name not in SCALES:
+        raise ValueError(f"unknown scale {scale_name!r}; choose from {', '.join(SCALES)}")
+    scale = SCALES[scale_name]
+    data = data or scale.data
+    if not data:
+        raise ValueError(f"--scale {scale_name} needs --data (an ImageNet folder or shards)")
+    scale = DATA_SCALES.get((scale_name, parse_spec(data).kind), scale)
+    return scale, data
+
 
 # The paper's numbers (ImageNet 256x256) that each experiment is compared against.
 PAPER = {
@@ -68,6 +130,15 @@ PAPER = {
     "channels": {"c": {"claim": "c=256 reconstructs better than c=128 but generates worse"}},
     "token-scaling": {"p": {"claim": "smaller p reconstructs better; generation improves only with STC"}},
 }
+PAPER_NOTES = {
+    "stc-ssl": ["Linear probe at p=8, A1 (tokens) / A2 (latents): without STC 62.9 / 5.33, with STC 39.1 / 12.1; "
+                "structural loss 1 - A2/A1: 0.92 -> 0.69.",
+                "Diffusion converges up to 4.7x faster with TC-AE (STC + SSL), 2.7x with STC alone."],
+    "ssl-method": ["At p=16: iBOT gFID 17.22 / IS 69.00, DINO 20.38 / 62.12, DINOv2 (external) 28.22 / 49.19."],
+    "channels": ["Going from 128 to 256 latent channels improves reconstruction but hurts generation."],
+    "token-scaling": ["More tokens (smaller p) reconstruct better at a fixed latent budget; without STC that does "
+                      "not carry over to generation, with STC it does."],
+}
 
 
 def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
@@ -77,7 +148,8 @@ def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
         return {"single-stage, no SSL": ["model.staged=false", "ssl=false"], "staged, no SSL": ["ssl=false"],
                 "single-stage, SSL": ["model.staged=false"], "staged, SSL": []}
     if name == "ssl-method":
-        return {"iBOT": [], "DINO": ["ssl.patch_weight=0"], "none": ["ssl=false"]}
+        # DINO: [CLS] self-distillation on global + local crops only: no masked views, no patch (MIM) loss
+        return {"iBOT": [], "DINO": ["ssl.patch_weight=0", "ssl.mask_sample_prob=0"], "none": ["ssl=false"]}
     if name == "channels":
         return {f"c={c}": [f"model.latent_channels={c}"], f"c={2 * c}": [f"model.latent_channels={2 * c}"]}
     if name == "token-scaling":
@@ -92,51 +164,185 @@ def _slug(cell: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in cell).strip("-").replace("--", "-")
 
 
-def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judge: DigitsJudge | None,
-             progress: bool = True) -> dict:
-    done = cell_dir / "result.json"
-    if done.is_file():
-        import json
+# ---------------------------------------------------------------------------- one (cell, seed)
+def tokenizer_overrides(overrides: list[str], scale: Scale, data: str, seed: int) -> list[str]:
+    return ["name=tokenizer", f"steps={scale.tokenizer_steps}", f"data={split_spec(data, 'train')}",
+            f"seed={seed}", "progress=false", *scale.extra, *overrides]
 
+
+def dit_overrides(scale: Scale, seed: int) -> list[str]:
+    conv = [f"checkpoint_every={scale.convergence_every}", "keep_last=0"] if scale.convergence_every else []
+    return ["name=dit", f"steps={scale.dit_steps}", f"seed={seed}", "progress=false", *conv, *scale.dit_extra]
+
+
+def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
+    """A hash of everything that decides what a (cell, seed) trains: the resolved tokenizer and DiT
+    configs (run names and folders aside), the image size and the data. Equal keys = the same run."""
+    from omegaconf import OmegaConf
+
+    from tcae.config import DEFAULT_MODEL, TRAIN_ALIASES, TrainConfig, load_config, model_overrides
+    from tcae.models.presets import preset_config
+    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
+
+    cfg = load_config(TrainConfig, scale.tokenizer_config, tokenizer_overrides(overrides, scale, data, seed),
+                      TRAIN_ALIASES)
+    tok = OmegaConf.to_container(cfg)
+    # the model as the trainer builds it (preset + overrides): `model.staged=true` on a staged preset is no change
+    model = model_overrides(cfg.model)
+    model.setdefault("image_size", cfg.data.image_size)
+    tok["model"] = preset_config(cfg.model.name or DEFAULT_MODEL, **model).to_dict()
+    dit = OmegaConf.to_container(load_config(DiTTrainConfig, scale.dit_config, dit_overrides(scale, seed),
+                                             DIT_ALIASES))
+    for cfg in (tok, dit):
+        for k in ("name", "run_dir", "progress", "resume"):
+            cfg.pop(k, None)
+    dit["data"].pop("latents", None)
+    blob = json.dumps({"tokenizer": tok, "dit": dit, "image_size": scale.image_size}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def eval_dir_name(scale: Scale, split: str, judge_name: str | None) -> str:
+    """The evaluation folder inside a cell: one per (split, sample settings, judge)."""
+    blob = json.dumps([scale.per_class, scale.sample_steps, scale.convergence_every, judge_name], sort_keys=True)
+    return f"eval-{split}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+class CellBusy(RuntimeError):
+    """Another process holds the cell (raised only when not waiting for it)."""
+
+
+@contextlib.contextmanager
+def _locked(cell_dir: Path, wait: bool = True):
+    """One process at a time per cell folder: with `wait`, block until the holder is done, else raise
+    CellBusy at once."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell_dir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise CellBusy(str(cell_dir)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judge=None, seed: int = 0,
+             split: str | None = None, reference_cache: dict | None = None, wait: bool = True) -> dict:
+    """Train (or resume) one (cell, seed) in `cell_dir` and evaluate it on `split` (default the scale's).
+
+    judge: a :class:`tcae.evaluation.Judge` (or None). Returns the result, also written to
+    `cell_dir/eval-<split>-<settings>/result.json`; a finished result is read back, nothing recomputed.
+    A cell another process is working on is waited for, or with `wait=False` raises CellBusy.
+    """
+    split = split or scale.eval_split
+    eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
+    done = eval_dir / "result.json"
+    if done.is_file():
         return json.loads(done.read_text())
+    with _locked(cell_dir, wait):
+        if done.is_file():  # finished by another process while this one waited
+            return json.loads(done.read_text())
+        return _run_cell(cell_dir, eval_dir, overrides, scale, data, judge, seed, split, reference_cache)
+
+
+@contextlib.contextmanager
+def _timed(path: Path, name: str):
+    """Add the wall time of the block to `name` in the JSON file `path` (kept across resumes: a
+    stage resumed after a kill adds the time of the session that finished it)."""
     timer = Timer()
-    with timer("tokenizer"):
+    with timer(name):
+        yield
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old[name] = round(old.get(name, 0.0) + timer.seconds[name], 1)
+    write_json(path, old)
+
+
+def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale, data: str, judge, seed: int,
+              split: str, reference_cache: dict | None) -> dict:
+    with _timed(cell_dir / "train_timings.json", "tokenizer"):
         tok = train_tokenizer_stage(cell_dir / "runs", scale.tokenizer_config,
-                                    ["name=tokenizer", f"steps={scale.tokenizer_steps}",
-                                     f"data={split_spec(data, 'train')}", "progress=false", *scale.extra,
-                                     *overrides])
-    result = {"overrides": overrides, **score_tokenizer(cell_dir, tok, scale, data, judge, timer, progress)}
-    write_json(done, result)
+                                    tokenizer_overrides(overrides, scale, data, seed))
+    result = {"overrides": overrides,
+              **score_tokenizer(cell_dir, eval_dir, tok, scale, data, judge, seed, split, reference_cache)}
+    write_json(eval_dir / "result.json", result)
     return result
 
 
-def score_tokenizer(cell_dir: Path, tok: Path | str, scale: Scale, data: str, judge: DigitsJudge | None,
-                    timer: Timer, progress: bool = True, write_stats: bool = True) -> dict:
-    """A cell after its tokenizer, for any tokenizer spec `tok` (also `tcae score`'s): evaluate and
-    diagnose it (on the val / train split), cache its train latents, train the scale's DiT for its steps,
-    draw `per_class` samples of every class (no CFG, 50 Euler steps) and judge them. `write_stats`:
-    store the measured latent statistics in the tokenizer (a tcae model the cell owns)."""
+def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scale, data: str, judge=None,
+                    seed: int = 0, split: str | None = None, reference_cache: dict | None = None) -> dict:
+    """A (cell, seed) after its tokenizer, for any tokenizer spec `tok` (a tcae model or
+    ``diffusers:PATH_OR_HUB_ID``; also `tcae score`'s): cache its train latents, train the scale's DiT,
+    evaluate and diagnose the tokenizer on `split` (nothing written into it), sample class-balanced sets
+    (and the convergence snapshots) and judge them. Returns the result without the cell's overrides."""
+    split = split or scale.eval_split
     runs = cell_dir / "runs"
-    val, train = split_spec(data, "val"), split_spec(data, "train")
-    with timer("evaluate"):
-        ev = evaluate_stage(tok, val, scale.image_size, cell_dir, train_spec=train, progress=progress,
-                            write_stats=write_stats)
-    with timer("latents"):
+    train, eval_spec = split_spec(data, "train"), split_spec(data, split)
+    train_times, eval_times = cell_dir / "train_timings.json", eval_dir / "timings.json"
+    with _timed(train_times, "latents"):
         lat = latents_stage(tok, train, scale.image_size, cell_dir / "latents")
-    with timer("dit"):
-        dit = dit_stage(runs, lat, ["name=dit", f"steps={scale.dit_steps}", "progress=false"],
-                        config=scale.dit_config)
-    gen = {}
+    with _timed(train_times, "dit"):
+        dit = dit_stage(runs, lat, dit_overrides(scale, seed), config=scale.dit_config)
+        snapshots = dit_snapshots(runs / "dit", scale.convergence_every) if scale.convergence_every else []
+    with _timed(eval_times, "evaluate"):
+        ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec)
+    gen, convergence = {}, []
     inception = _inception_available()
     if judge is not None or inception:
-        with timer("sample"):
-            images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0, 50)
+        if judge is not None and snapshots:
+            with _timed(eval_times, "convergence"):
+                convergence = _convergence(eval_dir, snapshots, dit, tok, scale, judge, eval_spec, seed,
+                                           reference_cache)
+        with _timed(eval_times, "sample"):
+            images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
+                                          scale.sample_steps, seed=seed)
+        _save_grid(images, labels, eval_dir / "samples.png")
         if judge is not None:
-            gen.update(judge.judge(images, labels))
+            with _timed(eval_times, "judge"):
+                gen.update(judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache))
+            if snapshots:
+                convergence.append({"step": scale.dit_steps, "fd_judge": gen["fd_judge"],
+                                    "class_agreement": gen["class_agreement"]})
         if inception:
-            with timer("gen-eval"):
-                gen.update(_gen_metrics(images, labels, cell_dir / "samples.npz", val, scale.image_size))
-    return {**ev, "generation": gen, "timings_s": timer.seconds, "cost": tokenizer_cost(tok, scale.image_size)}
+            with _timed(eval_times, "gen-eval"):
+                gen.update(_gen_metrics(images, labels, eval_dir / "samples.npz", eval_spec, scale.image_size))
+    timings = {**json.loads(train_times.read_text()), **json.loads(eval_times.read_text())}
+    return {"seed": seed, "split": split, "data": data, "eval_spec": eval_spec, **ev,
+            "generation": gen, "convergence": convergence, "timings_s": timings,
+            "cost": tokenizer_cost(tok, scale.image_size), "cell_dir": str(cell_dir),
+            "settings": {"tokenizer_steps": scale.tokenizer_steps, "dit_steps": scale.dit_steps,
+                         "per_class": scale.per_class, "sample_steps": scale.sample_steps,
+                         "convergence_every": scale.convergence_every}}
+
+
+def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path, scale: Scale, judge,
+                 eval_spec: str, seed: int, reference_cache: dict | None) -> list[dict]:
+    """FD-<data> and class agreement of the EMA DiT snapshots (every `convergence_every` steps before
+    the last; the last point is the final evaluation), each point written as it finishes (resumable)."""
+    path = eval_dir / "convergence.json"
+    points = {p["step"]: p for p in (json.loads(path.read_text()) if path.is_file() else [])}
+    for snap in snapshots:
+        step = int(snap.name.split("-")[1].split(".")[0])
+        if step in points:
+            continue
+        images, labels = sample_stage(dit_dir, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
+                                      scale.sample_steps, seed=seed, dit=dit_from_snapshot(snap))
+        res = judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache)
+        points[step] = {"step": step, "fd_judge": res["fd_judge"], "class_agreement": res["class_agreement"]}
+        write_json(path, sorted(points.values(), key=lambda p: p["step"]))  # type: ignore[arg-type]
+    return sorted(points.values(), key=lambda p: p["step"])
+
+
+def _save_grid(images, labels, path: Path, per_row: int = 10) -> None:
+    """One row per class: the first `per_row` samples of each."""
+    import numpy as np
+    import torch
+    from torchvision.utils import save_image
+
+    rows = [images[labels == c][:per_row] for c in np.unique(labels)]
+    t = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2).float() / 255.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(t, str(path), nrow=per_row, padding=1)
 
 
 def _inception_available() -> bool:
@@ -155,92 +361,89 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) ->
     return {k: metrics[k] for k in ("gfid", "is") if k in metrics}
 
 
+# ---------------------------------------------------------------------------- an experiment
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
-                   progress: bool = True) -> Path:
-    if name not in PAPER:
-        raise ValueError(f"unknown experiment {name!r} (known: {', '.join(PAPER)})")
-    if scale_name not in SCALES:
-        raise ValueError(f"unknown scale {scale_name!r} (known: {', '.join(SCALES)})")
-    scale = SCALES[scale_name]
-    data = data or scale.data
-    if not data:
-        raise ValueError(f"--scale {scale_name} needs --data (an ImageNet folder or shards)")
-    out = Path(out or f"out/repro/{name}-{scale_name}")
+                   seeds: int = 1, split: str | None = None, cells_dir: Path | None = None) -> Path:
+    """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
+    then the report. Returns the report's path.
+
+    Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
+    another process holds is skipped and taken up again (waited for) after the others."""
+    from tcae.evaluation import build_feature_network, judge_for_data
+    from tcae.repro_report import write_report
+
+    scale, data = resolve_scale(scale_name, data)
+    split = split or scale.eval_split
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    kind = data.split(":")[1].split("@")[0] if data.startswith("builtin:") else "data"
+    default_out = f"out/repro/{name}-{scale_name}" + ("" if kind in ("digits", "data") else f"-{kind}")
+    out = Path(out or default_out + ("" if split == scale.eval_split else f"-{split}"))
+    cells_dir = Path(cells_dir or out.parent / "cells")
     cells = experiment_cells(name, scale)
-    judge = DigitsJudge.fit() if data.startswith("builtin:digits") else None
-    results = {}
-    for cell, overrides in cells.items():
-        log.info("cell %s: %s", cell, overrides)
-        results[cell] = run_cell(out / _slug(cell), overrides, scale, data, judge, progress=progress)
-    report = write_report(out, name, scale_name, data, results)
-    return report
+    judge_name = judge_for_data(data)
+    judge = build_feature_network(judge_name) if judge_name else None
+    reference_cache: dict = {}
+    results: dict[str, dict[int, dict]] = {cell: {} for cell in cells}
+    todo = [(seed, cell) for seed in range(seeds) for cell in cells]
+    for attempt in ("skip busy cells", "wait for busy cells"):
+        busy = []
+        for seed, cell in todo:
+            target = out / _slug(cell) / f"seed-{seed}"
+            if (target / "result.json").is_file():
+                results[cell][seed] = json.loads((target / "result.json").read_text())
+                continue
+            overrides = cells[cell]
+            key = cell_key(overrides, scale, data, seed)
+            log.info("cell %s, seed %d: %s (run %s)", cell, seed, overrides, key)
+            try:
+                result = run_cell(cells_dir / key, overrides, scale, data, judge, seed, split, reference_cache,
+                                  wait=attempt == "wait for busy cells")
+            except CellBusy:  # another worker is on it: take the next cell, come back at the end
+                log.info("cell %s, seed %d is being computed by another process; later", cell, seed)
+                busy.append((seed, cell))
+                continue
+            result = {**result, "cell": cell, "overrides": overrides, "key": key}
+            _copy_figures(Path(result["cell_dir"]), scale, split, judge, target)
+            write_json(target / "result.json", result)
+            results[cell][seed] = result
+        todo = busy
+    floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
+    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor)
 
 
-def _metric(r: dict, *path: str):
-    for p in path:
-        if not isinstance(r, dict) or p not in r:
-            return None
-        r = r[p]
-    return r
+def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict) -> dict | None:
+    """The judge's verdict on as many real images as the samples (class-balanced, from the val split when
+    evaluating on test, else from train) against the evaluation split: the best FD at this sample count."""
+    import numpy as np
+
+    from tcae.data import build_dataset
+
+    path = out / "floor.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    source = split_spec(data, "val" if split == "test" else "train")
+    ds = build_dataset(source, scale.image_size, train=False)
+    picked: dict[int, list] = {c: [] for c in range(scale.num_classes)}
+    for i in range(len(ds)):
+        item = ds[i]
+        if len(picked.get(item["label"], [0] * scale.per_class)) < scale.per_class:
+            picked[item["label"]].append(item["image"])
+        if all(len(v) == scale.per_class for v in picked.values()):
+            break
+    labels = np.concatenate([[c] * len(v) for c, v in picked.items()]).astype(np.int64)
+    images = np.concatenate([np.stack([(x.permute(1, 2, 0).numpy() + 1) * 127.5 for x in v]) for v in picked.values()
+                             if v]).round().clip(0, 255).astype(np.uint8)
+    res = judge_samples(images, labels, judge, split_spec(data, split), scale.image_size, reference_cache)
+    floor = {"source": source, "num_samples": int(len(labels)), "fd_judge": res["fd_judge"],
+             "class_agreement": res["class_agreement"]}
+    write_json(path, floor)
+    return floor
 
 
-COLUMNS = [
-    ("PSNR", ("reconstruction", "metrics", "psnr")),
-    ("SSIM", ("reconstruction", "metrics", "ssim")),
-    ("rFID", ("reconstruction", "metrics", "rfid")),
-    ("A1 tokens", ("diagnostics", "probe_acc_tokens")),
-    ("A2 latents", ("diagnostics", "probe_acc_latents")),
-    ("struct. loss", ("diagnostics", "structural_loss")),
-    ("recognised", ("generation", "recognised_share")),
-    ("FD-digits", ("generation", "fd_digits")),
-    ("gFID", ("generation", "gfid")),
-    ("IS", ("generation", "is")),
-    ("GFLOPs enc+dec", ("cost", "total_gflops")),
-]
-
-
-def write_report(out: Path, name: str, scale: str, data: str, results: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cells = list(results)
-    head = "| cell | " + " | ".join(c for c, _ in COLUMNS) + " | train s |"
-    rows = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for cell in cells:
-        r = results[cell]
-        vals = [_metric(r, *p) for _, p in COLUMNS]
-        secs = sum(r.get("timings_s", {}).values())
-        rows.append(f"| {cell} | " + " | ".join("n/a" if v is None else f"{v:.4g}" for v in vals)
-                    + f" | {secs:.0f} |")
-    paper = PAPER.get(name, {})
-    prow = []
-    for cell, vals in paper.items():
-        prow.append(f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " |")
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.5))
-    for ax, (label, path) in zip(axes, [COLUMNS[0], COLUMNS[4], COLUMNS[6], COLUMNS[7]]):
-        vals = [_metric(results[c], *path) for c in cells]
-        ax.bar(range(len(cells)), [v if v is not None else 0 for v in vals])
-        ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right", fontsize=7)
-        ax.set_title(label)
-    fig.tight_layout()
-    fig.savefig(out / "plots.png", dpi=110)
-    plt.close(fig)
-    text = "\n".join([
-        f"# tcae repro {name} (scale {scale}, data {data})", "",
-        f"Command: `tcae repro {name} --scale {scale}" + ("" if data.startswith("builtin:") else f" --data {data}")
-        + f" --out {out}`", "",
-        "## Paper (ImageNet 256x256)", "", "| cell | reported |", "|---|---|", *prow, "",
-        "## Measured", "", *rows, "",
-        "PSNR/SSIM on the val split; A1/A2 linear-probe accuracy on pooled encoder tokens / latents; "
-        "'recognised' is the share of class-conditional samples (no CFG) that a digit classifier assigns to "
-        "their class; FD-digits is a Fréchet distance in that classifier's features (not FID). "
-        "rFID/gFID/IS (gFID/IS: class-conditional samples, no CFG, vs the val split) need the Inception "
-        "weights and are n/a without them.", "",
-        "![plots](plots.png)", "",
-    ])
-    report = out / "report.md"
-    report.write_text(text)
-    return report
-
+def _copy_figures(cell_dir: Path, scale: Scale, split: str, judge, target: Path) -> None:
+    eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("reconstructions.png", "samples.png"):
+        if (eval_dir / name).is_file():
+            shutil.copyfile(eval_dir / name, target / name)

@@ -137,8 +137,12 @@ def _eval_gen(args: argparse.Namespace) -> int:
     from tcae.device import resolve_device
     from tcae.diffusion.gen_eval import evaluate_samples
 
-    result = evaluate_samples(args.samples, args.ref, image_size=args.image_size,
-                              inception_weights=args.inception_weights, batch_size=args.batch_size,
+    network = args.feature_network
+    if args.inception_weights and network != "inception":
+        raise ValueError(f"--inception-weights is for the inception network; pass --feature-weights for {network}")
+    result = evaluate_samples(args.samples, args.ref, image_size=args.image_size, feature_network=network,
+                              inception_weights=args.inception_weights or args.feature_weights,
+                              batch_size=args.batch_size,
                               device=resolve_device(args.device), max_reference=args.max_ref,
                               progress=not args.no_progress, allow_unbalanced=args.allow_unbalanced)
     text = json.dumps(result, indent=2)
@@ -197,17 +201,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pngs", action="store_true", help="also write each sample as samples/NNNNNN.png")
     add_no_progress(p)
 
-    p = add_command(sub, "eval-gen", _eval_gen, "gFID and Inception Score of a samples.npz",
+    p = add_command(sub, "eval-gen", _eval_gen, "gFID and Inception Score of a samples.npz (or FD in another network)",
                     description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
                                 "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
                                 "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
                                 ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
                                 "samples must be class-balanced; every number names the sample count and "
-                                "reference (docs/fid-protocol.md).")
+                                "reference (docs/fid-protocol.md). --feature-network picks another network: a "
+                                "Fréchet distance in its features (never called FID); a judge (judge:fashion, "
+                                "judge:digits) also reports the class agreement of labelled samples.")
     p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
     p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0), torch-fidelity .pt or data spec")
     p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
     p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
+    p.add_argument("--feature-network", default="inception",
+                   help="inception (gFID, IS), dinov2[:NAME], torchvision:NAME, judge:fashion[@DIR], judge:digits")
+    p.add_argument("--feature-weights", default=None,
+                   help="weights file of --feature-network (default: its cache location; judges: trained once)")
     p.add_argument("--max-ref", type=int, default=None, help="use the first N reference images only")
     p.add_argument("--allow-unbalanced", action="store_true",
                    help="evaluate labelled samples whose classes are not equally represented (not the protocol)")

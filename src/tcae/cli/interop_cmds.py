@@ -52,7 +52,7 @@ def _score(args: argparse.Namespace) -> int:
 
     names = args.names.split(",") if args.names else None
     payload = score_models(args.model, args.data, args.budget, args.out, names=names, image_size=args.image_size,
-                           dit_steps=args.dit_steps, progress=not args.no_progress)
+                           dit_steps=args.dit_steps)
     print(payload["markdown"])
     out = Path(payload["out"])
     print(f"wrote {out / 'score.json'} and {out / 'score.md'}")
@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tokenizer: tcae model or run directory, Hub repo id or diffusers:PATH_OR_HUB_ID; repeat "
                         "for one table")
     p.add_argument("--names", default=None, help="comma-separated names for the table rows")
-    p.add_argument("--data", default=None, help="labelled data spec (default: the budget's, builtin:digits for tiny)")
+    p.add_argument("--data", default=None, help="labelled data spec (default: the budget's, builtin:digits for tiny; "
+                                               "builtin:fashion gets the fashion tiny scale)")
     p.add_argument("--budget", default="tiny", choices=("tiny", "small", "base"),
                    help="tiny: dit-tiny, 1500 steps, 30 samples per class, 32 px (CPU minutes); small / base: GPU")
     p.add_argument("--image-size", type=int, default=None,

@@ -16,7 +16,7 @@ def _demo(args: argparse.Namespace) -> int:
     from tcae.demo import run_demo
 
     report = run_demo(Path(args.out), args.tokenizer_steps, args.dit_steps, args.per_class, args.cfg,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, data=args.data)
     print(f"report: {report}")
     return 0
 
@@ -24,7 +24,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _repro(args: argparse.Namespace) -> int:
     from tcae.repro import run_experiment
 
-    print(f"report: {run_experiment(args.experiment, args.scale, args.out, args.data, progress=not args.no_progress)}")
+    report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
+                            args.cells)
+    print(f"report: {report}")
     return 0
 
 
@@ -35,11 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dit-steps", type=int, default=2000)
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--cfg", type=float, default=2.0)
+    p.add_argument("--data", default="builtin:digits",
+                   help="builtin:digits (embedded, the default) or builtin:fashion[@DIR] (Fashion-MNIST idx files)")
     add_no_progress(p)
 
     p = add_command(sub, "repro", _repro, "re-run one of the paper's ablations: " + ", ".join(EXPERIMENTS))
     p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--scale", choices=SCALES, default="tiny")
-    p.add_argument("--data", default=None, help="data spec (default: builtin:digits at --scale tiny)")
-    out_dir_arg(p, required=False, what="output directory (default: out/repro/EXPERIMENT-SCALE)")
+    p.add_argument("--data", default=None, help="data spec (default: builtin:digits at --scale tiny; "
+                   "builtin:fashion[@DIR] picks the tiny scale that mirrors the paper's regime)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell (tokenizer, DiT and sampling)")
+    p.add_argument("--eval-split", choices=("val", "test"), default=None,
+                   help="split the cells are evaluated on (default: test where the data has one, else val); "
+                        "choose settings on val, report on test")
+    out_dir_arg(p, required=False, what="output directory (default: out/repro/EXPERIMENT-SCALE[-DATA][-SPLIT])")
+    p.add_argument("--cells", default=None, metavar="DIR",
+                   help="folder of the shared (cell, seed) runs (default: OUT/../cells)")
     add_no_progress(p)

@@ -12,7 +12,7 @@ Typical use::
             batch["image"]  # (B, 3, 256, 256) in [-1, 1]
 
 Self-supervised (iBOT) training swaps in :class:`MultiCropTransform` and :class:`MultiCropCollate`.
-Modules: ``spec`` (spec strings), ``folder``, ``builtin``, ``shards`` (datasets), ``decode`` (RGB
+Modules: ``spec`` (spec strings), ``folder``, ``builtin``, ``fashion``, ``shards`` (datasets), ``decode`` (RGB
 conversion), ``transforms``, ``masking``, ``loader``, ``base`` (per-sample seeding).
 
 The names are imported on first use (PEP 562): ``tcae.data.decode`` and ``tcae.data.folder`` work
@@ -29,6 +29,8 @@ _LAZY = {
     "BlockMaskGenerator": "tcae.data.masking",
     "DataSpec": "tcae.data.spec",
     "DigitsDataset": "tcae.data.builtin",
+    "FASHION_CLASSES": "tcae.data.fashion",
+    "FashionMNISTDataset": "tcae.data.fashion",
     "IMAGE_EXTENSIONS": "tcae.data.decode",
     "ImageFolderDataset": "tcae.data.folder",
     "MaskedTokens": "tcae.data.masking",
@@ -50,6 +52,7 @@ _LAZY = {
     "local_crop_size": "tcae.data.transforms",
     "parse_spec": "tcae.data.spec",
     "photo_names": "tcae.data.builtin",
+    "read_idx": "tcae.data.fashion",
     "set_loader_epoch": "tcae.data.loader",
     "to_rgb": "tcae.data.decode",
     "train_transform": "tcae.data.transforms",

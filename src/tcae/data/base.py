@@ -26,6 +26,7 @@ from PIL import Image
 
 Transform = Callable[[Image.Image], Any]
 SPLITS = ("train", "val")  # the split names a data spec may end in (`builtin:digits:val`, `folder:train`)
+FASHION_SPLITS = ("train", "val", "test")  # Fashion-MNIST: val is carved from the official train split
 _MASK64 = (1 << 64) - 1
 
 

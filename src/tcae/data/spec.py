@@ -4,6 +4,8 @@ Accepted forms (see :data:`SPEC_HELP`):
 
 - ``builtin:photos``, ``builtin:photos:train``, ``builtin:photos:val`` — built-in natural photos.
 - ``builtin:digits``, ``builtin:digits:train``, ``builtin:digits:val`` — scikit-learn digits, 10 classes.
+- ``builtin:fashion[@/path/to/idx-folder][:train|:val|:test]`` — Fashion-MNIST from its idx files,
+  10 classes (see :mod:`tcae.data.fashion` for where the files are looked up and how val is carved).
 - ``path/to/folder`` — image folder, recursive; one class per first-level sub-folder (when all
   images are in sub-folders). If the folder has ``train/`` and ``val/`` sub-folders, they are the
   splits: ``path/to/folder:val`` selects one explicitly.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tcae.data.base import SPLITS, Transform
+from tcae.data.base import FASHION_SPLITS, SPLITS, Transform
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset, IterableDataset
@@ -31,22 +33,33 @@ if TYPE_CHECKING:
 SPEC_HELP = """accepted data specs:
   builtin:photos[:train|:val]          built-in natural photos (random crops), unlabelled
   builtin:digits[:train|:val]          scikit-learn digits, upsampled, 10 classes
+  builtin:fashion[@DIR][:train|:val|:test]  Fashion-MNIST idx files (DIR, $TCAE_FASHION_MNIST,
+                                       torchvision's root or /usr/share/datasets/fashion-mnist),
+                                       padded to 32 px, 10 classes; val is carved from train
   path/to/folder[:train|:val]          image folder (recursive; .jpg .jpeg .png .webp .bmp);
                                        a class per sub-folder; :train/:val pick sub-folders
   path/shard.tar, path/s-{000..127}.tar  WebDataset tar shards (streamed)
 without a split, the train split is used for training and the val split otherwise"""
 
-BUILTINS = ("photos", "digits")
+BUILTINS = ("photos", "digits", "fashion")
+BUILTIN_SPLITS = {"photos": SPLITS, "digits": SPLITS, "fashion": FASHION_SPLITS}
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A parsed spec: ``kind`` in {"photos", "digits", "folder", "shards"}, ``target`` (a path or
-    the shard spec), ``split`` ("train", "val" or None when not given)."""
+    """A parsed spec: ``kind`` in {"photos", "digits", "fashion", "folder", "shards"}, ``target``
+    (a path, the shard spec, or the built-in's name), ``split`` ("train", "val", "test" (fashion
+    only) or None when not given), ``root`` (the ``@folder`` of ``builtin:fashion@folder``)."""
 
     kind: str
     target: str
     split: str | None = None
+    root: str | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits this kind of data has."""
+        return BUILTIN_SPLITS.get(self.kind, SPLITS)
 
 
 def _error(spec: str, why: str, exc: type[Exception] = ValueError) -> Exception:
@@ -59,12 +72,15 @@ def parse_spec(spec: str) -> DataSpec:
         raise _error(str(spec), "empty or not a string")
     if spec.startswith("builtin:"):
         parts = spec.split(":")
-        if len(parts) > 3 or parts[1] not in BUILTINS:
+        name, at, root = parts[1].partition("@")
+        if len(parts) > 3 or name not in BUILTINS:
             raise _error(spec, f"unknown built-in dataset (known: {', '.join(BUILTINS)})")
+        if at and (name != "fashion" or not root):
+            raise _error(spec, "only builtin:fashion takes a folder (builtin:fashion@/path/to/idx-files)")
         split = parts[2] if len(parts) == 3 else None
-        if split is not None and split not in SPLITS:
-            raise _error(spec, f"unknown split {split!r} (known: {', '.join(SPLITS)})")
-        return DataSpec(parts[1], parts[1], split)
+        if split is not None and split not in BUILTIN_SPLITS[name]:
+            raise _error(spec, f"unknown split {split!r} (known: {', '.join(BUILTIN_SPLITS[name])})")
+        return DataSpec(name, name, split, root or None)
     if os.path.isdir(spec):
         return DataSpec("folder", spec)
     if spec.endswith(".tar") or ("{" in spec and ".." in spec):
@@ -113,6 +129,7 @@ def build_dataset(
     transform: Transform | None = None,
     seed: int = 0,
     epoch_size: int | None = None,
+    channels: int = 3,
 ) -> Dataset | IterableDataset:
     """The dataset a spec names (see the module docstring for the forms).
 
@@ -126,14 +143,17 @@ def build_dataset(
         seed: base seed of the per-sample random crops (and shard shuffling).
         epoch_size: samples per epoch where the data does not fix it: ``builtin:photos`` (virtual
             length; default 1000 for training) and shards (all ranks together; default from the
-            shards' meta.json, else one pass). Ignored for folders and digits.
+            shards' meta.json, else one pass). Ignored for folders, digits and fashion.
+        channels: 3, or 1 for a model with ``in_channels=1`` (gray data only: ``builtin:fashion``
+            and ``builtin:digits``, whose 3 channels are copies of one).
 
     Returns:
-        A map-style dataset (photos, digits, folder) or an ``IterableDataset`` (shards) of samples
-        ``{"image": FloatTensor (3, image_size, image_size) in [-1, 1], "label": int (-1 if
-        unlabelled), "seed": int}`` (plus the keys of a dict-returning ``transform``).
+        A map-style dataset (photos, digits, fashion, folder) or an ``IterableDataset`` (shards) of
+        samples ``{"image": FloatTensor (channels, image_size, image_size) in [-1, 1], "label": int
+        (-1 if unlabelled), "seed": int}`` (plus the keys of a dict-returning ``transform``).
     """
     from tcae.data.builtin import DigitsDataset, PhotosDataset
+    from tcae.data.fashion import FashionMNISTDataset, OneChannel
     from tcae.data.folder import ImageFolderDataset
     from tcae.data.shards import ShardDataset
     from tcae.data.transforms import eval_transform, train_transform
@@ -141,12 +161,19 @@ def build_dataset(
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
     parsed = parse_spec(spec)
+    if channels != 3 and not (channels == 1 and parsed.kind in ("fashion", "digits")):
+        raise _error(spec, f"channels={channels}: only the gray built-ins (builtin:fashion, builtin:digits) are "
+                     "served with 1 channel; everything else has 3")
+    if parsed.kind == "fashion":
+        split = parsed.split or ("train" if train else "val")
+        return FashionMNISTDataset(split, image_size, transform, seed=seed, channels=channels, root=parsed.root)
     if parsed.kind == "photos":
         split = parsed.split or ("train" if train else "val")
         return PhotosDataset(split, image_size, transform, seed=seed, epoch_size=epoch_size, train=train)
     if parsed.kind == "digits":
         split = parsed.split or ("train" if train else "val")
-        return DigitsDataset(split, image_size, transform, seed=seed)
+        digits = DigitsDataset(split, image_size, transform, seed=seed)
+        return digits if channels == 3 else OneChannel(digits)
     transform = transform or (train_transform(image_size) if train else eval_transform(image_size))
     if parsed.kind == "shards":
         try:
@@ -162,12 +189,15 @@ def dataset_num_classes(spec: str) -> int:
     Folders are scanned (as for training); shards report their meta.json's ``num_classes``.
     """
     from tcae.data.builtin import DigitsDataset
+    from tcae.data.fashion import FashionMNISTDataset
     from tcae.data.folder import ImageFolderDataset
     from tcae.data.shards import read_meta
 
     parsed = parse_spec(spec)
     if parsed.kind == "digits":
         return DigitsDataset.num_classes
+    if parsed.kind == "fashion":
+        return FashionMNISTDataset.num_classes
     if parsed.kind == "photos":
         return 0
     if parsed.kind == "shards":
@@ -176,15 +206,16 @@ def dataset_num_classes(spec: str) -> int:
 
 
 def split_spec(data_spec: str, split: str) -> str:
-    """`data_spec` naming its `split` ("train" or "val") explicitly where the spec grammar allows one.
+    """`data_spec` naming its `split` ("train", "val", or "test" for builtin:fashion) explicitly where the spec
+    grammar allows one.
 
     Built-in data and image folders with train/ and val/ sub-folders get ":train"/":val" appended (a
     spec that already names a split is returned unchanged); a folder without split sub-folders and
     WebDataset shards have no splits, so the spec is returned as it is (the same images either way).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     parsed = parse_spec(data_spec)
+    if split not in parsed.splits:
+        raise ValueError(f"unknown split {split!r} of {data_spec} (known: {', '.join(parsed.splits)})")
     if parsed.split is not None or parsed.kind == "shards":
         return data_spec
     if parsed.kind == "folder" and not all((Path(parsed.target) / s).is_dir() for s in SPLITS):

@@ -1,10 +1,12 @@
 """Generation metrics of a sample file: gFID and Inception Score (`tcae eval-gen`).
 
-Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3), labels in `arr_1`). The reference is either
-statistics (`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz` read as it is, or a
-torch-fidelity `.pt`), images in the same `.npz` layout, or a data spec (its val split, prepared by ADM's
-center crop: :mod:`tcae.evaluation.fid_protocol`). Features come from `tcae.evaluation` (torch-fidelity's
-InceptionV3 port of the TF-FID network, so numbers are comparable with ADM's evaluator).
+Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3), labels in `arr_1`). The reference is
+either statistics (`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz` read as it is,
+or a torch-fidelity `.pt`), images in the same `.npz` layout, or a data spec (its val split unless the
+spec names one, prepared by ADM's center crop at the samples' size: :mod:`tcae.evaluation.fid_protocol`).
+Features come from `tcae.evaluation`: torch-fidelity's InceptionV3 port of the TF-FID network by default
+(numbers comparable with ADM's evaluator), or any other feature network; a judge (`judge:fashion`, ...),
+whose logits are over the data's own classes, also gives the class agreement of labelled samples.
 
 The pinned protocol (docs/fid-protocol.md): labelled samples must be balanced per class (50 per class for
 50k ImageNet samples) unless `allow_unbalanced`; every number's label names the sample count, the class
@@ -43,46 +45,58 @@ def evaluate_samples(
     device: str | torch.device | None = None,
     max_reference: int | None = None,
     progress: bool = True,
+    labels: np.ndarray | None = None,
+    reference_cache: dict | None = None,
     allow_unbalanced: bool = False,
 ) -> dict[str, Any]:
     """gFID (Fréchet distance of samples vs reference features) and IS of the samples.
 
     samples: ADM-layout `.npz` path or uint8 (N, H, W, 3) array. reference: see the module docstring.
     image_size: size of reference images from a data spec (default: the samples' height).
-    feature_network: "inception" (gFID proper), another feature network name ("dinov2", ...;
-    key ``gfd_<name>``) or an nn.Module / FeatureNetwork (labelled as a custom network). The
-    Inception Score is computed only with the InceptionV3 network (never from another network's logits).
+    feature_network: "inception" (gFID proper), another feature network name ("dinov2",
+    "judge:fashion", ...; key ``gfd_<name>``) or an nn.Module / FeatureNetwork (labelled as a custom
+    network unless it is a FeatureNetwork). The Inception Score is computed only with the InceptionV3
+    network (never from another network's logits). inception_weights: the weights file of
+    ``feature_network`` (named so for the default network).
+    labels: the samples' class labels (N,) (default: the `.npz`'s `arr_1`, if any); with a judge
+    network (``judges_labels``) they give ``class_agreement`` (share of samples the judge assigns to
+    their label) and its per-class counts.
+    reference_cache: a dict kept by the caller across calls with the same network: the reference's
+    feature statistics are computed once and reused.
     allow_unbalanced: accept labelled samples whose classes are not equally represented.
-    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std"}, "labels" (each naming the samples and the
-    reference), "num_samples", "class_balance", "reference", "num_reference", "protocol", "summary", ...}.
+    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std", "class_agreement"}, "labels" (the metrics'
+    human-readable names, each naming the samples and the reference), "num_samples", "class_balance",
+    "reference", "num_reference", "protocol", "summary", ...}.
     """
-    from tcae.evaluation import FeatureStats, build_feature_network, frechet_distance, inception_score
-    from tcae.evaluation.fid_protocol import (
-        PROTOCOL,
-        class_balance,
-        describe_samples,
-        load_reference,
-        reference_statistics,
-    )
+    from tcae.evaluation import FeatureStats, build_feature_network
+    from tcae.evaluation.fid_protocol import class_balance, describe_samples, load_reference, reference_statistics
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
-    balance = class_balance(None if isinstance(samples, np.ndarray) else load_sample_labels(samples))
+    if labels is None and not isinstance(samples, np.ndarray):
+        labels = load_sample_labels(samples)
+    balance = class_balance(labels)
     if balance["balanced"] is False and not allow_unbalanced:
-        raise ValueError(f"{samples}: {describe_samples(len(images), balance)}; the FID protocol draws the same "
-                         "number of samples per class (e.g. tcae sample --num 50000 over 1000 classes); pass "
+        raise ValueError(f"{samples if not isinstance(samples, np.ndarray) else 'the samples'}: "
+                         f"{describe_samples(len(images), balance)}; the FID protocol draws the same number of "
+                         "samples per class (e.g. tcae sample --num 50000 over 1000 classes); pass "
                          "--allow-unbalanced to evaluate them anyway")
     device = resolve_device(device)
     net = build_feature_network(feature_network, inception_weights).to(device).eval()
     key = net.metric_key("g")
 
     fake, logits = FeatureStats(net.dim), []
+    keep_logits = net.is_fid or (net.judges_labels and labels is not None)
     for x in tqdm(_uint8_batches(images, batch_size), total=-(-len(images) // batch_size),
                   desc="sample features", disable=not progress):
         out = net(x.to(device))
         fake.update(out["features"])
-        if net.is_fid and "logits" in out:  # IS only from InceptionV3's logits
+        if keep_logits and "logits" in out:  # IS only from InceptionV3's logits; agreement only from a judge's
             logits.append(out["logits"].float().cpu())
     mu_f, sigma_f = fake.mean_cov()
+    cache_key = (net.name, str(reference), int(image_size or images.shape[1]), max_reference)
+    if reference_cache is not None and cache_key in reference_cache:
+        ref_stats, num_ref, ref_desc = reference_cache[cache_key]
+        return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc, balance)
 
     ref_path = Path(reference)
     if ref_path.suffix in (".npz", ".pt") and ref_path.is_file():
@@ -105,15 +119,32 @@ def evaluate_samples(
         mu, sigma, num_ref = reference_statistics(str(reference), size, feature_network=net, batch_size=batch_size,
                                                   device=device, max_images=max_reference, progress=progress)
         ref_stats, ref_desc = (mu, sigma), f"{reference} ({num_ref} images at {size} px, ADM center crop)"
+    if reference_cache is not None:
+        reference_cache[cache_key] = (ref_stats, num_ref, ref_desc)
+    return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc, balance)
 
-    against = f"{describe_samples(int(images.shape[0]), balance)} vs {ref_desc}"
+
+def _result(net, key: str, mu_f, sigma_f, ref_stats, num_ref, logits: list, labels, images: np.ndarray,
+            reference: str, balance: dict[str, Any]) -> dict[str, Any]:
+    from tcae.evaluation import class_agreement, frechet_distance, inception_score
+    from tcae.evaluation.fid_protocol import PROTOCOL, describe_samples
+
+    samples = describe_samples(int(images.shape[0]), balance)
+    against = f"{samples} vs {reference}"
     metrics = {key: frechet_distance(mu_f, sigma_f, *ref_stats)}
-    labels = {key: f"{net.metric_label('g')}; {against}"}
+    names = {key: f"{net.metric_label('g')}; {against}"}
+    extra: dict[str, Any] = {}
     if net.is_fid and logits:
         metrics["is"], metrics["is_std"] = inception_score(torch.cat(logits))
-        labels["is"] = f"Inception Score; {describe_samples(int(images.shape[0]), balance)}"
-        labels["is_std"] = "Inception Score std over 10 splits"
+        names["is"], names["is_std"] = f"Inception Score; {samples}", "Inception Score std over 10 splits"
+    if net.judges_labels and logits and labels is not None:
+        agreement = class_agreement(torch.cat(logits), labels)
+        metrics["class_agreement"] = agreement.pop("class_agreement")
+        names["class_agreement"] = f"share of samples the {net.name} network assigns to their label"
+        extra = agreement
+    if hasattr(net, "describe"):
+        extra["judge"] = net.describe()
     summary = "; ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "is_std") + f" ({against})"
-    return {"metrics": metrics, "labels": labels, "num_samples": int(images.shape[0]), "class_balance": balance,
-            "image_size": list(images.shape[1:3]), "reference": ref_desc, "num_reference": num_ref,
-            "feature_network": net.name, "protocol": PROTOCOL if net.is_fid else None, "summary": summary}
+    return {"metrics": metrics, "labels": names, "num_samples": int(images.shape[0]), "class_balance": balance,
+            "image_size": list(images.shape[1:3]), "reference": reference, "num_reference": num_ref,
+            "feature_network": net.name, "protocol": PROTOCOL if net.is_fid else None, "summary": summary, **extra}

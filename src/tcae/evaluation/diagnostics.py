@@ -206,12 +206,18 @@ def _is_main() -> bool:
 def probe_specs(spec: str) -> tuple[str, str] | None:
     """(train spec, val spec) for the linear probe, or None when the data has no separate splits.
 
-    ``builtin:digits[:...]`` -> ``builtin:digits:train`` / ``builtin:digits:val``; a folder with
+    ``builtin:digits[:...]`` -> ``builtin:digits:train`` / ``builtin:digits:val``;
+    ``builtin:fashion[@DIR][:split]`` -> its train split / its val or test split (val when the spec
+    names train or none); a folder with
     ``train/`` and ``val/`` sub-folders -> ``DIR:train`` / ``DIR:val``.
     """
     from tcae.data import parse_spec
+    from tcae.data.fashion import fashion_spec
 
     parsed = parse_spec(spec)
+    if parsed.kind == "fashion":  # scored on the named val or test split, else on val
+        return fashion_spec(parsed.root, "train"), fashion_spec(parsed.root, parsed.split if parsed.split in (
+            "val", "test") else "val")
     if parsed.kind in ("digits", "photos"):
         return f"builtin:{parsed.kind}:train", f"builtin:{parsed.kind}:val"
     if parsed.kind == "folder" and all(os.path.isdir(os.path.join(parsed.target, s)) for s in ("train", "val")):

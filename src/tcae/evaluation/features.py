@@ -21,6 +21,9 @@ Names accepted by :func:`build_feature_network`:
   ``dinov2:vit_base_patch14_dinov2.lvd142m`` or ``..._small_...`` for lighter variants.
 - ``"torchvision:<name>"``: any torchvision classifier (``torchvision.models.list_models``), its
   default weights' preprocessing, penultimate features (input of the last ``nn.Linear``) and logits.
+- ``"judge:digits"``, ``"judge:fashion[@DIR]"``: the project's own classifiers of a data set's
+  classes (:mod:`tcae.evaluation.judges`), trained here rather than downloaded: "FD-<data>" in their
+  penultimate features and, from their logits, the class agreement of labelled samples.
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ class FeatureNetwork(nn.Module):
     kind: str = "custom"
     label: str = CUSTOM_LABEL
     dim: int | None = None
+    # True when the logits are over the generated data's own label ids (a judge): class-conditional
+    # samples then get a class agreement (share classified as the class they were generated for)
+    judges_labels: bool = False
 
     @property
     def is_fid(self) -> bool:
@@ -339,17 +345,17 @@ def _parse_network(spec: str) -> tuple[str, str]:
         return name, ""
     if name == "dinov2":
         return name, arg or DINOV2_DEFAULT
-    if name == "torchvision" and arg:
+    if name in ("torchvision", "judge") and arg:
         return name, arg
     raise ValueError(f"unknown feature network {spec!r}; expected 'inception', 'dinov2[:<timm name>]', "
-                     "'torchvision:<model name>' or an nn.Module")
+                     "'torchvision:<model name>', 'judge:digits', 'judge:fashion[@DIR]' or an nn.Module")
 
 
 def build_feature_network(spec: str | nn.Module, weights: str | os.PathLike | None = None) -> FeatureNetwork:
     """A :class:`FeatureNetwork` from a name (see the module docstring) or any ``nn.Module``.
 
     Args:
-        spec: "inception", "dinov2[:timm name]", "torchvision:<name>", a FeatureNetwork (returned
+        spec: "inception", "dinov2[:timm name]", "torchvision:<name>", "judge:<data>", a FeatureNetwork (returned
             as is) or any nn.Module (wrapped as a custom network).
         weights: explicit weights file; None looks in the library's cache location.
 
@@ -370,4 +376,12 @@ _NETWORKS = {
     "inception": (lambda arg, w: inception_weights_path(w), lambda arg, w: InceptionFeatures(w)),
     "dinov2": (dinov2_weights_path, DinoV2Features),
     "torchvision": (torchvision_weights_path, TorchvisionFeatures),
+    # imported when used: tcae.evaluation.judges builds on this module
+    "judge": (lambda arg, w: _judges().judge_weights_path(arg, w), lambda arg, w: _judges().build_judge(arg, w)),
 }
+
+
+def _judges():
+    from tcae.evaluation import judges
+
+    return judges

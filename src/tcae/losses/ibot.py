@@ -209,8 +209,8 @@ class IBOTLoss(nn.Module):
                           "(v b) k -> v b k", v=v_g)
         s_cls = rearrange(F.log_softmax(student_cls.float() / self.student_temp, dim=-1), "(v b) k -> v b k", b=b)
         ce = -torch.einsum("ibk,jbk->ijb", t_cls, s_cls).mean(dim=-1)  # (V_g, V_s), batch mean
-        off_diag = ~torch.eye(v_g, s_cls.shape[0], dtype=torch.bool, device=ce.device)  # j != i
-        loss_cls = ce[off_diag].mean()
+        off_diag = 1.0 - torch.eye(v_g, s_cls.shape[0], device=ce.device)  # j != i (a product: no mask gather)
+        loss_cls = (ce * off_diag).sum() / (v_g * s_cls.shape[0] - v_g)
 
         # L_MIM over the masked tokens only
         s_rows = F.log_softmax(student_patch.float() / self.student_temp, dim=-1)  # (M, K_p)

@@ -176,6 +176,12 @@ class TokenizerTrainer(TrainLoop):
                 self.guarded_buffers += list(self.lecam.buffers())
             self.disc_ddp = self.wrap(self.disc)
             self.add_optimizer("disc", self.disc, lc.disc_lr or cfg.optim.lr, cfg.optim.weight_decay)
+        if cfg.compile and lc.gan and lc.adaptive_gan_weight:
+            # the adaptive weight differentiates through the compiled graph before loss.backward() (retained
+            # graph), which compiled backwards with donated buffers refuse
+            import torch._functorch.config
+
+            torch._functorch.config.donated_buffer = False
         self.train_module = self.wrap(self.student)
         self.add_optimizer("model", self.student, cfg.optim.lr, cfg.optim.weight_decay)
         self._build_data(model)
@@ -192,15 +198,16 @@ class TokenizerTrainer(TrainLoop):
             stride = model.config.token_stride
             collate = MultiCropCollate((d.image_size // stride, d.image_size // stride),
                                        tuple(s.mask_ratio), s.mask_sample_prob)
+        channels = model.config.in_channels  # gray built-ins serve 1 channel to an in_channels=1 model
         ds = build_dataset(d.spec, d.image_size, train=True, transform=transform, seed=cfg.seed,
-                           epoch_size=d.epoch_size)
+                           epoch_size=d.epoch_size, channels=channels)
         self.loader = build_loader(ds, per_rank, train=True, num_workers=d.num_workers,
                                    collate_fn=collate, seed=cfg.seed)
         # the val split of a built-in set serves the reconstruction grids; other data: data.val_spec
         val_spec = d.val_spec or (f"builtin:{d.spec.split(':')[1]}:val" if d.spec.startswith("builtin:") else None)
         self.val_images = None
         if val_spec:
-            val = build_dataset(val_spec, d.image_size, train=False)
+            val = build_dataset(val_spec, d.image_size, train=False, channels=channels)
             n = min(8, len(val))
             self.val_images = torch.stack([val[i]["image"] for i in range(n)]).to(self.device)
 

@@ -1,0 +1,363 @@
+"""The report of a `tcae repro` experiment: seeds aggregated, the paper beside the measurement, verdicts.
+
+Spread and verdict rule (stated in every report): per cell and metric, the mean and the sample
+standard deviation over seeds (ddof=1) and the min..max; a comparison of cell X with cell Y counts
+as a difference only when |mean_X - mean_Y| exceeds the larger of the two cells' standard
+deviations, else it is "no difference". With one seed there is no spread and no verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tcae.repro import PAPER, PAPER_NOTES, SCALES, Scale, experiment_cells
+
+# key -> (column label, path into a result, higher is better)
+METRICS = {
+    "psnr": ("PSNR", ("reconstruction", "metrics", "psnr"), True),
+    "ssim": ("SSIM", ("reconstruction", "metrics", "ssim"), True),
+    "rfid": ("rFID", ("reconstruction", "metrics", "rfid"), False),
+    "a1": ("A1 tokens", ("diagnostics", "probe_acc_tokens"), True),
+    "a2": ("A2 latents", ("diagnostics", "probe_acc_latents"), True),
+    "struct": ("struct. loss", ("diagnostics", "structural_loss"), False),
+    "agree": ("class agreement", ("generation", "class_agreement"), True),
+    "fd": ("FD-judge", ("generation", "fd_judge"), False),
+    "gfid": ("gFID", ("generation", "gfid"), False),
+    "is": ("IS", ("generation", "is"), True),
+    "gflops": ("GFLOPs enc+dec", ("cost", "total_gflops"), False),
+}
+
+
+def metric(result: dict, key: str) -> float | None:
+    r = result
+    for p in METRICS[key][1]:
+        if not isinstance(r, dict) or p not in r:
+            return None
+        r = r[p]
+    return None if r is None or (isinstance(r, float) and math.isnan(r)) else float(r)
+
+
+def summarize(values: list[float | None]) -> dict | None:
+    """{"n", "mean", "std" (ddof=1; nan for one value), "min", "max"} of the non-missing values, or None."""
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return None
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _fmt_summary(s: dict | None) -> str:
+    if s is None:
+        return "n/a"
+    if s["n"] == 1:
+        return _fmt(s["mean"])
+    return f"{_fmt(s['mean'])} ± {_fmt(s['std'], 2)} [{_fmt(s['min'])}, {_fmt(s['max'])}]"
+
+
+def compare(x: dict | None, y: dict | None, higher_better: bool) -> tuple[str, float | None, float | None]:
+    """(verdict, difference mean_X - mean_Y, spread) of cell summaries x and y on one metric.
+
+    verdict: "better" / "worse" (X than Y, in the metric's good direction), "no difference"
+    (|difference| <= spread = the larger seed std), or "n/a" (missing, or one seed: no spread)."""
+    if x is None or y is None:
+        return "n/a", None, None
+    diff = x["mean"] - y["mean"]
+    spread = max(x["std"], y["std"])
+    if math.isnan(spread):
+        return "n/a (one seed: no spread)", diff, None
+    if abs(diff) <= spread:
+        return "no difference", diff, spread
+    return ("better" if (diff > 0) == higher_better else "worse"), diff, spread
+
+
+def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]:
+    """(paper claim, statement, cell X, cell Y, metric key, expected outcome of X vs Y) per experiment;
+    expected: "better", "worse" or "not better"."""
+    if name == "stc-ssl":
+        ss0, st0, ss1, st1 = "single-stage, no SSL", "staged, no SSL", "single-stage, SSL", "staged, SSL"
+        return [
+            ("2", "STC improves generation (no SSL)", st0, ss0, "fd", "better"),
+            ("2", "STC improves generation (with SSL)", st1, ss1, "fd", "better"),
+            ("3", "SSL improves generation (single-stage)", ss1, ss0, "fd", "better"),
+            ("3", "SSL improves generation (staged)", st1, st0, "fd", "better"),
+            ("3", "SSL improves the latents' linear probe (single-stage)", ss1, ss0, "a2", "better"),
+            ("3", "SSL improves the latents' linear probe (staged)", st1, st0, "a2", "better"),
+            ("probe", "STC keeps more class structure in the latents (A2, no SSL)", st0, ss0, "a2", "better"),
+            ("probe", "STC lowers the structural loss 1 - A2/A1 (no SSL)", st0, ss0, "struct", "better"),
+            ("TC-AE", "TC-AE (STC + SSL) generates better than the baseline", st1, ss0, "fd", "better"),
+            ("TC-AE", "TC-AE's samples are recognised more often than the baseline's", st1, ss0, "agree", "better"),
+        ]
+    if name == "ssl-method":
+        return [("3", "iBOT generates better than DINO", "iBOT", "DINO", "fd", "better"),
+                ("3", "DINO generates better than no SSL", "DINO", "none", "fd", "better"),
+                ("3", "iBOT generates better than no SSL", "iBOT", "none", "fd", "better"),
+                ("3", "iBOT's latents probe better than no SSL's", "iBOT", "none", "a2", "better")]
+    cells = list(experiment_cells(name, scale))
+    if name == "channels":
+        small, big = cells
+        return [("4", f"{big} reconstructs better than {small}", big, small, "psnr", "better"),
+                ("4", f"{big} generates worse than {small}", big, small, "fd", "worse")]
+    if name == "token-scaling":
+        out = []
+        for mode in ("single-stage", "staged"):
+            ps = sorted(int(c[2:c.index(",")]) for c in cells if c.endswith(mode))
+            cell = {p: f"p={p}, {mode}" for p in ps}
+            for a, b in zip(ps, ps[1:]):
+                out.append(("1", f"p={a} reconstructs better than p={b} ({mode})", cell[a], cell[b], "psnr", "better"))
+            expected = "better" if mode == "staged" else "not better"
+            text = ("with STC, the smallest p generates better than the largest" if mode == "staged" else
+                    "without STC, the smallest p does not generate better than the largest")
+            out.append(("2", text, cell[ps[0]], cell[ps[-1]], "fd", expected))
+        return out
+    return []
+
+
+def _outcome(verdict: str, expected: str) -> str:
+    if verdict.startswith("n/a"):
+        return verdict
+    if expected == "not better":
+        return "reproduced" if verdict != "better" else "not reproduced"
+    if verdict == "no difference":
+        return "no difference"
+    return "reproduced" if verdict == expected else "not reproduced (opposite)"
+
+
+# ---------------------------------------------------------------------------- convergence
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> tuple[float | None, bool]:
+    """(DiT steps at which the FD curve [(step, fd)] first reaches <= target, linearly interpolated
+    between checkpoints; None when never), and whether that is only an upper bound (the first
+    point is already below the target)."""
+    prev = None
+    for step, fd in curve:
+        if fd <= target:
+            if prev is None:
+                return float(step), True
+            s0, f0 = prev
+            return s0 + (f0 - target) / (f0 - fd) * (step - s0), False
+        prev = (step, fd)
+    return None, False
+
+
+def _curve(result: dict) -> list[tuple[int, float]]:
+    return [(int(p["step"]), float(p["fd_judge"])) for p in result.get("convergence", [])]
+
+
+def _mean_curve(results: list[dict]) -> list[tuple[int, float]]:
+    curves = [dict(_curve(r)) for r in results]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return [(s, float(np.mean([c[s] for c in curves]))) for s in steps]
+
+
+def speedup(fast: list[dict], base: list[dict]) -> dict:
+    """Ratio of the baseline's steps to the steps `fast` needs to reach the baseline's final FD, per
+    seed (seed i against seed i) and on the seed-mean curves."""
+    def one(fc, bc):
+        if not fc or not bc:
+            return None
+        final_step, target = bc[-1]
+        steps, bound = steps_to_reach(fc, target)
+        return {"target_fd": target, "baseline_steps": final_step, "steps": steps, "upper_bound": bound,
+                "ratio": final_step / steps if steps else None}
+    per_seed = [one(_curve(f), _curve(b)) for f, b in zip(fast, base)]
+    return {"per_seed": per_seed, "mean_curve": one(_mean_curve(fast), _mean_curve(base))}
+
+
+def _fmt_speedup(s: dict | None) -> str:
+    if s is None:
+        return "n/a"
+    if s["steps"] is None:
+        return f"not reached (baseline final FD {s['target_fd']:.3g})"
+    ratio = f"{s['ratio']:.2f}x" if not s["upper_bound"] else f">= {s['ratio']:.2f}x"
+    return f"{ratio} ({s['steps']:.0f} vs {s['baseline_steps']} steps)"
+
+
+CONVERGENCE_PAIRS = {"stc-ssl": [("staged, SSL", "single-stage, no SSL", "TC-AE (STC + SSL)", "up to 4.7x"),
+                                 ("staged, no SSL", "single-stage, no SSL", "STC alone", "2.7x")]}
+
+
+# ---------------------------------------------------------------------------- figures
+def _plots(out: Path, results: dict[str, list[dict]], fd_name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(results)
+    panels = [("psnr", "reconstruction PSNR (dB)"), ("fd", f"{fd_name} (lower is better)"),
+              (("a1", "a2"), "linear probe A1 tokens / A2 latents"), ("agree", "class agreement of samples")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    x = np.arange(len(cells))
+    for ax, (keys, title) in zip(axes, panels):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        width = 0.8 / len(keys)
+        for j, key in enumerate(keys):
+            pos = x + (j - (len(keys) - 1) / 2) * width
+            sums = [summarize([metric(r, key) for r in results[c]]) for c in cells]
+            means = [s["mean"] if s else 0 for s in sums]
+            errs = [s["std"] if s and s["n"] > 1 else 0 for s in sums]
+            ax.bar(pos, means, width, yerr=errs, capsize=3, label=METRICS[key][0], alpha=0.75)
+            for p, c in zip(pos, cells):  # every seed as a dot
+                vals = [v for v in (metric(r, key) for r in results[c]) if v is not None]
+                ax.plot([p] * len(vals), vals, "k.", ms=4)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+        ax.set_xticks(x, cells, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("bars: mean over seeds, error bars: std, dots: seeds", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "plots.png", dpi=110)
+    plt.close(fig)
+
+
+def _convergence_plot(out: Path, results: dict[str, list[dict]], fd_name: str, highlight: list[str]) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {c: [dict(_curve(r)) for r in rs] for c, rs in results.items() if any(_curve(r) for r in rs)}
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell, per_seed in curves.items():
+        steps = sorted(set.intersection(*(set(c) for c in per_seed)))
+        vals = np.array([[c[s] for s in steps] for c in per_seed])
+        bold = not highlight or cell in highlight
+        line, = ax.plot(steps, vals.mean(0), marker="o", lw=2.2 if bold else 1, alpha=1 if bold else 0.5,
+                        label=cell)
+        ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15 if bold else 0.07)
+    ax.set_xlabel("DiT training steps")
+    ax.set_ylabel(f"{fd_name} (EMA DiT, lower is better)")
+    ax.set_yscale("log")
+    ax.set_title("generation during DiT training: mean over seeds, band min..max", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "convergence.png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------- the report
+def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str, split: str,
+                 results_by_seed: dict[str, dict[int, dict]], judge, seeds: int, floor: dict | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {c: [r[s] for s in sorted(r)] for c, r in results_by_seed.items()}
+    cells = list(results)
+    fd_name = f"FD-{judge.data}" if judge is not None else "FD-judge"
+    keys = [k for k in METRICS if any(metric(r, k) is not None for rs in results.values() for r in rs)]
+    label = {k: (fd_name if k == "fd" else METRICS[k][0]) for k in METRICS}
+    sums = {c: {k: summarize([metric(r, k) for r in results[c]]) for k in keys} for c in cells}
+
+    measured = ["| cell | seeds | " + " | ".join(label[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    for c in cells:
+        measured.append(f"| {c} | {len(results[c])} | " + " | ".join(_fmt_summary(sums[c][k]) for k in keys) + " |")
+    per_seed = ["| cell | seed | " + " | ".join(label[k] for k in keys) + " | run |", "|" + "---|" * (len(keys) + 3)]
+    for c in cells:
+        for r in results[c]:
+            per_seed.append(f"| {c} | {r.get('seed', 0)} | " + " | ".join(_fmt(metric(r, k)) for k in keys)
+                            + f" | `{r.get('key', '')}` |")
+
+    verdicts = ["| claim | statement | X | Y | metric | X - Y | spread | X vs Y | outcome |", "|" + "---|" * 9]
+    for claim, text, x, y, key, expected in claims(name, scale):
+        if x not in sums or y not in sums:
+            continue
+        sx, sy = (summarize([metric(r, key) for r in results[c]]) for c in (x, y))
+        verdict, diff, spread = compare(sx, sy, METRICS[key][2])
+        verdicts.append(f"| {claim} | {text} | {x} | {y} | {label[key]} | {_fmt(diff, 3)} | {_fmt(spread, 3)} | "
+                        f"{verdict} | {_outcome(verdict, expected)} |")
+
+    costs = ["| cell | GFLOPs enc+dec (1 image) | tokenizer s | latents s | DiT s | evaluation s | total s |",
+             "|---|---|---|---|---|---|---|"]
+    unique_wall = {}
+    for c in cells:
+        t = [r.get("timings_s", {}) for r in results[c]]
+        mean = {k: float(np.mean([x.get(k, 0.0) for x in t])) for k in ("tokenizer", "latents", "dit")}
+        ev = float(np.mean([sum(v for k, v in x.items() if k not in ("tokenizer", "latents", "dit")) for x in t]))
+        total = sum(mean.values()) + ev
+        for r in results[c]:
+            unique_wall[r.get("key", id(r))] = sum(r.get("timings_s", {}).values())
+        gflops = sums[c].get("gflops")
+        costs.append(f"| {c} | {_fmt(gflops['mean'] if gflops else None)} | "
+                     f"{mean['tokenizer']:.0f} | {mean['latents']:.0f} | {mean['dit']:.0f} | {ev:.0f} | {total:.0f} |")
+
+    _plots(out, results, fd_name)
+    pairs = CONVERGENCE_PAIRS.get(name, [])
+    has_conv = _convergence_plot(out, results, fd_name, [c for p in pairs for c in p[:2]])
+    conv = []
+    if has_conv and pairs:
+        conv = ["| comparison | paper | per seed | on the seed-mean curves |", "|---|---|---|---|"]
+        for fast, base, what, paper in pairs:
+            if fast in results and base in results:
+                sp = speedup(results[fast], results[base])
+                seeds_text = "; ".join(_fmt_speedup(s) for s in sp["per_seed"])
+                mean_text = _fmt_speedup(sp["mean_curve"])
+                conv.append(f"| {what} ({fast}) vs {base} | {paper} | {seeds_text} | {mean_text} |")
+
+    paper_rows = [f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " |"
+                  for cell, vals in PAPER.get(name, {}).items()]
+    data_arg = "" if data == SCALES[scale_name].data else f" --data {data}"
+    command = (f"tcae repro {name} --scale {scale_name}{data_arg}"
+               + (f" --seeds {seeds}" if seeds > 1 else "")
+               + ("" if split == scale.eval_split else f" --eval-split {split}") + f" --out {out}")
+    judge_text = ""
+    if judge is not None:
+        d = judge.describe()
+        judge_text = (f"Judge: `{d['network']}` ({d.get('arch', '')}), accuracy {d['accuracy']:.4f} on "
+                      f"`{d['accuracy_split']}`. {fd_name} is the Fréchet distance between "
+                      f"{scale.per_class * scale.num_classes} class-balanced samples (no CFG, "
+                      f"{scale.sample_steps} Euler steps) and the `{split}` split in the judge's penultimate "
+                      "features: not FID. Class agreement: the share of samples the judge assigns to the class "
+                      "they were generated for (chance 0.1).")
+        if floor:
+            judge_text += (f" Floor: {fd_name} of {floor['num_samples']} real `{floor['source']}` images against "
+                           f"the `{split}` split is {floor['fd_judge']:.3g} (class agreement "
+                           f"{floor['class_agreement']:.3f}).")
+    s = scale
+    snaps = f", EMA snapshots every {s.convergence_every} steps" if s.convergence_every else ""
+    settings = (f"Tokenizer config `{s.tokenizer_config}` ({s.tokenizer_steps} steps), DiT config `{s.dit_config}` "
+                f"({s.dit_steps} steps{snaps}{', ' + ' '.join(s.dit_extra) if s.dit_extra else ''}); seeds "
+                f"0..{seeds - 1} (tokenizer, DiT and sampling seed); every metric on the `{split}` split.")
+    total_unique = sum(unique_wall.values())
+    text = "\n".join([
+        f"# tcae repro {name} (scale {scale_name}, data {data}, {seeds} seed{'s' if seeds > 1 else ''}, "
+        f"evaluated on {split})", "",
+        f"Command: `{command}`", "",
+        settings, "",
+        *(["## The scale against the paper's regime", "", s.mapping, ""] if s.mapping else []),
+        "## Paper (ImageNet 256x256)", "", "| cell | reported |", "|---|---|", *paper_rows, "",
+        *[f"- {n}" for n in PAPER_NOTES.get(name, [])], "",
+        "## Measured (mean ± std over seeds [min, max])", "", *measured, "",
+        judge_text, "",
+        "PSNR/SSIM: reconstructions of the evaluation split; A1/A2: linear-probe accuracy on pooled encoder tokens "
+        "/ flattened latents (fitted on the train split, scored on the evaluation split), structural loss 1 - A2/A1. "
+        "rFID/gFID/IS need the Inception weights and are left out without them.", "",
+        "![plots](plots.png)", "",
+        "## Verdicts", "",
+        "A difference counts only when |mean_X - mean_Y| exceeds the spread, the larger of the two cells' seed "
+        "standard deviations (ddof=1); otherwise it is 'no difference'. 'X vs Y' is in the metric's good "
+        "direction (lower FD and structural loss, higher PSNR, probe accuracy and class agreement are better).", "",
+        *verdicts, "",
+        *(["## Convergence: FD during DiT training", "",
+           "Steps a model needs to reach the baseline's final FD, linearly interpolated between EMA snapshots "
+           "(ratio = baseline steps / those steps; '>=' when the first snapshot is already below).", "",
+           *conv, ""] if conv else []),
+        *(["![convergence](convergence.png)", ""] if has_conv else []),
+        "## Per-seed values", "", *per_seed, "",
+        "## Cost and wall time (per seed, mean)", "", *costs, "",
+        f"Wall time of this experiment's {len(unique_wall)} distinct (cell, seed) runs: {total_unique / 3600:.2f} h "
+        "(runs shared with other experiments are computed once; times are those of the sessions that ran them).", "",
+    ])
+    (out / "report.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"experiment": name, "scale": scale_name, "data": data,
+                                                  "split": split, "seeds": seeds, "summaries": sums}, indent=2,
+                                                 default=float))
+    return out / "report.md"
