@@ -270,7 +270,8 @@ def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale
 
 
 def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scale, data: str, judge=None,
-                    seed: int = 0, split: str | None = None, reference_cache: dict | None = None) -> dict:
+                    seed: int = 0, split: str | None = None, reference_cache: dict | None = None,
+                    progress: bool = True) -> dict:
     """A (cell, seed) after its tokenizer, for any tokenizer spec `tok` (a tcae model or
     ``diffusers:PATH_OR_HUB_ID``; also `tcae score`'s): cache its train latents, train the scale's DiT,
     evaluate and diagnose the tokenizer on `split` (nothing written into it), sample class-balanced sets
@@ -285,7 +286,8 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
         dit = dit_stage(runs, lat, dit_overrides(scale, seed), config=scale.dit_config)
         snapshots = dit_snapshots(runs / "dit", scale.convergence_every) if scale.convergence_every else []
     with _timed(eval_times, "evaluate"):
-        ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec)
+        ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec,
+                            progress=progress)
     gen, convergence = {}, []
     inception = _inception_available()
     if judge is not None or inception:

@@ -47,8 +47,8 @@ def _slug(text: str) -> str:
 
 
 def score_models(models: list[str], data: str | None = None, budget: str = "tiny", out: str | Path | None = None,
-                 names: list[str] | None = None, image_size: int | None = None,
-                 dit_steps: int | None = None) -> dict[str, Any]:
+                 names: list[str] | None = None, image_size: int | None = None, dit_steps: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
     """Score each tokenizer spec in `models` (module docstring); resumable per model (its result.json).
 
     Returns ``{"budget": {...}, "data", "results": [{"model", "name", "metrics", "labels", "cell"}],
@@ -101,7 +101,7 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
             log.info("scoring %s (%s) on %s, budget %s", name, model, data, label)
             eval_dir = cell_dir / eval_dir_name(scale, scale.eval_split, judge_name)
             cell = score_tokenizer(cell_dir, eval_dir, model, scale, data, judge, seed=0, split=scale.eval_split,
-                                   reference_cache=reference_cache)
+                                   reference_cache=reference_cache, progress=progress)
             write_json(done, {"settings": settings, "cell": cell})
         metrics, labels = _figures(cell, label, budget_info, data)
         results.append({"model": model, "name": name, "metrics": metrics, "labels": labels, "cell": cell})

@@ -52,7 +52,7 @@ def _score(args: argparse.Namespace) -> int:
 
     names = args.names.split(",") if args.names else None
     payload = score_models(args.model, args.data, args.budget, args.out, names=names, image_size=args.image_size,
-                           dit_steps=args.dit_steps)
+                           dit_steps=args.dit_steps, progress=not args.no_progress)
     print(payload["markdown"])
     out = Path(payload["out"])
     print(f"wrote {out / 'score.json'} and {out / 'score.md'}")
