@@ -169,7 +169,7 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     assert (r0["seed"], r1["seed"], r0["split"]) == (0, 1, "test") and r0["key"] != r1["key"]
     assert [p["step"] for p in r0["convergence"]] == [2, 4]  # a snapshot at 2, the final model at 4
     assert r0["convergence"][-1]["fd_judge"] == r0["generation"]["fd_judge"]
-    assert math.isfinite(r0["generation"]["class_agreement"]) and r0["diagnostics"]["probe"]["split"] == "train/val"
+    assert math.isfinite(r0["generation"]["class_agreement"]) and r0["diagnostics"]["probe"]["split"] == "train/test"
     # the summary's mean and std are those of the per-seed values
     summary = json.loads((out / "channels" / "summary.json").read_text())["summaries"]["c=8"]["psnr"]
     psnrs = [r["reconstruction"]["metrics"]["psnr"] for r in (r0, r1)]
