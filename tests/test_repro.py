@@ -141,14 +141,17 @@ def tiny_fashion(tmp_path, monkeypatch):
 
 
 def _count_training(monkeypatch) -> dict:
+    """Count the trainings that really run (the pipeline stages skip a finished model)."""
+    from tcae.training import dit, tokenizer
+
     calls = {"tokenizer": 0, "dit": 0}
-    for name, key in (("train_tokenizer_stage", "tokenizer"), ("dit_stage", "dit")):
-        real = getattr(repro, name)
+    for module, name, key in ((tokenizer, "train_tokenizer", "tokenizer"), (dit, "train_dit", "dit")):
+        real = getattr(module, name)
 
         def counted(*a, _real=real, _key=key, **k):
             calls[_key] += 1
             return _real(*a, **k)
-        monkeypatch.setattr(repro, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 
