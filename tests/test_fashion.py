@@ -238,5 +238,5 @@ def test_one_channel_model_trains_on_gray_fashion(fashion_dir, tmp_path):
     batch = next(iter(trainer.loader))
     assert batch["global_crops"].shape[1] == 1 and batch["local_crops"].shape[1] == 1
     assert trainer.val_images.shape[1:] == (1, 32, 32)
-    terms = trainer.train_step(batch)
+    terms = trainer.train_step([batch])
     assert torch.isfinite(terms["loss"])
