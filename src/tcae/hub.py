@@ -45,6 +45,9 @@ def stage_model(model_id: str, folder: str | os.PathLike, repo_id: str,
     from tcae.models.checkpoint_io import resolve_run_dir
 
     validate_repo_id(repo_id)  # HFValidationError (a ValueError) names what is wrong with it
+    if str(model_id).startswith("diffusers:"):
+        raise ValueError(f"{model_id}: tcae push uploads tcae models; a diffusers folder goes up with its own "
+                         "push_to_hub (or huggingface_hub.upload_folder)")
     model = load_model(model_id)
     local = Path(resolve_run_dir(model_id))
     info = read_card_info(local / "README.md") if local.is_dir() else {}

@@ -23,7 +23,8 @@ from tcae.data import build_dataset
 from tcae.data.spec import split_spec  # noqa: F401  (part of this module's API)
 from tcae.device import resolve_device
 from tcae.evaluation.features import FeatureNetwork
-from tcae.models import TCAE, flops
+from tcae.models import flops
+from tcae.tokenizers import load_tokenizer
 
 log = logging.getLogger("tcae.pipeline")
 
@@ -39,15 +40,17 @@ def train_tokenizer_stage(run_dir: Path, config: str, overrides: list[str]) -> P
     return model_dir
 
 
-def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Path,
+def evaluate_stage(model_dir: Path | str, val_spec: str, image_size: int, out_dir: Path,
                    train_spec: str | None = None, diag_spec: str | None = None, progress: bool = True) -> dict:
     """PSNR/SSIM (+ rFID/LPIPS only when their weights are present) on `val_spec`, a reconstruction
     grid, and the latent diagnostics on `train_spec` (its linear probe scored on the val split), whose
     latent statistics are written into the model; with `diag_spec` the diagnostics run on that spec
-    instead (e.g. a test split, where the probe is scored) and nothing is written into the model."""
+    instead (e.g. a test split, where the probe is scored) and nothing is written into the model.
+    `model_dir`: any tokenizer spec (:func:`tcae.tokenizers.load_tokenizer`); writing statistics needs a
+    tcae model."""
     from tcae.evaluation import diagnose, evaluate, weights_available
 
-    model = TCAE.from_pretrained(str(model_dir)).eval()
+    model = load_tokenizer(str(model_dir))
     metrics = ["psnr", "ssim"] + [m for m in ("lpips", "rfid") if weights_available(m)]
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = evaluate(model, val_spec, image_size=image_size, metrics=tuple(metrics),
@@ -57,14 +60,14 @@ def evaluate_stage(model_dir: Path, val_spec: str, image_size: int, out_dir: Pat
     return {"reconstruction": rec, "diagnostics": diag}
 
 
-def latents_stage(model_dir: Path, data_spec: str, image_size: int, out_dir: Path,
+def latents_stage(model_dir: Path | str, data_spec: str, image_size: int, out_dir: Path,
                   device: str | torch.device | None = None) -> Path:
     """Cache normalisable latents of `data_spec` (resumable). The dataset is built with train=False
     (no augmentation), so a spec without a split means its val split: pass
     `split_spec(spec, "train")` to cache training latents."""
     from tcae.diffusion import cache_latents
 
-    model = TCAE.from_pretrained(str(model_dir)).eval()
+    model = load_tokenizer(str(model_dir))
     ds = build_dataset(data_spec, image_size, train=False, channels=model.config.in_channels)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
                   device=resolve_device(device))
@@ -82,7 +85,7 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
     return model_dir
 
 
-def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_class: int, cfg_scale: float,
+def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], per_class: int, cfg_scale: float,
                  steps: int, seed: int = 0, device: str | torch.device | None = None, dit=None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Class-conditional samples as uint8 (N, H, W, 3) and their labels (N,), class-major.
@@ -94,7 +97,7 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path, classes: list[int], per_cla
 
     device = resolve_device(device)
     dit = (dit if dit is not None else DiT.from_pretrained(str(dit_dir))).to(device).eval()
-    tok = TCAE.from_pretrained(str(tokenizer_dir)).to(device).eval()
+    tok = load_tokenizer(str(tokenizer_dir)).to(device).eval()
     mean, std, _ = load_latent_stats(dit, tok)
     labels = class_labels(per_class, dit.config.num_classes, classes)
     chunks = []
@@ -173,9 +176,9 @@ def dit_from_snapshot(path: Path):
     return dit.eval()
 
 
-def tokenizer_cost(model_dir: Path, image_size: int) -> dict:
-    model = TCAE.from_pretrained(str(model_dir))
-    return flops(model, image_size).as_dict()
+def tokenizer_cost(model_dir: Path | str, image_size: int) -> dict:
+    """Encode/decode FLOPs of one image (any tokenizer spec)."""
+    return flops(load_tokenizer(str(model_dir)), image_size).as_dict()
 
 
 class Timer:

@@ -260,18 +260,34 @@ def _timed(path: Path, name: str):
 
 def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale, data: str, judge, seed: int,
               split: str, reference_cache: dict | None) -> dict:
+    with _timed(cell_dir / "train_timings.json", "tokenizer"):
+        tok = train_tokenizer_stage(cell_dir / "runs", scale.tokenizer_config,
+                                    tokenizer_overrides(overrides, scale, data, seed))
+    result = {"overrides": overrides,
+              **score_tokenizer(cell_dir, eval_dir, tok, scale, data, judge, seed, split, reference_cache)}
+    write_json(eval_dir / "result.json", result)
+    return result
+
+
+def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scale, data: str, judge=None,
+                    seed: int = 0, split: str | None = None, reference_cache: dict | None = None,
+                    progress: bool = True) -> dict:
+    """A (cell, seed) after its tokenizer, for any tokenizer spec `tok` (a tcae model or
+    ``diffusers:PATH_OR_HUB_ID``; also `tcae score`'s): cache its train latents, train the scale's DiT,
+    evaluate and diagnose the tokenizer on `split` (nothing written into it), sample class-balanced sets
+    (and the convergence snapshots) and judge them. Returns the result without the cell's overrides."""
+    split = split or scale.eval_split
     runs = cell_dir / "runs"
     train, eval_spec = split_spec(data, "train"), split_spec(data, split)
     train_times, eval_times = cell_dir / "train_timings.json", eval_dir / "timings.json"
-    with _timed(train_times, "tokenizer"):
-        tok = train_tokenizer_stage(runs, scale.tokenizer_config, tokenizer_overrides(overrides, scale, data, seed))
     with _timed(train_times, "latents"):
         lat = latents_stage(tok, train, scale.image_size, cell_dir / "latents")
     with _timed(train_times, "dit"):
         dit = dit_stage(runs, lat, dit_overrides(scale, seed), config=scale.dit_config)
         snapshots = dit_snapshots(runs / "dit", scale.convergence_every) if scale.convergence_every else []
     with _timed(eval_times, "evaluate"):
-        ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec)
+        ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec,
+                            progress=progress)
     gen, convergence = {}, []
     inception = _inception_available()
     if judge is not None or inception:
@@ -293,14 +309,12 @@ def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale
             with _timed(eval_times, "gen-eval"):
                 gen.update(_gen_metrics(images, labels, eval_dir / "samples.npz", eval_spec, scale.image_size))
     timings = {**json.loads(train_times.read_text()), **json.loads(eval_times.read_text())}
-    result = {"overrides": overrides, "seed": seed, "split": split, "data": data, "eval_spec": eval_spec, **ev,
-              "generation": gen, "convergence": convergence, "timings_s": timings,
-              "cost": tokenizer_cost(tok, scale.image_size), "cell_dir": str(cell_dir),
-              "settings": {"tokenizer_steps": scale.tokenizer_steps, "dit_steps": scale.dit_steps,
-                           "per_class": scale.per_class, "sample_steps": scale.sample_steps,
-                           "convergence_every": scale.convergence_every}}
-    write_json(eval_dir / "result.json", result)
-    return result
+    return {"seed": seed, "split": split, "data": data, "eval_spec": eval_spec, **ev,
+            "generation": gen, "convergence": convergence, "timings_s": timings,
+            "cost": tokenizer_cost(tok, scale.image_size), "cell_dir": str(cell_dir),
+            "settings": {"tokenizer_steps": scale.tokenizer_steps, "dit_steps": scale.dit_steps,
+                         "per_class": scale.per_class, "sample_steps": scale.sample_steps,
+                         "convergence_every": scale.convergence_every}}
 
 
 def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path, scale: Scale, judge,

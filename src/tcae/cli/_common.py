@@ -36,7 +36,8 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
 
 def model_arg(p: argparse.ArgumentParser, required: bool = True, **kwargs) -> None:
     """`--model`: a tokenizer, always spelt the same."""
-    kwargs.setdefault("help", "tokenizer: model directory (save_pretrained), training run directory or Hub repo id")
+    kwargs.setdefault("help", "tokenizer: model directory (save_pretrained), training run directory, Hub repo id, or "
+                              "diffusers:PATH_OR_HUB_ID (AutoencoderKL, AutoencoderDC, a tcae export-diffusers folder)")
     p.add_argument("--model", required=required, metavar="MODEL", **kwargs)
 
 

@@ -144,9 +144,10 @@ def _eval_gen(args: argparse.Namespace) -> int:
                               inception_weights=args.inception_weights or args.feature_weights,
                               batch_size=args.batch_size,
                               device=resolve_device(args.device), max_reference=args.max_ref,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, allow_unbalanced=args.allow_unbalanced)
     text = json.dumps(result, indent=2)
     print(text)
+    print(result["summary"])  # the numbers with the sample count and the reference they belong to
     if args.out:
         path = Path(args.out) / "eval_gen.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                 "tokenizer, write samples.npz (ADM evaluator layout: arr_0 uint8 (N, H, W, 3), "
                                 "arr_1 labels) and grid.png.")
     p.add_argument("--dit", required=True, metavar="DIT", help="DiT directory, train-dit run directory or Hub repo id")
-    model_arg(p, help="the tokenizer that decodes the DiT's latents (model directory, run directory or Hub repo id)")
+    model_arg(p, help="the tokenizer that decodes the DiT's latents (model directory, run directory, Hub repo id or "
+                      "diffusers:PATH_OR_HUB_ID)")
     p.add_argument("--num", type=int, required=True,
                    help="samples in total (labels cycle through all classes), or per class with --classes")
     p.add_argument("--classes", nargs="+", default=None, help="class ids, e.g. 0,1,2 or 0 1 2: one grid row each")
@@ -202,12 +204,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "eval-gen", _eval_gen, "gFID and Inception Score of a samples.npz (or FD in another network)",
                     description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
                                 "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
-                                "VIRTUAL_imagenet256_labeled.npz), reference images (.npz arr_0) or a data spec. "
-                                "--feature-network picks another network: a Fréchet distance in its features "
-                                "(never called FID); a judge (judge:fashion, judge:digits) also reports the "
-                                "class agreement of labelled samples.")
+                                "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
+                                ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
+                                "samples must be class-balanced; every number names the sample count and "
+                                "reference (docs/fid-protocol.md). --feature-network picks another network: a "
+                                "Fréchet distance in its features (never called FID); a judge (judge:fashion, "
+                                "judge:digits) also reports the class agreement of labelled samples.")
     p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
-    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0) or data spec")
+    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0), torch-fidelity .pt or data spec")
     p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
     p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
     p.add_argument("--feature-network", default="inception",
@@ -215,6 +219,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-weights", default=None,
                    help="weights file of --feature-network (default: its cache location; judges: trained once)")
     p.add_argument("--max-ref", type=int, default=None, help="use the first N reference images only")
+    p.add_argument("--allow-unbalanced", action="store_true",
+                   help="evaluate labelled samples whose classes are not equally represented (not the protocol)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     out_dir_arg(p, required=False, what="also write the result as DIR/eval_gen.json")

@@ -43,7 +43,7 @@ def _grid_path(out: Path | None, name: str, several: bool) -> str | None:
 def _run_eval(args: argparse.Namespace) -> int:
     from tcae.dist import cleanup, init_distributed
     from tcae.evaluation import Evaluator, compare, format_table, parse_metrics, results_to_json
-    from tcae.models import TCAE
+    from tcae.tokenizers import load_tokenizer
 
     metrics = parse_metrics(args.metrics)
     names = args.names.split(",") if args.names else [_model_name(m) for m in args.model]
@@ -65,7 +65,7 @@ def _run_eval(args: argparse.Namespace) -> int:
                               max_images=args.max_images, num_workers=args.num_workers,
                               lpips_weights=args.lpips_weights, autocast=args.bf16, progress=not args.no_progress)
         for model_dir, name in zip(args.model, names):
-            model = TCAE.from_pretrained(model_dir).eval()
+            model = load_tokenizer(model_dir)
             result = evaluator.run(model, name, None if args.no_grid else _grid_path(out, name, len(args.model) > 1),
                                    args.save_fid_stats)
             result["model"]["dir"] = str(model_dir)
@@ -99,16 +99,20 @@ def format_diagnostics(result: dict) -> str:
         f"  latent channel mean: spread {s['mean_spread']:.4f}, max |mean| {s['mean_abs_max']:.4f}",
         f"  latent channel std:  spread {s['std_spread']:.4f}, min {s['std_min']:.4f}, max {s['std_max']:.4f}",
         f"  effective rank latents: {result['effective_rank_latents']:.2f} (of dim {result['latent_dim']})",
-        f"  effective rank tokens:  {result['effective_rank_tokens']:.2f} (of dim {result['token_dim']})",
     ]
-    if "probe_acc_tokens" in result:
+    tokens = "effective_rank_tokens" in result  # a model with encoder tokens (not a conv autoencoder)
+    lines.append(f"  effective rank tokens:  {result['effective_rank_tokens']:.2f} (of dim {result['token_dim']})"
+                 if tokens else "  effective rank tokens:  n/a (the model has no encoder tokens)")
+    if "probe_acc_latents" in result:
         p = result["probe"]
         lines += [
             f"  linear probe ({p['num_classes']} classes, chance {p['chance']:.3f}; {p['split']}, "
             f"{p['train_images']} train / {p['val_images']} val images)",
-            f"    A1 on pooled encoder tokens: {result['probe_acc_tokens']:.4f}",
+            f"    A1 on pooled encoder tokens: {result['probe_acc_tokens']:.4f}" if tokens else
+            "    A1 on pooled encoder tokens: n/a (no encoder tokens)",
             f"    A2 on latents:               {result['probe_acc_latents']:.4f}",
-            f"    structural loss 1 - A2/A1:   {result['structural_loss']:.4f}",
+            f"    structural loss 1 - A2/A1:   {result['structural_loss']:.4f}" if tokens else
+            "    structural loss 1 - A2/A1:   n/a",
         ]
     else:
         lines.append("  linear probe: skipped (unlabelled data, or --no-probe)")
@@ -119,11 +123,14 @@ def format_diagnostics(result: dict) -> str:
 
 def _run_diagnose(args: argparse.Namespace) -> int:
     from tcae.evaluation import diagnose, results_to_json
-    from tcae.models import TCAE
     from tcae.models.checkpoint_io import resolve_run_dir
+    from tcae.tokenizers import is_diffusers_spec, load_tokenizer
 
+    if args.write_stats and is_diffusers_spec(args.model):
+        raise ValueError(f"--write-stats writes into a tcae model directory; {args.model} is a diffusers model, "
+                         "whose latent scaling lives in its config.json")
     model_dir = resolve_run_dir(args.model)  # --write-stats rewrites the model itself, not the run directory
-    model = TCAE.from_pretrained(model_dir).eval()
+    model = load_tokenizer(model_dir)
     result = diagnose(model, args.data, image_size=args.image_size, batch_size=args.batch_size,
                       device=args.device, max_images=args.max_images, num_workers=args.num_workers,
                       probe=not args.no_probe, write_stats_to=model_dir if args.write_stats else None,
@@ -155,8 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Encode and decode every image of a dataset and report PSNR, SSIM, LPIPS and rFID "
         "(Fréchet distance of InceptionV3 statistics, originals vs reconstructions, or vs --fid-stats). "
         "Several --model give a side-by-side Markdown table and bar plot.")
-    model_arg(p, action="append", help="tokenizer: model directory (save_pretrained), training run directory or "
-              "Hub repo id; repeat for a comparison")
+    model_arg(p, action="append", help="tokenizer: model directory (save_pretrained), training run directory, Hub "
+              "repo id or diffusers:PATH_OR_HUB_ID (AutoencoderKL, AutoencoderDC, a tcae export-diffusers folder); "
+              "repeat for a comparison")
     p.add_argument("--names", default=None, help="comma-separated display names for the models")
     _common(p, "eval.json, grid.png (originals, reconstructions, latent view; grid_NAME.png per model) and with "
                "several models comparison.md and comparison.png")

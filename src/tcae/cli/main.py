@@ -17,7 +17,7 @@ from tcae.cli._common import EXTRA_OF
 
 # each module adds its sub-commands with register(subparsers); none imports torch at module level
 COMMAND_MODULES = ["models_cmd", "train_cmds", "eval_cmd", "infer_cmds", "diffusion_cmds", "hub_cmd", "bench_cmd",
-                   "repro_cmd"]
+                   "repro_cmd", "interop_cmds"]
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 

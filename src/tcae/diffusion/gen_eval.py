@@ -1,12 +1,16 @@
 """Generation metrics of a sample file: gFID and Inception Score (`tcae eval-gen`).
 
 Samples are an ADM-layout `.npz` (`arr_0`: uint8 (N, H, W, 3), labels in `arr_1`). The reference is
-either statistics (`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz`), images in
-the same `.npz` layout, or a data spec (its val split unless the spec names one, resized and
-center-cropped to the samples' size). Features come from `tcae.evaluation`: torch-fidelity's
-InceptionV3 port of the TF-FID network by default (numbers comparable with ADM's evaluator), or any
-other feature network; a judge (`judge:fashion`, ...), whose logits are over the data's own classes,
-also gives the class agreement of labelled samples.
+either statistics (`.npz` with `mu`, `sigma`, e.g. ADM's `VIRTUAL_imagenet256_labeled.npz` read as it is,
+or a torch-fidelity `.pt`), images in the same `.npz` layout, or a data spec (its val split unless the
+spec names one, prepared by ADM's center crop at the samples' size: :mod:`tcae.evaluation.fid_protocol`).
+Features come from `tcae.evaluation`: torch-fidelity's InceptionV3 port of the TF-FID network by default
+(numbers comparable with ADM's evaluator), or any other feature network; a judge (`judge:fashion`, ...),
+whose logits are over the data's own classes, also gives the class agreement of labelled samples.
+
+The pinned protocol (docs/fid-protocol.md): labelled samples must be balanced per class (50 per class for
+50k ImageNet samples) unless `allow_unbalanced`; every number's label names the sample count, the class
+balance and the reference (with its image count where known).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def evaluate_samples(
     progress: bool = True,
     labels: np.ndarray | None = None,
     reference_cache: dict | None = None,
+    allow_unbalanced: bool = False,
 ) -> dict[str, Any]:
     """gFID (Fréchet distance of samples vs reference features) and IS of the samples.
 
@@ -58,14 +63,23 @@ def evaluate_samples(
     their label) and its per-class counts.
     reference_cache: a dict kept by the caller across calls with the same network: the reference's
     feature statistics are computed once and reused.
-    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std", "class_agreement"}, "labels", "num_samples",
-    "reference", ...} ("labels" are the metrics' human-readable names).
+    allow_unbalanced: accept labelled samples whose classes are not equally represented.
+    Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std", "class_agreement"}, "labels" (the metrics'
+    human-readable names, each naming the samples and the reference), "num_samples", "class_balance",
+    "reference", "num_reference", "protocol", "summary", ...}.
     """
     from tcae.evaluation import FeatureStats, build_feature_network
+    from tcae.evaluation.fid_protocol import class_balance, describe_samples, load_reference, reference_statistics
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
     if labels is None and not isinstance(samples, np.ndarray):
         labels = load_sample_labels(samples)
+    balance = class_balance(labels)
+    if balance["balanced"] is False and not allow_unbalanced:
+        raise ValueError(f"{samples if not isinstance(samples, np.ndarray) else 'the samples'}: "
+                         f"{describe_samples(len(images), balance)}; the FID protocol draws the same number of "
+                         "samples per class (e.g. tcae sample --num 50000 over 1000 classes); pass "
+                         "--allow-unbalanced to evaluate them anyway")
     device = resolve_device(device)
     net = build_feature_network(feature_network, inception_weights).to(device).eval()
     key = net.metric_key("g")
@@ -81,50 +95,48 @@ def evaluate_samples(
     mu_f, sigma_f = fake.mean_cov()
     cache_key = (net.name, str(reference), int(image_size or images.shape[1]), max_reference)
     if reference_cache is not None and cache_key in reference_cache:
-        ref_stats, num_ref = reference_cache[cache_key]
-        return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, reference)
+        ref_stats, num_ref, ref_desc = reference_cache[cache_key]
+        return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc, balance)
 
-    ref_desc, num_ref = str(reference), None
     ref_path = Path(reference)
-    ref_stats = None
-    if ref_path.suffix == ".npz" and ref_path.is_file():
-        with np.load(ref_path) as data:
-            has_stats = "mu" in data.files and "sigma" in data.files
-        if has_stats and net.is_fid:
-            from tcae.evaluation import load_stats
-
-            ref_stats = load_stats(ref_path)
+    if ref_path.suffix in (".npz", ".pt") and ref_path.is_file():
+        has_stats = ref_path.suffix == ".pt"
+        if not has_stats:
+            with np.load(ref_path) as data:
+                has_stats = "mu" in data.files and "sigma" in data.files
+        if has_stats and net.is_fid:  # InceptionV3 statistics (ADM's as they are, tcae fid-ref's, torch-fidelity's)
+            ref = load_reference(ref_path)
+            ref_stats, num_ref, ref_desc = (ref.mu, ref.sigma), ref.num_images, ref.describe()
         else:
             real = FeatureStats(net.dim)
             ref_images = load_samples_npz(ref_path)[:max_reference]
             for x in _uint8_batches(ref_images, batch_size):
                 real.update(net(x.to(device))["features"])
             ref_stats, num_ref = real.mean_cov(), real.count
+            ref_desc = f"{ref_path.name} (arr_0: {num_ref} images)"
     else:
-        from tcae.data import build_dataset, eval_loader
-
-        dataset = build_dataset(str(reference), int(image_size or images.shape[1]), train=False,
-                                epoch_size=max_reference)
-        real = FeatureStats(net.dim)
-        loader = eval_loader(dataset, batch_size, max_images=max_reference, device=device)
-        for batch in tqdm(loader, desc="reference features", disable=not progress):
-            real.update(net(batch["image"].to(device, non_blocking=True))["features"])
-        ref_stats, num_ref = real.mean_cov(), real.count
+        size = int(image_size or images.shape[1])
+        mu, sigma, num_ref = reference_statistics(str(reference), size, feature_network=net, batch_size=batch_size,
+                                                  device=device, max_images=max_reference, progress=progress)
+        ref_stats, ref_desc = (mu, sigma), f"{reference} ({num_ref} images at {size} px, ADM center crop)"
     if reference_cache is not None:
-        reference_cache[cache_key] = (ref_stats, num_ref)
-    return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc)
+        reference_cache[cache_key] = (ref_stats, num_ref, ref_desc)
+    return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc, balance)
 
 
 def _result(net, key: str, mu_f, sigma_f, ref_stats, num_ref, logits: list, labels, images: np.ndarray,
-            reference) -> dict[str, Any]:
+            reference: str, balance: dict[str, Any]) -> dict[str, Any]:
     from tcae.evaluation import class_agreement, frechet_distance, inception_score
+    from tcae.evaluation.fid_protocol import PROTOCOL, describe_samples
 
+    samples = describe_samples(int(images.shape[0]), balance)
+    against = f"{samples} vs {reference}"
     metrics = {key: frechet_distance(mu_f, sigma_f, *ref_stats)}
-    names = {key: net.metric_label("g")}
+    names = {key: f"{net.metric_label('g')}; {against}"}
     extra: dict[str, Any] = {}
     if net.is_fid and logits:
         metrics["is"], metrics["is_std"] = inception_score(torch.cat(logits))
-        names["is"], names["is_std"] = "Inception Score", "Inception Score std over 10 splits"
+        names["is"], names["is_std"] = f"Inception Score; {samples}", "Inception Score std over 10 splits"
     if net.judges_labels and logits and labels is not None:
         agreement = class_agreement(torch.cat(logits), labels)
         metrics["class_agreement"] = agreement.pop("class_agreement")
@@ -132,6 +144,7 @@ def _result(net, key: str, mu_f, sigma_f, ref_stats, num_ref, logits: list, labe
         extra = agreement
     if hasattr(net, "describe"):
         extra["judge"] = net.describe()
-    return {"metrics": metrics, "labels": names, "num_samples": int(images.shape[0]),
-            "image_size": list(images.shape[1:3]), "reference": str(reference), "num_reference": num_ref,
-            "feature_network": net.name, **extra}
+    summary = "; ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "is_std") + f" ({against})"
+    return {"metrics": metrics, "labels": names, "num_samples": int(images.shape[0]), "class_balance": balance,
+            "image_size": list(images.shape[1:3]), "reference": reference, "num_reference": num_ref,
+            "feature_network": net.name, "protocol": PROTOCOL if net.is_fid else None, "summary": summary, **extra}

@@ -172,7 +172,7 @@ def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
     Returns ``{"stats": LatentChannelStats, "latents": (N, c*h*w) float32, "tokens": (N, d)
     float32 (mean-pooled encoder tokens), "labels": (N,) int64}`` (CPU tensors; the last three
-    only with ``keep``).
+    only with ``keep``). A model without ``encode_tokens`` (a conv autoencoder) gives ``tokens`` None.
     """
     model.eval()
     # allocated up front (when the model says its channel count): a DDP rank without images can all-reduce
@@ -181,16 +181,21 @@ def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     latents, tokens, labels = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and _is_main())):
         x = batch["image"].to(device, non_blocking=True)
-        enc = model.encode_tokens(x)
-        z = model.tokens_to_latent(enc)  # same as model.encode(x), without encoding twice
+        if hasattr(model, "encode_tokens"):
+            enc = model.encode_tokens(x)
+            z = model.tokens_to_latent(enc)  # same as model.encode(x), without encoding twice
+        else:
+            enc, z = None, model.encode(x)
         stats.update(z)
         if keep:
             latents.append(z.flatten(1).float().cpu())
-            tokens.append(enc.tokens.mean(1).float().cpu())
+            if enc is not None:
+                tokens.append(enc.tokens.mean(1).float().cpu())
             labels.append(torch.as_tensor(batch.get("label", torch.full((x.shape[0],), -1))).long().cpu())
     out: dict[str, Any] = {"stats": stats}
     if keep:
-        out.update(latents=torch.cat(latents), tokens=torch.cat(tokens), labels=torch.cat(labels))
+        out.update(latents=torch.cat(latents), tokens=torch.cat(tokens) if tokens else None,
+                   labels=torch.cat(labels))
     return out
 
 
@@ -261,10 +266,11 @@ def diagnose(model: torch.nn.Module, data_spec: str, image_size: int | None = No
         "latent_mean_spread": stats["mean_spread"],
         "latent_std_spread": stats["std_spread"],
         "effective_rank_latents": effective_rank(main["latents"]),
-        "effective_rank_tokens": effective_rank(main["tokens"]),
         "latent_dim": int(main["latents"].shape[1]),
-        "token_dim": int(main["tokens"].shape[1]),
     }
+    if main["tokens"] is not None:  # a model with encoder tokens (TC-AE); not a conv autoencoder
+        result["effective_rank_tokens"] = effective_rank(main["tokens"])
+        result["token_dim"] = int(main["tokens"].shape[1])
     labels = main["labels"]
     if probe and n > 1 and bool((labels >= 0).all()) and len(labels.unique()) > 1:
         result.update(_probe(model, data_spec, size, batch_size, device, max_images, num_workers, main, progress))
@@ -294,19 +300,20 @@ def _probe(model: torch.nn.Module, data_spec: str, size: int, batch_size: int, d
 
         idx = np.arange(len(main["labels"]))
         itr, iva = train_test_split(idx, test_size=0.2, stratify=main["labels"].numpy(), random_state=0)
-        tr = {k: main[k][itr] for k in ("latents", "tokens", "labels")}
-        va = {k: main[k][iva] for k in ("latents", "tokens", "labels")}
+        tr = {k: None if main[k] is None else main[k][itr] for k in ("latents", "tokens", "labels")}
+        va = {k: None if main[k] is None else main[k][iva] for k in ("latents", "tokens", "labels")}
         split = "stratified 80/20 of the evaluated images"
-    a1 = linear_probe(tr["tokens"], tr["labels"], va["tokens"], va["labels"])
     a2 = linear_probe(tr["latents"], tr["labels"], va["latents"], va["labels"])
     num_classes = int(torch.cat([tr["labels"], va["labels"]]).unique().numel())
-    return {
+    out = {
         "probe": {"split": split, "train_images": len(tr["labels"]), "val_images": len(va["labels"]),
                   "num_classes": num_classes, "chance": 1.0 / num_classes},
-        "probe_acc_tokens": a1,  # A1
         "probe_acc_latents": a2,  # A2
-        "structural_loss": structural_loss(a1, a2) if a1 > 0 else float("nan"),
     }
+    if tr["tokens"] is not None:  # A1 and the structural loss need encoder tokens
+        a1 = linear_probe(tr["tokens"], tr["labels"], va["tokens"], va["labels"])
+        out.update(probe_acc_tokens=a1, structural_loss=structural_loss(a1, a2) if a1 > 0 else float("nan"))
+    return out
 
 
 def _spread(dataset: Dataset, max_images: int | None) -> Dataset:
