@@ -224,3 +224,19 @@ def test_download_only_where_reachable(tmp_path, monkeypatch, no_default_places)
         fm.find_fashion_folder()
     assert calls == ["probe"]  # offline: probed once, torchvision never asked
     assert fm.network_reachable(("127.0.0.1", 9), timeout=0.5) is False  # nothing listens on port 9
+
+
+def test_one_channel_model_trains_on_gray_fashion(fashion_dir, tmp_path):
+    """A model with in_channels=1 gets 1-channel batches (multi-crop views too) from the trainer."""
+    from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
+    from tcae.training.tokenizer import TokenizerTrainer
+
+    cfg = load_config(TrainConfig, "fashion", [f"run_dir={tmp_path}", "steps=1", "batch_size=4", "progress=false",
+                                               "model.in_channels=1", "model.fine_depth=1", "model.coarse_depth=1"],
+                      TRAIN_ALIASES)
+    trainer = TokenizerTrainer(cfg)
+    batch = next(iter(trainer.loader))
+    assert batch["global_crops"].shape[1] == 1 and batch["local_crops"].shape[1] == 1
+    assert trainer.val_images.shape[1:] == (1, 32, 32)
+    terms = trainer.train_step([batch])
+    assert torch.isfinite(terms["loss"])

@@ -97,9 +97,9 @@ SCALES = {
 }
 # (scale, data kind) -> the scale on that data, where it differs from SCALES[scale]
 DATA_SCALES = {
-    ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=800,
-                               dit_steps=2000, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
-                               eval_split="test", convergence_every=400, mapping=FASHION_MAPPING),
+    ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=700,
+                               dit_steps=1600, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
+                               eval_split="test", convergence_every=320, mapping=FASHION_MAPPING),
 }
 
 

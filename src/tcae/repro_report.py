@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,7 @@ def _plots(out: Path, results: dict[str, list[dict]], fd_name: str) -> None:
         ax.set_title(title, fontsize=9)
     fig.suptitle("bars: mean over seeds, error bars: std, dots: seeds", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "plots.png", dpi=110)
+    _save_fig(fig, out / "plots.png")
     plt.close(fig)
 
 
@@ -240,7 +241,7 @@ def _convergence_plot(out: Path, results: dict[str, list[dict]], fd_name: str, h
     ax.set_title("generation during DiT training: mean over seeds, band min..max", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "convergence.png", dpi=110)
+    _save_fig(fig, out / "convergence.png")
     plt.close(fig)
     return True
 
@@ -356,8 +357,21 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
         f"Wall time of this experiment's {len(unique_wall)} distinct (cell, seed) runs: {total_unique / 3600:.2f} h "
         "(runs shared with other experiments are computed once; times are those of the sessions that ran them).", "",
     ])
-    (out / "report.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"experiment": name, "scale": scale_name, "data": data,
+    _write_text(out / "report.md", text)
+    _write_text(out / "summary.json", json.dumps({"experiment": name, "scale": scale_name, "data": data,
                                                   "split": split, "seeds": seeds, "summaries": sums}, indent=2,
                                                  default=float))
     return out / "report.md"
+
+
+# two workers may finish the same experiment at once: every file is replaced whole, never half-written
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _save_fig(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)

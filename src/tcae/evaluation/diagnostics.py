@@ -294,7 +294,7 @@ def _probe(model: torch.nn.Module, data_spec: str, size: int, batch_size: int, d
             loader = eval_loader(_spread(ds, max_images), batch_size, num_workers, device=device)
             parts.append(encode_dataset(model, loader, device, desc=f"probe {spec}", progress=progress))
         tr, va = parts
-        split = "train/val"
+        split = "train/" + specs[1].rsplit(":", 1)[-1]  # where the probe is scored: val, or test (fashion)
     else:
         from sklearn.model_selection import train_test_split
 

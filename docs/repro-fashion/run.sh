@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The four paper ablations at the Fashion-MNIST tiny scale, 3 seeds each (issue 12; docs/repro-fashion-tiny.md
+# has the scale, its mapping onto the paper and the budget). Resumable: a finished (cell, seed) has its
+# result.json under docs/repro-fashion/EXPERIMENT/CELL/seed-N/ (committed) and is never recomputed; the runs
+# themselves (weights, latents, checkpoints) live in out/repro-fashion-cells/ and are shared between
+# experiments (a cell with the same resolved config trains once). Two 1-thread workers share the grid (a
+# (cell, seed) one holds is skipped by the other and waited for at the end). From the repository root,
+# after `make test` set up .venv:
+#   bash docs/repro-fashion/run.sh                  # both workers in the background, logs in out/
+#   bash docs/repro-fashion/run.sh worker A B ...   # one worker over experiments A B ... (in this shell)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ "${1:-}" = worker ]; then
+  shift
+  for exp in "$@"; do
+    OMP_NUM_THREADS=1 .venv/bin/tcae repro "$exp" --data builtin:fashion --scale tiny --seeds 3 \
+      --out "docs/repro-fashion/$exp" --cells out/repro-fashion-cells --no-progress
+  done
+  exit 0
+fi
+mkdir -p out
+nohup bash "$0" worker stc-ssl ssl-method channels token-scaling > out/repro-fashion-worker-1.log 2>&1 &
+nohup bash "$0" worker token-scaling channels ssl-method stc-ssl > out/repro-fashion-worker-2.log 2>&1 &
+echo "workers started: out/repro-fashion-worker-{1,2}.log"
