@@ -378,7 +378,7 @@ def test_demo_writes_report(tmp_path, capsys):
     assert set(gen["class_agreement_per_class"]) == {str(c) for c in range(10)}
     assert gen["class_agreement"] == pytest.approx(sum(gen["class_agreement_per_class"].values()) / 20)
     assert math.isfinite(gen["fd_judge"]) and gen["fd_name"] == "FD-digits" and gen["judge"]["accuracy"] > 0.9
-    assert gen["reference"] == "builtin:digits:val"
+    assert gen["reference"] == "builtin:digits:val (360 images at 32 px, ADM center crop)"
     # the reported judgement is that of the saved samples and labels
     with np.load(out / "samples.npz") as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
