@@ -242,7 +242,8 @@ def test_demo_on_fashion(tiny_fashion, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["data"] == "builtin:fashion" and results["settings"]["tokenizer_config"] == "fashion"
     gen = results["generation"]
-    assert gen["fd_name"] == "FD-fashion" and gen["reference"] == "builtin:fashion:val"
+    assert gen["fd_name"] == "FD-fashion"
+    assert gen["reference"] == "builtin:fashion:val (20 images at 32 px, ADM center crop)"
     assert gen["per_class_total"] == {str(c): 2 for c in range(10)} and gen["judge"]["network"] == "judge:fashion"
     report = (out / "report.md").read_text()
     assert "Fashion-MNIST, 28x28 padded to 32x32" in report and "--data builtin:fashion" in report
