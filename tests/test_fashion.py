@@ -240,3 +240,5 @@ def test_one_channel_model_trains_on_gray_fashion(fashion_dir, tmp_path):
     assert trainer.val_images.shape[1:] == (1, 32, 32)
     terms = trainer.train_step([batch])
     assert torch.isfinite(terms["loss"])
+    trainer.measure_latent_stats(trainer.ema.module)  # what export() does: on 1-channel images too
+    assert trainer.ema.module.has_latent_stats

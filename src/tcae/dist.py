@@ -18,6 +18,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group is initialised (torchrun), even of one process
 
     @property
     def is_main(self) -> bool:
@@ -25,7 +26,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Distributed training (DDP): inside a process group."""
+        return self.world_size > 1 or self.group
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -37,9 +39,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    # under torchrun a process group starts even for one process, so `--nproc-per-node 1` runs the same
+    # DDP / NCCL code as eight
+    launched = "TORCHELASTIC_RUN_ID" in os.environ
+    if (world > 1 or launched) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank=rank_, world_size=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank_, world_size=world, local_rank=local, device=dev, group=dist.is_initialized())
 
 
 def is_initialized() -> bool:

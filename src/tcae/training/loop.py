@@ -57,7 +57,8 @@ def rng_state() -> dict:
     return {"python": [version, list(keys), gauss],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            # this rank's own device only: a resume on a machine with fewer GPUs must not index missing ones
+            "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
@@ -67,7 +68,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0])
 
 
 class TrainLoop:
@@ -196,7 +197,10 @@ class TrainLoop:
     # ------------------------------------------------------------------ one optimisation step
     def train_step(self, micro_batches: list) -> dict[str, torch.Tensor]:
         """Forward/backward over the micro-batches (gradients summed; DDP syncs on the last one only), then
-        unscale, clip, the finite guard and every optimizer's step. No host sync."""
+        unscale, clip, the finite guard and every optimizer's step. No host sync.
+
+        In bf16/fp32 a step is all or nothing. In fp16 GradScaler skips each optimizer on its own overflow,
+        while the EMA, teacher and guarded buffers follow `ok` (every loss and gradient finite)."""
         n = len(micro_batches)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
@@ -210,8 +214,9 @@ class TrainLoop:
             for k, v in terms.items():
                 v = v.detach().float() / n
                 sums[k] = sums[k] + v if k in sums else v
-        # the loss of any rank decides for all (gradients are all-reduced already; losses are not)
-        ok = dist.all_reduce_(self._losses_finite.to(torch.int32), op="min").bool()
+        # the loss of any rank decides for all (gradients are all-reduced already; losses are not); after a
+        # non-finite step nothing changes any more (the run stops at the next log step)
+        ok = dist.all_reduce_(self._losses_finite.to(torch.int32), op="min").bool() & (self._fatal_step < 0)
         fatal = ~ok
         for name, opt in self.optimizers.items():
             if self.scaler is not None:

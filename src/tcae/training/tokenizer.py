@@ -176,6 +176,10 @@ class TokenizerTrainer(TrainLoop):
                 self.guarded_buffers += list(self.lecam.buffers())
             self.disc_ddp = self.wrap(self.disc)
             self.add_optimizer("disc", self.disc, lc.disc_lr or cfg.optim.lr, cfg.optim.weight_decay)
+        if lc.gan and lc.adaptive_gan_weight and self.scaler is not None:
+            raise ValueError("precision=fp16 with the adaptive GAN weight is not supported: the weight's gradients "
+                             "are taken outside the fp16 loss scaling and would underflow. Use precision=bf16, or "
+                             "loss.adaptive_gan_weight=false")
         if cfg.compile and lc.gan and lc.adaptive_gan_weight:
             # the adaptive weight differentiates through the compiled graph before loss.backward() (retained
             # graph), which compiled backwards with donated buffers refuse
@@ -334,7 +338,8 @@ class TokenizerTrainer(TrainLoop):
         from tcae.evaluation.diagnostics import LatentChannelStats
 
         d = self.cfg.data
-        ds = build_dataset(split_spec(d.spec, "train"), d.image_size, train=False)
+        ds = build_dataset(split_spec(d.spec, "train"), d.image_size, train=False,
+                           channels=model.config.in_channels)
         stats = LatentChannelStats(model.config.latent_channels, self.device)
         for batch in eval_loader(ds, 64, d.num_workers, self.cfg.latent_stats_images, device=self.device):
             with self.autocast():
