@@ -199,7 +199,7 @@ def decode_batch(model: TCAE, latents: torch.Tensor, device: torch.device | str 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled)
+    return tqdm(total=total, unit="img", desc=desc, disable=None if enabled else True)
 
 
 def _prepare_out(out: str | os.PathLike) -> Path:

@@ -104,7 +104,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(labels), unit="img", desc="sample", disable=args.no_progress)
+    bar = tqdm(total=len(labels), unit="img", desc="sample", disable=True if args.no_progress else None)
     for start, images in generate_images(
         dit, tokenizer, labels, mean, std, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg,
         cfg_interval=args.cfg_interval, seed=args.seed, batch_size=args.batch_size, shift=args.shift,

@@ -87,7 +87,7 @@ def evaluate_samples(
     fake, logits = FeatureStats(net.dim), []
     keep_logits = net.is_fid or (net.judges_labels and labels is not None)
     for x in tqdm(_uint8_batches(images, batch_size), total=-(-len(images) // batch_size),
-                  desc="sample features", disable=not progress):
+                  desc="sample features", disable=None if progress else True):
         out = net(x.to(device))
         fake.update(out["features"])
         if keep_logits and "logits" in out:  # IS only from InceptionV3's logits; agreement only from a judge's

@@ -331,7 +331,7 @@ def cache_latents(
     done_samples = sum(s["count"] for s in cache.shards.values())
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=done_samples, unit="img", desc="cache-latents", disable=not progress)
+    bar = tqdm(total=n, initial=done_samples, unit="img", desc="cache-latents", disable=None if progress else True)
     current: dict[str, Any] | None = None  # the shard being filled: k and lists of parts
     encoded: list[int] = []
 

@@ -100,7 +100,7 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=f"{sampler} sampling", leave=False)
+        iterator = tqdm(iterator, desc=f"{sampler} sampling", leave=False, disable=None)
     for i in iterator:
         t, t_next = ts[i], ts[i + 1]
         dt = t_next - t  # negative: we move from noise towards data

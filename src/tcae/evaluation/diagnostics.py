@@ -179,7 +179,7 @@ def encode_dataset(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     channels = getattr(getattr(model, "config", None), "latent_channels", None)
     stats = LatentChannelStats(channels if isinstance(channels, int) else None, device)
     latents, tokens, labels = [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and _is_main())):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress and _is_main() else True):
         x = batch["image"].to(device, non_blocking=True)
         if hasattr(model, "encode_tokens"):
             enc = model.encode_tokens(x)

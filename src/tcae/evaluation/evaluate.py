@@ -182,7 +182,8 @@ class Evaluator:
         amp = torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
         image_hw: list[int] | None = None
         num_images = 0  # this rank's; counted even with FD metrics only
-        for batch in tqdm(loader, desc="eval", disable=rank != 0 or not self.progress):
+        # disable=None: tqdm draws only on a terminal, never into a log file
+        for batch in tqdm(loader, desc="eval", disable=None if rank == 0 and self.progress else True):
             x = batch["image"].to(device, non_blocking=True)
             image_hw = image_hw or list(x.shape[-2:])
             with amp:

@@ -196,7 +196,7 @@ def reference_statistics(
     stats = FeatureStats(net.dim)
     crops, labels = [], []
     for batch in tqdm(eval_loader(dataset, batch_size, max_images=max_images, device=device),
-                      desc="reference features", disable=not progress):
+                      desc="reference features", disable=None if progress else True):
         x = batch["image"]
         stats.update(net(x.to(device, non_blocking=True))["features"])
         if images_out is not None:
