@@ -69,10 +69,14 @@ def test_cell_key_deduplicates_identical_runs():
     # sample counts do not retrain: they select another evaluation folder of the same run
     assert repro.eval_dir_name(FASHION, "test", "judge:fashion") != repro.eval_dir_name(
         dataclasses.replace(FASHION, per_class=3), "test", "judge:fashion")
-    # across the four experiments, 10 of the 15 cells are distinct runs
-    cells = {k for e in repro.PAPER for o in repro.experiment_cells(e, FASHION).values()
-             for k in [key(o, FASHION, data, 0)]}
+    # across the paper's four experiments, 10 of the 15 cells are distinct runs
+    paper = ("stc-ssl", "ssl-method", "channels", "token-scaling")
+    cells = {key(o, FASHION, data, 0) for e in paper for o in repro.experiment_cells(e, FASHION).values()}
     assert len(cells) == 10
+    # ssl-alpha (item 6) reuses stc-ssl's staged cells and adds one run per alpha != 1
+    alpha = {c: key(o, FASHION, data, 0) for c, o in repro.experiment_cells("ssl-alpha", FASHION).items()}
+    assert alpha["staged, SSL, alpha=1"] == tcae and alpha["staged, no SSL"] == key(["ssl=false"], FASHION, data, 0)
+    assert len(set(alpha.values()) - cells) == len(repro.SSL_ALPHAS) - 1
 
 
 def test_dino_cell_has_no_masks_and_no_patch_loss(tmp_path):

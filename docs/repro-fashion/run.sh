@@ -8,17 +8,23 @@
 # after `make test` set up .venv:
 #   bash docs/repro-fashion/run.sh                  # both workers in the background, logs in out/
 #   bash docs/repro-fashion/run.sh worker A B ...   # one worker over experiments A B ... (in this shell)
+# An experiment may be written EXP@val@N: evaluated on the val split carved from train (choosing settings,
+# issue 12 item 6), seeds 0..N-1, report in docs/repro-fashion/EXP-val; plain EXP is the test split, 3 seeds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "${1:-}" = worker ]; then
   shift
-  for exp in "$@"; do
-    OMP_NUM_THREADS=1 .venv/bin/tcae repro "$exp" --data builtin:fashion --scale tiny --seeds 3 \
-      --out "docs/repro-fashion/$exp" --cells out/repro-fashion-cells --no-progress
+  for item in "$@"; do
+    IFS=@ read -r exp split seeds <<< "$item"
+    split=${split:-test}; seeds=${seeds:-3}
+    out="docs/repro-fashion/$exp$([ "$split" = test ] || echo "-$split")"
+    OMP_NUM_THREADS=1 .venv/bin/tcae repro "$exp" --data builtin:fashion --scale tiny --seeds "$seeds" \
+      --eval-split "$split" --out "$out" --cells out/repro-fashion-cells --no-progress
   done
   exit 0
 fi
 mkdir -p out
-nohup bash "$0" worker stc-ssl ssl-method channels token-scaling > out/repro-fashion-worker-1.log 2>&1 &
+nohup bash "$0" worker ssl-alpha@val@1 stc-ssl ssl-method channels token-scaling ssl-alpha \
+  > out/repro-fashion-worker-1.log 2>&1 &
 nohup bash "$0" worker token-scaling channels ssl-method stc-ssl > out/repro-fashion-worker-2.log 2>&1 &
 echo "workers started: out/repro-fashion-worker-{1,2}.log"
