@@ -235,6 +235,17 @@ def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch):
                      ("staged, SSL", False), ("staged, SSL", True)]
     assert (tmp_path / "out" / "staged-SSL" / "seed-0" / "result.json").is_file() and report.is_file()
 
+    # --report-only (an interim report while the grid spans sessions): trains nothing, names what is missing
+    order.clear()
+    (tmp_path / "out" / "staged-SSL" / "seed-0" / "result.json").unlink()
+    report = repro.run_experiment("stc-ssl", "tiny", out=tmp_path / "out", seeds=2, report_only=True)
+    assert order == []
+    text = report.read_text()
+    assert "Interim report: 5 (cell, seed) run(s) not finished yet" in text and "staged, SSL, seed 0" in text
+    assert "| staged, SSL |" not in text.split("## Measured")[1].split("## Verdicts")[0]
+    from tcae.cli.main import main as cli
+    assert cli(["repro", "stc-ssl", "--report-only", "--out", str(tmp_path / "empty")]) == 2
+
 
 @pytest.mark.slow
 def test_demo_on_fashion(tiny_fashion, tmp_path, capsys):

@@ -26,5 +26,5 @@ fi
 mkdir -p out
 nohup bash "$0" worker ssl-alpha@val@1 stc-ssl ssl-method channels token-scaling ssl-alpha \
   > out/repro-fashion-worker-1.log 2>&1 &
-nohup bash "$0" worker token-scaling channels ssl-method stc-ssl > out/repro-fashion-worker-2.log 2>&1 &
+nohup bash "$0" worker stc-ssl channels ssl-method token-scaling ssl-alpha > out/repro-fashion-worker-2.log 2>&1 &
 echo "workers started: out/repro-fashion-worker-{1,2}.log"

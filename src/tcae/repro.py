@@ -375,9 +375,11 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) ->
 
 # ---------------------------------------------------------------------------- an experiment
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
-                   seeds: int = 1, split: str | None = None, cells_dir: Path | None = None) -> Path:
+                   seeds: int = 1, split: str | None = None, cells_dir: Path | None = None,
+                   report_only: bool = False) -> Path:
     """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
-    then the report. Returns the report's path.
+    then the report. Returns the report's path. `report_only`: train nothing, report the (cell, seed)
+    results already in `out` (an interim report while the grid spans sessions; it lists what is missing).
 
     Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
     another process holds is skipped and taken up again (waited for) after the others."""
@@ -398,12 +400,16 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     reference_cache: dict = {}
     results: dict[str, dict[int, dict]] = {cell: {} for cell in cells}
     todo = [(seed, cell) for seed in range(seeds) for cell in cells]
+    missing: list[str] = []
     for attempt in ("skip busy cells", "wait for busy cells"):
         busy = []
         for seed, cell in todo:
             target = out / _slug(cell) / f"seed-{seed}"
             if (target / "result.json").is_file():
                 results[cell][seed] = json.loads((target / "result.json").read_text())
+                continue
+            if report_only:
+                missing.append(f"{cell}, seed {seed}")
                 continue
             overrides = cells[cell]
             key = cell_key(overrides, scale, data, seed)
@@ -420,8 +426,11 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             write_json(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
+    if report_only and not any(results.values()):
+        raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
-    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor)
+    results = {cell: r for cell, r in results.items() if r}
+    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing)
 
 
 def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict) -> dict | None:

@@ -255,7 +255,10 @@ def _convergence_plot(out: Path, results: dict[str, list[dict]], fd_name: str, h
 
 # ---------------------------------------------------------------------------- the report
 def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str, split: str,
-                 results_by_seed: dict[str, dict[int, dict]], judge, seeds: int, floor: dict | None = None) -> Path:
+                 results_by_seed: dict[str, dict[int, dict]], judge, seeds: int, floor: dict | None = None,
+                 missing: list[str] | None = None) -> Path:
+    """report.md, plots and summary.json of one experiment. `missing`: (cell, seed) runs not finished yet
+    (an interim report says so at the top; its verdicts use the seeds that are there)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {c: [r[s] for s in sorted(r)] for c, r in results_by_seed.items()}
@@ -339,6 +342,9 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
         f"# tcae repro {name} (scale {scale_name}, data {data}, {seeds} seed{'s' if seeds > 1 else ''}, "
         f"evaluated on {split})", "",
         f"Command: `{command}`", "",
+        *([f"**Interim report: {len(missing)} (cell, seed) run(s) not finished yet** ({'; '.join(missing)}). "
+           "Cells and verdicts below use the seeds that are there; a verdict needs at least 2 seeds.", ""]
+          if missing else []),
         settings, "",
         *(["## The scale against the paper's regime", "", s.mapping, ""] if s.mapping else []),
         "## Paper (ImageNet 256x256)", "", "| cell | reported |", "|---|---|", *paper_rows, "",

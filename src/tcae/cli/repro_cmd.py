@@ -25,7 +25,7 @@ def _repro(args: argparse.Namespace) -> int:
     from tcae.repro import run_experiment
 
     report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
-                            args.cells)
+                            args.cells, report_only=args.report_only)
     print(f"report: {report}")
     return 0
 
@@ -53,4 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     out_dir_arg(p, required=False, what="output directory (default: out/repro/EXPERIMENT-SCALE[-DATA][-SPLIT])")
     p.add_argument("--cells", default=None, metavar="DIR",
                    help="folder of the shared (cell, seed) runs (default: OUT/../cells)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the finished (cell, seed) results in OUT, listing the missing ones")
     add_no_progress(p)
