@@ -177,6 +177,15 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     assert [p["step"] for p in r0["convergence"]] == [2, 4]  # a snapshot at 2, the final model at 4
     assert r0["convergence"][-1]["fd_judge"] == r0["generation"]["fd_judge"]
     assert math.isfinite(r0["generation"]["class_agreement"]) and r0["diagnostics"]["probe"]["split"] == "train/test"
+    # the decoder's share of the FD: reconstructions vs real, samples vs reconstructions
+    gen0 = r0["generation"]
+    assert gen0["rfd_judge"] >= 0 and gen0["fd_judge_vs_rec"] >= 0 and 0 <= gen0["rec_class_agreement"] <= 1
+    # a result finished before the decoder gap existed gets it from its run (samples drawn again, checked)
+    target0 = out / "channels" / "c-8" / "seed-0" / "result.json"
+    stripped = json.loads(target0.read_text())
+    for k in ("rfd_judge", "fd_judge_vs_rec", "rec_class_agreement"):
+        del stripped["generation"][k]
+    target0.write_text(json.dumps(stripped))
     # the summary's mean and std are those of the per-seed values
     summary = json.loads((out / "channels" / "summary.json").read_text())["summaries"]["c=8"]["psnr"]
     psnrs = [r["reconstruction"]["metrics"]["psnr"] for r in (r0, r1)]
@@ -202,6 +211,9 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     repro.run_experiment("channels", "tiny", out=out / "channels", data="builtin:fashion", seeds=2)
     assert calls == {"tokenizer": 0, "dit": 0}
     assert (out / "channels" / "c-16" / "seed-1" / "result.json").is_file()
+    upgraded = json.loads(target0.read_text())["generation"]
+    for k in ("rfd_judge", "fd_judge_vs_rec", "rec_class_agreement"):
+        assert upgraded[k] == pytest.approx(gen0[k], rel=1e-6), k
 
     # the val split is another evaluation of the same runs (for choosing settings): nothing retrains
     report_val = repro.run_experiment("channels", "tiny", out=out / "channels-val", data="builtin:fashion",

@@ -108,6 +108,26 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], p
     return torch.cat(chunks).numpy(), labels.numpy()
 
 
+def reconstruct_split(tokenizer_dir: Path | str, data_spec: str, image_size: int, batch_size: int = 250,
+                      device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstructions of every image of `data_spec` (in order) as uint8 (N, H, W, 3), quantised like
+    samples (:func:`tcae.diffusion.to_uint8`), and the images' labels (N,)."""
+    from tcae.data import eval_loader
+    from tcae.diffusion import to_uint8
+
+    device = resolve_device(device)
+    tok = load_tokenizer(str(tokenizer_dir)).to(device).eval()
+    ds = build_dataset(data_spec, image_size, train=False, channels=tok.config.in_channels)
+    images, labels = [], []
+    with torch.no_grad():
+        for batch in eval_loader(ds, batch_size, device=device):
+            x = batch["image"].to(device)
+            rec = tok.decode(tok.encode(x))
+            images.append(to_uint8(rec.expand(-1, 3, -1, -1) if rec.shape[1] == 1 else rec).cpu())
+            labels.append(batch["label"])
+    return torch.cat(images).numpy(), torch.cat(labels).numpy()
+
+
 # ---------------------------------------------------------------------------- judging samples
 def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork, reference_spec: str,
                   image_size: int, reference_cache: dict | None = None) -> dict:

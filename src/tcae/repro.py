@@ -2,7 +2,9 @@
 
 Each (cell, seed) trains a tokenizer (the cell's overrides, `seed=S`), evaluates and diagnoses it on
 the evaluation split, caches its training latents, trains a DiT (`seed=S`), samples class-balanced
-sets from the DiT's EMA at several training checkpoints and at the end, and judges them. Identical
+sets from the DiT's EMA at several training checkpoints and at the end, and judges them: against the
+evaluation split (FD-<data>) and, to tell the decoder's share from the DiT's, the judge's FD of the split's
+reconstructions (rFD-<data>) and of the samples against those reconstructions. Identical
 (resolved config, seed) runs are shared between cells and experiments: they live once under the cells
 directory (default `<out>/../cells/<key>/`, the key a hash of the resolved tokenizer and DiT configs),
 each step resumable (training resumes from checkpoints; latents, convergence points and results are
@@ -38,6 +40,7 @@ from tcae.pipeline import (
     evaluate_stage,
     judge_samples,
     latents_stage,
+    reconstruct_split,
     sample_stage,
     split_spec,
     tokenizer_cost,
@@ -312,6 +315,9 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
         if judge is not None:
             with _timed(eval_times, "judge"):
                 gen.update(judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache))
+            with _timed(eval_times, "decoder-gap"):
+                gen.update(decoder_gap(tok, images, labels, judge, eval_spec, scale.image_size, eval_dir,
+                                       reference_cache))
             if snapshots:
                 convergence.append({"step": scale.dit_steps, "fd_judge": gen["fd_judge"],
                                     "class_agreement": gen["class_agreement"]})
@@ -325,6 +331,66 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
             "settings": {"tokenizer_steps": scale.tokenizer_steps, "dit_steps": scale.dit_steps,
                          "per_class": scale.per_class, "sample_steps": scale.sample_steps,
                          "convergence_every": scale.convergence_every}}
+
+
+def decoder_gap(tok: Path | str, images, labels, judge, eval_spec: str, image_size: int, eval_dir: Path,
+                reference_cache: dict | None = None) -> dict:
+    """Split a judge's FD of samples into the decoder's part and the DiT's: samples are decoded by the
+    tokenizer's decoder, so even a perfect model of the latents scores the FD of the reconstructions.
+
+    Returns {"rfd_judge": FD of the eval split's reconstructions vs the split, "rec_class_agreement":
+    the judge's accuracy on those reconstructions, "fd_judge_vs_rec": FD of the samples vs the
+    reconstructions (how far the DiT is from the tokenizer's own latent distribution)}. The
+    reconstructions are kept in `eval_dir/reconstructions.npz` (ADM layout, labels in arr_1)."""
+    import numpy as np
+
+    from tcae.diffusion import save_samples_npz
+
+    rec_path = eval_dir / "reconstructions.npz"
+    if not rec_path.is_file():
+        rec, rec_labels = reconstruct_split(tok, eval_spec, image_size)
+        save_samples_npz(rec, rec_path, rec_labels)  # atomic
+    with np.load(rec_path) as f:
+        rec, rec_labels = f["arr_0"], f["arr_1"]
+    vs_real = judge_samples(rec, rec_labels, judge, eval_spec, image_size, reference_cache)
+    vs_rec = judge_samples(images, labels, judge, str(rec_path), image_size, reference_cache)
+    return {"rfd_judge": vs_real["fd_judge"], "rec_class_agreement": vs_real["class_agreement"],
+            "fd_judge_vs_rec": vs_rec["fd_judge"]}
+
+
+def add_decoder_gap(result: dict, scale: Scale, judge, reference_cache: dict | None = None) -> bool:
+    """Add :func:`decoder_gap`'s numbers to a (cell, seed) result finished before they existed, from
+    its run on this machine: the final samples are drawn again (same DiT, seed and sampler) and must
+    give the recorded FD; they are then judged against the reconstructions. False (result unchanged)
+    when the run's folder is not here."""
+    gen = result.get("generation") or {}
+    cell_dir = Path(result.get("cell_dir", ""))
+    tok, dit = cell_dir / "runs" / "tokenizer" / "model", cell_dir / "runs" / "dit" / "model"
+    if "fd_judge_vs_rec" in gen or "fd_judge" not in gen or not (tok.is_dir() and dit.is_dir()):
+        return False
+    eval_dir = cell_dir / eval_dir_name(scale, result["split"], judge.name)
+    images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
+                                  scale.sample_steps, seed=result["seed"])
+    again = judge_samples(images, labels, judge, result["eval_spec"], scale.image_size, reference_cache)
+    if abs(again["fd_judge"] - gen["fd_judge"]) > 1e-3 * max(1.0, gen["fd_judge"]):
+        raise RuntimeError(f"{cell_dir}: the final samples drawn again give FD {again['fd_judge']:.4f}, the "
+                           f"result says {gen['fd_judge']:.4f}; not the same samples, so no decoder gap added")
+    gen.update(decoder_gap(tok, images, labels, judge, result["eval_spec"], scale.image_size, eval_dir,
+                           reference_cache))
+    result["generation"] = gen
+    return True
+
+
+def _upgrade(result: dict, scale: Scale, judge, reference_cache: dict | None) -> bool:
+    """add_decoder_gap under the cell's lock (a worker holding it is left alone: next time)."""
+    cell_dir = Path(result.get("cell_dir", ""))
+    if "fd_judge_vs_rec" in (result.get("generation") or {}) or not (cell_dir / "runs").is_dir():
+        return False
+    try:
+        with _locked(cell_dir, wait=False):
+            return add_decoder_gap(result, scale, judge, reference_cache)
+    except CellBusy:
+        return False
 
 
 def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path, scale: Scale, judge,
@@ -406,7 +472,11 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
         for seed, cell in todo:
             target = out / _slug(cell) / f"seed-{seed}"
             if (target / "result.json").is_file():
-                results[cell][seed] = json.loads((target / "result.json").read_text())
+                result = json.loads((target / "result.json").read_text())
+                if judge is not None and _upgrade(result, scale, judge, reference_cache):
+                    log.info("cell %s, seed %d: decoder gap added", cell, seed)
+                    write_json(target / "result.json", result)
+                results[cell][seed] = result
                 continue
             if report_only:
                 missing.append(f"{cell}, seed {seed}")

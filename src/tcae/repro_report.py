@@ -27,6 +27,9 @@ METRICS = {
     "struct": ("struct. loss", ("diagnostics", "structural_loss"), False),
     "agree": ("class agreement", ("generation", "class_agreement"), True),
     "fd": ("FD-judge", ("generation", "fd_judge"), False),
+    # the decoder's share of FD: reconstructions vs real; the DiT's: samples vs reconstructions
+    "rfd": ("rFD-judge", ("generation", "rfd_judge"), False),
+    "gap": ("FD vs rec.", ("generation", "fd_judge_vs_rec"), False),
     "gfid": ("gFID", ("generation", "gfid"), False),
     "is": ("IS", ("generation", "is"), True),
     "gflops": ("GFLOPs enc+dec", ("cost", "total_gflops"), False),
@@ -265,7 +268,7 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
     cells = list(results)
     fd_name = f"FD-{judge.data}" if judge is not None else "FD-judge"
     keys = [k for k in METRICS if any(metric(r, k) is not None for rs in results.values() for r in rs)]
-    label = {k: (fd_name if k == "fd" else METRICS[k][0]) for k in METRICS}
+    label = {k: (fd_name if k == "fd" else "r" + fd_name if k == "rfd" else METRICS[k][0]) for k in METRICS}
     sums = {c: {k: summarize([metric(r, k) for r in results[c]]) for k in keys} for c in cells}
 
     measured = ["| cell | seeds | " + " | ".join(label[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]

@@ -188,7 +188,7 @@ def train_fashion_cnn(root: str | None = None, seed: int = 0, epochs: int = FASH
             loss.backward()
             opt.step()
             sched.step()
-        logger.info("fashion judge: epoch %d/%d, loss %.4f, %.0f s", epoch + 1, epochs, float(loss),
+        logger.info("fashion judge: epoch %d/%d, loss %.4f, %.0f s", epoch + 1, epochs, float(loss.detach()),
                     time.perf_counter() - t0)
     info = {"arch": FASHION_ARCH, "seed": seed, "epochs": epochs, "train_images": len(xtr),
             "train_seconds": round(time.perf_counter() - t0, 1), "data_hash": load_fashion(root)["hash"],
