@@ -167,6 +167,23 @@ def test_transform_gets_padded_rgb_and_one_channel(fashion_dir):
     assert build_dataset("builtin:digits:val", 32, train=False, channels=1)[0]["image"].shape == (1, 32, 32)
 
 
+def test_full_recon_view_is_the_image_a_run_without_ssl_trains_on(fashion_dir):
+    """ssl.recon_view=full: global crop 0 (the reconstruction input) is the exact padded image; the other
+    global view stays a random crop; the default view is a random resized crop (not the image)."""
+    plain = build_dataset("builtin:fashion:train", 32, train=True, seed=3)
+    full = build_dataset("builtin:fashion:train", 32, train=True, seed=3,
+                         transform=MultiCropTransform(32, 16, 2, 1, (0.6, 1.0), (0.2, 0.5), recon_view="full"))
+    crop = build_dataset("builtin:fashion:train", 32, train=True, seed=3,
+                         transform=MultiCropTransform(32, 16, 2, 1, (0.6, 1.0), (0.2, 0.5)))
+    for i in range(4):
+        image = plain[i]["image"]
+        assert torch.allclose(full[i]["global_crops"][0], image, atol=1e-6)
+        assert not torch.allclose(full[i]["global_crops"][1], image, atol=1e-2)
+    assert not all(torch.allclose(crop[i]["global_crops"][0], plain[i]["image"], atol=1e-2) for i in range(4))
+    with pytest.raises(ValueError, match="recon_view must be 'crop' or 'full'"):
+        MultiCropTransform(32, 16, recon_view="center")
+
+
 def test_spec_grammar(tmp_path):
     p = parse_spec(f"builtin:fashion@{tmp_path}:test")
     assert (p.kind, p.root, p.split) == ("fashion", str(tmp_path), "test")

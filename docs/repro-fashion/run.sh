@@ -24,7 +24,7 @@ if [ "${1:-}" = worker ]; then
   exit 0
 fi
 mkdir -p out
-nohup bash "$0" worker ssl-alpha@val@1 stc-ssl ssl-method channels token-scaling ssl-alpha \
+nohup bash "$0" worker ssl-causes@val@1 stc-ssl ssl-method channels token-scaling ssl-causes \
   > out/repro-fashion-worker-1.log 2>&1 &
-nohup bash "$0" worker stc-ssl channels ssl-method token-scaling ssl-alpha > out/repro-fashion-worker-2.log 2>&1 &
+nohup bash "$0" worker stc-ssl channels ssl-method token-scaling ssl-causes > out/repro-fashion-worker-2.log 2>&1 &
 echo "workers started: out/repro-fashion-worker-{1,2}.log"

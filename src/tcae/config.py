@@ -80,6 +80,10 @@ class SSLConfig:
     # DINO's colour jitter / grayscale / blur / solarisation on global crops 1.. and the local crops
     # (crop 0, the reconstruction input, stays clean); on in the GPU configs, off in the tiny CPU ones
     color_augment: bool = False
+    # global crop 0, the reconstruction input: "crop", a random resized crop like the other global views
+    # (global_scale, flip); "full", the whole image resized to the training size, not flipped: the images
+    # evaluation reconstructs (on builtin:fashion exactly the images a run without SSL trains on)
+    recon_view: str = "crop"
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_sample_prob: float = 1.0  # share of the masked-eligible global views (all but crop 0) masked
     student_temp: float = 0.1
@@ -207,7 +211,7 @@ FIELD_RULES: dict[type, dict[str, Rule]] = {
         "mask_ratio": ordered_pair(0.0, 1.0), "mask_sample_prob": UNIT, "student_temp": POSITIVE,
         "teacher_temp": POSITIVE, "warmup_teacher_temp": POSITIVE, "teacher_temp_warmup_steps": NON_NEGATIVE,
         "momentum": UNIT, "centering": one_of("centering", "sinkhorn"), "cls_weight": NON_NEGATIVE,
-        "patch_weight": NON_NEGATIVE,
+        "patch_weight": NON_NEGATIVE, "recon_view": one_of("crop", "full"),
     },
     LossConfig: {
         "alpha": NON_NEGATIVE, "l1_weight": NON_NEGATIVE, "perceptual": one_of("lpips", "none"),

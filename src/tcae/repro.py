@@ -132,8 +132,9 @@ PAPER = {
                    "none": {}},
     "channels": {"c": {"claim": "c=256 reconstructs better than c=128 but generates worse"}},
     "token-scaling": {"p": {"claim": "smaller p reconstructs better; generation improves only with STC"}},
-    # not one of the paper's tables: our test of the reconstruction weight, a choice the paper leaves open
-    "ssl-alpha": {"alpha": {"claim": "none: the paper does not give alpha (L = alpha * L_rec + L_iBOT)"}},
+    # not one of the paper's tables: why SSL does not help at the tiny scale (issue 12, item 6)
+    "ssl-causes": {"alpha, recon view": {"claim": "none: the paper gives neither alpha (L = alpha * L_rec + L_iBOT) "
+                                                  "nor which view the reconstruction sees"}},
 }
 PAPER_NOTES = {
     "stc-ssl": ["Linear probe at p=8, A1 (tokens) / A2 (latents): without STC 62.9 / 5.33, with STC 39.1 / 12.1; "
@@ -143,11 +144,15 @@ PAPER_NOTES = {
     "channels": ["Going from 128 to 256 latent channels improves reconstruction but hurts generation."],
     "token-scaling": ["More tokens (smaller p) reconstruct better at a fixed latent budget; without STC that does "
                       "not carry over to generation, with STC it does."],
-    "ssl-alpha": ["Not a paper experiment: the paper gives L = alpha * L_rec + L_iBOT without alpha. Our L_rec is L1 "
-                  "alone (no LPIPS, no GAN at the tiny scale), about 0.1 against an iBOT loss of about 8, so alpha=1 "
-                  "lets iBOT's gradients dominate the encoder; these cells test larger alphas (issue 12, item 6)."],
+    "ssl-causes": ["Not a paper experiment: two choices the paper leaves to us, tested as causes of SSL not "
+                   "helping at the tiny scale. (1) alpha in L = alpha * L_rec + L_iBOT: our L_rec is L1 alone (no "
+                   "LPIPS, no GAN at the tiny scale), about 0.1 against an iBOT loss of about 8, so at alpha=1 "
+                   "iBOT's gradients dominate the encoder. (2) The reconstruction input: with SSL it is global "
+                   "crop 0, a random resized crop (area 0.6-1, flipped, resampled), while without SSL the "
+                   "tokenizer trains on the exact images evaluation reconstructs; `ssl.recon_view=full` gives "
+                   "the SSL run those same images."],
 }
-# alpha values of the ssl-alpha cells (the staged TC-AE, SSL on)
+# alpha values of the ssl-causes cells (the staged TC-AE, SSL on)
 SSL_ALPHAS = (1, 10, 30)
 
 
@@ -160,9 +165,10 @@ def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
     if name == "ssl-method":
         # DINO: [CLS] self-distillation on global + local crops only: no masked views, no patch (MIM) loss
         return {"iBOT": [], "DINO": ["ssl.patch_weight=0", "ssl.mask_sample_prob=0"], "none": ["ssl=false"]}
-    if name == "ssl-alpha":
+    if name == "ssl-causes":
         return {"staged, no SSL": ["ssl=false"],
-                **{f"staged, SSL, alpha={a}": [] if a == 1 else [f"loss.alpha={a}"] for a in SSL_ALPHAS}}
+                **{f"staged, SSL, alpha={a}": [] if a == 1 else [f"loss.alpha={a}"] for a in SSL_ALPHAS},
+                "staged, SSL, alpha=1, full-image recon": ["ssl.recon_view=full"]}
     if name == "channels":
         return {f"c={c}": [f"model.latent_channels={c}"], f"c={2 * c}": [f"model.latent_channels={2 * c}"]}
     if name == "token-scaling":

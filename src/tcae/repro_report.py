@@ -105,12 +105,15 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
                 ("3", "iBOT generates better than no SSL", "iBOT", "none", "fd", "better"),
                 ("3", "iBOT's latents probe better than no SSL's", "iBOT", "none", "a2", "better")]
     cells = list(experiment_cells(name, scale))
-    if name == "ssl-alpha":
+    if name == "ssl-causes":
         base, *ssl = cells
-        out = [(f"3 ({c[len('staged, SSL, '):]})", f"SSL improves generation (staged, {c[len('staged, SSL, '):]})",
-                c, base, "fd", "better") for c in ssl]
-        out += [("-", f"{c[len('staged, SSL, '):]} reconstructs better than {ssl[0][len('staged, SSL, '):]}",
-                 c, ssl[0], "psnr", "better") for c in ssl[1:]]
+        short = {c: c[len("staged, SSL, "):] for c in ssl}
+        out = [(f"3 ({short[c]})", f"SSL improves generation (staged, {short[c]})", c, base, "fd", "better")
+               for c in ssl]
+        out += [("3 (DiT)", f"SSL's latents are easier for the DiT (samples vs reconstructions, {short[c]})",
+                 c, base, "gap", "better") for c in ssl]
+        out += [("-", f"{short[c]} reconstructs better than {short[ssl[0]]}", c, ssl[0], "psnr", "better")
+                for c in ssl[1:]]
         return out
     if name == "channels":
         small, big = cells

@@ -8,7 +8,7 @@ from pathlib import Path
 from tcae.cli._common import add_command, add_no_progress, out_dir_arg
 
 # tcae.repro.PAPER and tcae.repro.SCALES keys, spelt here so that building the parser does not import torch
-EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-alpha")
+EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes")
 SCALES = ("tiny", "small", "base")
 
 

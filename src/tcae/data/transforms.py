@@ -77,7 +77,9 @@ class MultiCropTransform:
     Each crop is an independent random resized crop (area ``global_scale`` / ``local_scale`` of
     the image, aspect 3/4-4/3) with a horizontal flip. With ``color_augment`` the DINO colour
     augmentations are applied to every view **except global crop 0**: crop 0 is the
-    autoencoder's reconstruction input and must look like the data distribution.
+    autoencoder's reconstruction input and must look like the data distribution. With
+    ``recon_view="full"`` crop 0 is the whole image (:func:`eval_transform`: resized to
+    ``global_size``, center crop, no flip), the images evaluation reconstructs.
 
     ``__call__(img)`` returns ``{"global_crops": [FloatTensor (3, G, G)] * num_global,
     "local_crops": [FloatTensor (3, L, L)] * num_local}``, values in [-1, 1].
@@ -92,7 +94,10 @@ class MultiCropTransform:
         global_scale: tuple[float, float] = (0.32, 1.0),
         local_scale: tuple[float, float] = (0.05, 0.32),
         color_augment: bool = False,
+        recon_view: str = "crop",
     ) -> None:
+        if recon_view not in ("crop", "full"):
+            raise ValueError(f"recon_view must be 'crop' or 'full', got {recon_view!r}")
         if num_global < 1:
             raise ValueError("num_global must be >= 1 (global crop 0 is the reconstruction input)")
         self.global_size, self.local_size = global_size, local_size
@@ -107,7 +112,8 @@ class MultiCropTransform:
         aug_global = clean_global
         if color_augment:
             aug_global = view(global_size, global_scale, _photometric(global_size, 0.5, 0.2))
-        self.global_views = [clean_global] + [aug_global] * (num_global - 1)
+        recon = eval_transform(global_size) if recon_view == "full" else clean_global
+        self.global_views = [recon] + [aug_global] * (num_global - 1)
         self.local_view = view(local_size, local_scale, _photometric(local_size, 0.5, 0.0) if color_augment else None)
 
     def __call__(self, img: Image.Image) -> dict[str, list[torch.Tensor]]:

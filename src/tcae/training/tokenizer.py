@@ -198,7 +198,8 @@ class TokenizerTrainer(TrainLoop):
             s = cfg.ssl
             local = s.local_size or local_crop_size(d.image_size, model.config.token_stride)
             transform = MultiCropTransform(d.image_size, local, s.num_global, s.num_local,
-                                           tuple(s.global_scale), tuple(s.local_scale), s.color_augment)
+                                           tuple(s.global_scale), tuple(s.local_scale), s.color_augment,
+                                           s.recon_view)
             stride = model.config.token_stride
             collate = MultiCropCollate((d.image_size // stride, d.image_size // stride),
                                        tuple(s.mask_ratio), s.mask_sample_prob)
