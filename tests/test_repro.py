@@ -185,6 +185,9 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     stripped = json.loads(target0.read_text())
     for k in ("rfd_judge", "fd_judge_vs_rec", "rec_class_agreement"):
         del stripped["generation"][k]
+    assert [p["fd_judge_vs_rec"] for p in r0["convergence"]][-1] == gen0["fd_judge_vs_rec"]
+    for p in stripped["convergence"]:
+        del p["fd_judge_vs_rec"]
     target0.write_text(json.dumps(stripped))
     # the summary's mean and std are those of the per-seed values
     summary = json.loads((out / "channels" / "summary.json").read_text())["summaries"]["c=8"]["psnr"]
@@ -211,9 +214,12 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     repro.run_experiment("channels", "tiny", out=out / "channels", data="builtin:fashion", seeds=2)
     assert calls == {"tokenizer": 0, "dit": 0}
     assert (out / "channels" / "c-16" / "seed-1" / "result.json").is_file()
-    upgraded = json.loads(target0.read_text())["generation"]
+    upgraded = json.loads(target0.read_text())
     for k in ("rfd_judge", "fd_judge_vs_rec", "rec_class_agreement"):
-        assert upgraded[k] == pytest.approx(gen0[k], rel=1e-6), k
+        assert upgraded["generation"][k] == pytest.approx(gen0[k], rel=1e-6), k
+    assert [p["fd_judge_vs_rec"] for p in upgraded["convergence"]] == pytest.approx(
+        [p["fd_judge_vs_rec"] for p in r0["convergence"]], rel=1e-6)
+    assert "## The DiT's share" in (out / "channels" / "report.md").read_text()
 
     # the val split is another evaluation of the same runs (for choosing settings): nothing retrains
     report_val = repro.run_experiment("channels", "tiny", out=out / "channels-val", data="builtin:fashion",

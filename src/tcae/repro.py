@@ -326,7 +326,8 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
                                        reference_cache))
             if snapshots:
                 convergence.append({"step": scale.dit_steps, "fd_judge": gen["fd_judge"],
-                                    "class_agreement": gen["class_agreement"]})
+                                    "class_agreement": gen["class_agreement"],
+                                    "fd_judge_vs_rec": gen["fd_judge_vs_rec"]})
         if inception:
             with _timed(eval_times, "gen-eval"):
                 gen.update(_gen_metrics(images, labels, eval_dir / "samples.npz", eval_spec, scale.image_size))
@@ -350,18 +351,32 @@ def decoder_gap(tok: Path | str, images, labels, judge, eval_spec: str, image_si
     reconstructions are kept in `eval_dir/reconstructions.npz` (ADM layout, labels in arr_1)."""
     import numpy as np
 
-    from tcae.diffusion import save_samples_npz
-
-    rec_path = eval_dir / "reconstructions.npz"
-    if not rec_path.is_file():
-        rec, rec_labels = reconstruct_split(tok, eval_spec, image_size)
-        save_samples_npz(rec, rec_path, rec_labels)  # atomic
+    rec_path = _reconstructions(eval_dir, tok, eval_spec, image_size)
     with np.load(rec_path) as f:
         rec, rec_labels = f["arr_0"], f["arr_1"]
     vs_real = judge_samples(rec, rec_labels, judge, eval_spec, image_size, reference_cache)
     vs_rec = judge_samples(images, labels, judge, str(rec_path), image_size, reference_cache)
     return {"rfd_judge": vs_real["fd_judge"], "rec_class_agreement": vs_real["class_agreement"],
             "fd_judge_vs_rec": vs_rec["fd_judge"]}
+
+
+def _reconstructions(eval_dir: Path, tok: Path | str, eval_spec: str, image_size: int) -> Path:
+    """`eval_dir/reconstructions.npz`: the eval split's reconstructions (ADM layout, labels in arr_1),
+    made once: the reference of the DiT's share of FD."""
+    from tcae.diffusion import save_samples_npz
+
+    rec_path = eval_dir / "reconstructions.npz"
+    if not rec_path.is_file():
+        rec, rec_labels = reconstruct_split(tok, eval_spec, image_size)
+        save_samples_npz(rec, rec_path, rec_labels)  # atomic
+    return rec_path
+
+
+def needs_decoder_gap(result: dict) -> bool:
+    """Whether a judged result lacks the DiT's share of FD (at the end or at a convergence point)."""
+    gen = result.get("generation") or {}
+    return "fd_judge" in gen and ("fd_judge_vs_rec" not in gen or any(
+        "fd_judge_vs_rec" not in p for p in result.get("convergence", [])))
 
 
 def add_decoder_gap(result: dict, scale: Scale, judge, reference_cache: dict | None = None) -> bool:
@@ -372,7 +387,7 @@ def add_decoder_gap(result: dict, scale: Scale, judge, reference_cache: dict | N
     gen = result.get("generation") or {}
     cell_dir = Path(result.get("cell_dir", ""))
     tok, dit = cell_dir / "runs" / "tokenizer" / "model", cell_dir / "runs" / "dit" / "model"
-    if "fd_judge_vs_rec" in gen or "fd_judge" not in gen or not (tok.is_dir() and dit.is_dir()):
+    if not needs_decoder_gap(result) or "fd_judge" not in gen or not (tok.is_dir() and dit.is_dir()):
         return False
     eval_dir = cell_dir / eval_dir_name(scale, result["split"], judge.name)
     images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
@@ -384,13 +399,26 @@ def add_decoder_gap(result: dict, scale: Scale, judge, reference_cache: dict | N
     gen.update(decoder_gap(tok, images, labels, judge, result["eval_spec"], scale.image_size, eval_dir,
                            reference_cache))
     result["generation"] = gen
+    if result.get("convergence"):  # the snapshots' samples again, each checked against its recorded FD
+        points = {p["step"]: p for p in result["convergence"]}
+        snaps = dit_snapshots(cell_dir / "runs" / "dit", scale.convergence_every)
+        redo = _convergence(eval_dir, snaps, dit, tok, scale, judge, result["eval_spec"], result["seed"],
+                            reference_cache, fresh=True)
+        for p in redo:
+            old = points[p["step"]]
+            if abs(p["fd_judge"] - old["fd_judge"]) > 1e-3 * max(1.0, old["fd_judge"]):
+                raise RuntimeError(f"{cell_dir}: the DiT snapshot at step {p['step']} gives FD {p['fd_judge']:.4f} "
+                                   f"again, the result says {old['fd_judge']:.4f}")
+            old["fd_judge_vs_rec"] = p["fd_judge_vs_rec"]
+        points[max(points)]["fd_judge_vs_rec"] = gen["fd_judge_vs_rec"]  # the final model
+        result["convergence"] = sorted(points.values(), key=lambda p: p["step"])
     return True
 
 
 def _upgrade(result: dict, scale: Scale, judge, reference_cache: dict | None) -> bool:
     """add_decoder_gap under the cell's lock (a worker holding it is left alone: next time)."""
     cell_dir = Path(result.get("cell_dir", ""))
-    if "fd_judge_vs_rec" in (result.get("generation") or {}) or not (cell_dir / "runs").is_dir():
+    if not needs_decoder_gap(result) or not (cell_dir / "runs").is_dir():
         return False
     try:
         with _locked(cell_dir, wait=False):
@@ -400,19 +428,24 @@ def _upgrade(result: dict, scale: Scale, judge, reference_cache: dict | None) ->
 
 
 def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path, scale: Scale, judge,
-                 eval_spec: str, seed: int, reference_cache: dict | None) -> list[dict]:
-    """FD-<data> and class agreement of the EMA DiT snapshots (every `convergence_every` steps before
-    the last; the last point is the final evaluation), each point written as it finishes (resumable)."""
+                 eval_spec: str, seed: int, reference_cache: dict | None, fresh: bool = False) -> list[dict]:
+    """FD-<data>, class agreement and the DiT's share (FD of the samples vs the eval split's
+    reconstructions) of the EMA DiT snapshots (every `convergence_every` steps before the last; the last
+    point is the final evaluation), each point written as it finishes (resumable; `fresh`: recompute
+    points recorded without the DiT's share)."""
     path = eval_dir / "convergence.json"
     points = {p["step"]: p for p in (json.loads(path.read_text()) if path.is_file() else [])}
+    rec = _reconstructions(eval_dir, tok, eval_spec, scale.image_size)
     for snap in snapshots:
         step = int(snap.name.split("-")[1].split(".")[0])
-        if step in points:
+        if step in points and ("fd_judge_vs_rec" in points[step] or not fresh):
             continue
         images, labels = sample_stage(dit_dir, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
                                       scale.sample_steps, seed=seed, dit=dit_from_snapshot(snap))
         res = judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache)
-        points[step] = {"step": step, "fd_judge": res["fd_judge"], "class_agreement": res["class_agreement"]}
+        vs_rec = judge_samples(images, labels, judge, str(rec), scale.image_size, reference_cache)
+        points[step] = {"step": step, "fd_judge": res["fd_judge"], "class_agreement": res["class_agreement"],
+                        "fd_judge_vs_rec": vs_rec["fd_judge"]}
         write_json(path, sorted(points.values(), key=lambda p: p["step"]))  # type: ignore[arg-type]
     return sorted(points.values(), key=lambda p: p["step"])
 

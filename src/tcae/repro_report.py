@@ -30,6 +30,7 @@ METRICS = {
     # the decoder's share of FD: reconstructions vs real; the DiT's: samples vs reconstructions
     "rfd": ("rFD-judge", ("generation", "rfd_judge"), False),
     "gap": ("FD vs rec.", ("generation", "fd_judge_vs_rec"), False),
+    "gap1": ("FD vs rec. @1st snapshot", ("convergence", 0, "fd_judge_vs_rec"), False),
     "gfid": ("gFID", ("generation", "gfid"), False),
     "is": ("IS", ("generation", "is"), True),
     "gflops": ("GFLOPs enc+dec", ("cost", "total_gflops"), False),
@@ -38,10 +39,13 @@ METRICS = {
 
 def metric(result: dict, key: str) -> float | None:
     r = result
-    for p in METRICS[key][1]:
-        if not isinstance(r, dict) or p not in r:
+    for p in METRICS[key][1]:  # dict keys, or an index into a list (a convergence point)
+        if isinstance(p, int) and isinstance(r, list) and -len(r) <= p < len(r):
+            r = r[p]
+        elif isinstance(r, dict) and p in r:
+            r = r[p]
+        else:
             return None
-        r = r[p]
     return None if r is None or (isinstance(r, float) and math.isnan(r)) else float(r)
 
 
@@ -98,6 +102,12 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
             ("probe", "STC lowers the structural loss 1 - A2/A1 (no SSL)", st0, ss0, "struct", "better"),
             ("TC-AE", "TC-AE (STC + SSL) generates better than the baseline", st1, ss0, "fd", "better"),
             ("TC-AE", "TC-AE's samples are recognised more often than the baseline's", st1, ss0, "agree", "better"),
+            # the DiT's share of FD (samples vs the tokenizer's own reconstructions) early in DiT training:
+            # how easy the latents are to model, apart from the decoder's quality
+            ("2 (DiT)", "STC's latents are learnt faster by the DiT (no SSL)", st0, ss0, "gap1", "better"),
+            ("3 (DiT)", "SSL's latents are learnt faster by the DiT (single-stage)", ss1, ss0, "gap1", "better"),
+            ("3 (DiT)", "SSL's latents are learnt faster by the DiT (staged)", st1, st0, "gap1", "better"),
+            ("TC-AE (DiT)", "TC-AE's latents are learnt faster than the baseline's", st1, ss0, "gap1", "better"),
         ]
     if name == "ssl-method":
         return [("3", "iBOT generates better than DINO", "iBOT", "DINO", "fd", "better"),
@@ -110,8 +120,8 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
         short = {c: c[len("staged, SSL, "):] for c in ssl}
         out = [(f"3 ({short[c]})", f"SSL improves generation (staged, {short[c]})", c, base, "fd", "better")
                for c in ssl]
-        out += [("3 (DiT)", f"SSL's latents are easier for the DiT (samples vs reconstructions, {short[c]})",
-                 c, base, "gap", "better") for c in ssl]
+        out += [("3 (DiT)", f"SSL's latents are learnt faster by the DiT ({short[c]})", c, base, "gap1", "better")
+                for c in ssl]
         out += [("-", f"{short[c]} reconstructs better than {short[ssl[0]]}", c, ssl[0], "psnr", "better")
                 for c in ssl[1:]]
         return out
@@ -160,8 +170,11 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> tuple[float
     return None, False
 
 
-def _curve(result: dict) -> list[tuple[int, float]]:
-    return [(int(p["step"]), float(p["fd_judge"])) for p in result.get("convergence", [])]
+def _curve(result: dict, key: str = "fd_judge") -> list[tuple[int, float]]:
+    points = result.get("convergence", [])
+    if not all(key in p for p in points):
+        return []
+    return [(int(p["step"]), float(p[key])) for p in points]
 
 
 def _mean_curve(results: list[dict]) -> list[tuple[int, float]]:
@@ -237,22 +250,28 @@ def _convergence_plot(out: Path, results: dict[str, list[dict]], fd_name: str, h
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {c: [dict(_curve(r)) for r in rs] for c, rs in results.items() if any(_curve(r) for r in rs)}
-    if not curves:
+    panels = [("fd_judge", f"{fd_name} vs the real split (EMA DiT, lower is better)"),
+              ("fd_judge_vs_rec", f"{fd_name} vs the split's reconstructions: the DiT's share")]
+    panels = [(k, t) for k, t in panels if any(_curve(r, k) for rs in results.values() for r in rs)]
+    if not panels:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cell, per_seed in curves.items():
-        steps = sorted(set.intersection(*(set(c) for c in per_seed)))
-        vals = np.array([[c[s] for s in steps] for c in per_seed])
-        bold = not highlight or cell in highlight
-        line, = ax.plot(steps, vals.mean(0), marker="o", lw=2.2 if bold else 1, alpha=1 if bold else 0.5,
-                        label=cell)
-        ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15 if bold else 0.07)
-    ax.set_xlabel("DiT training steps")
-    ax.set_ylabel(f"{fd_name} (EMA DiT, lower is better)")
-    ax.set_yscale("log")
-    ax.set_title("generation during DiT training: mean over seeds, band min..max", fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for cell, rs in results.items():
+            per_seed = [dict(_curve(r, key)) for r in rs if _curve(r, key)]
+            if not per_seed:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in per_seed)))
+            vals = np.array([[c[s] for s in steps] for c in per_seed])
+            bold = not highlight or cell in highlight
+            line, = ax.plot(steps, vals.mean(0), marker="o", lw=2.2 if bold else 1, alpha=1 if bold else 0.5,
+                            label=cell)
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15 if bold else 0.07)
+        ax.set_xlabel("DiT training steps")
+        ax.set_ylabel(title, fontsize=8)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.suptitle("generation during DiT training: mean over seeds, band min..max", fontsize=9)
     fig.tight_layout()
     _save_fig(fig, out / "convergence.png")
     plt.close(fig)
@@ -319,6 +338,17 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
                 mean_text = _fmt_speedup(sp["mean_curve"])
                 conv.append(f"| {what} ({fast}) vs {base} | {paper} | {seeds_text} | {mean_text} |")
 
+    share_steps = sorted({p["step"] for rs in results.values() for r in rs for p in r.get("convergence", [])
+                          if "fd_judge_vs_rec" in p})
+    share = []
+    if share_steps:
+        share = ["| cell | " + " | ".join(f"step {st}" for st in share_steps) + " |",
+                 "|" + "---|" * (len(share_steps) + 1)]
+        for c in cells:
+            row = [_fmt_summary(summarize([p["fd_judge_vs_rec"] for r in results[c] for p in r.get("convergence", [])
+                                           if p["step"] == st and "fd_judge_vs_rec" in p])) for st in share_steps]
+            share.append(f"| {c} | " + " | ".join(row) + " |")
+
     paper_rows = [f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " |"
                   for cell, vals in PAPER.get(name, {}).items()]
     data_arg = "" if data == SCALES[scale_name].data else f" --data {data}"
@@ -371,6 +401,12 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
            "(ratio = baseline steps / those steps; '>=' when the first snapshot is already below).", "",
            *conv, ""] if conv else []),
         *(["![convergence](convergence.png)", ""] if has_conv else []),
+        *([f"## The DiT's share: {fd_name} of the samples vs the split's reconstructions", "",
+           "Samples are decoded by the tokenizer's own decoder, so a DiT that modelled the latents perfectly would "
+           f"still score the reconstructions' {fd_name} (the rFD column): the FD of the samples against the "
+           "reconstructions of the same split is what the DiT adds, i.e. how hard the latents are to model. "
+           "Mean ± std over seeds at each EMA snapshot (the last is the final model).", "", *share, ""]
+          if share else []),
         "## Per-seed values", "", *per_seed, "",
         "## Cost and wall time (per seed, mean)", "", *costs, "",
         f"Wall time of this experiment's {len(unique_wall)} distinct (cell, seed) runs: {total_unique / 3600:.2f} h "
