@@ -63,6 +63,9 @@ def test_cell_key_deduplicates_identical_runs():
     assert key(["model.latent_channels=8"], FASHION, data, 0) == tcae  # channels' c=8 cell is TC-AE
     assert key(["model.patch_size=4", "model.staged=true"], FASHION, data, 0) == tcae  # token-scaling p=4
     assert key(["ssl=false"], FASHION, data, 0) == key(["ssl.enabled=false"], FASHION, data, 0)
+    # keys of runs made before a setting existed do not move (the grid spans sessions): pinned values
+    assert tcae == "b3afc6b73b3c625f" and key(["ssl=false"], FASHION, data, 0) == "8bfc788e6fd482a9"
+    assert key(["ssl.recon_view=crop"], FASHION, data, 0) == tcae != key(["ssl.recon_view=full"], FASHION, data, 0)
     assert key([], FASHION, data, 1) != tcae  # seeds are distinct runs
     assert key(["model.latent_channels=16"], FASHION, data, 0) != tcae
     assert key([], dataclasses.replace(FASHION, dit_steps=7), data, 0) != tcae

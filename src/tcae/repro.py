@@ -194,6 +194,11 @@ def dit_overrides(scale: Scale, seed: int) -> list[str]:
     return ["name=dit", f"steps={scale.dit_steps}", f"seed={seed}", "progress=false", *conv, *scale.dit_extra]
 
 
+# Tokenizer settings added after runs were keyed: left out of the key while at their default (the
+# behaviour those runs had), so finished and resumable runs keep their keys.
+KEY_NEUTRAL_DEFAULTS = (("ssl", "recon_view", "crop"),)
+
+
 def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     """A hash of everything that decides what a (cell, seed) trains: the resolved tokenizer and DiT
     configs (run names and folders aside), the image size and the data. Equal keys = the same run."""
@@ -216,6 +221,9 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
         for k in ("name", "run_dir", "progress", "resume"):
             cfg.pop(k, None)
     dit["data"].pop("latents", None)
+    for section, name, default in KEY_NEUTRAL_DEFAULTS:  # settings added later: at their default, no new key
+        if tok.get(section, {}).get(name) == default:
+            tok[section].pop(name)
     blob = json.dumps({"tokenizer": tok, "dit": dit, "image_size": scale.image_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
