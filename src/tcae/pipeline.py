@@ -130,7 +130,7 @@ def reconstruct_split(tokenizer_dir: Path | str, data_spec: str, image_size: int
 
 # ---------------------------------------------------------------------------- judging samples
 def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork, reference_spec: str,
-                  image_size: int, reference_cache: dict | None = None) -> dict:
+                  image_size: int, reference_cache: dict | None = None, allow_unbalanced: bool = False) -> dict:
     """A judge's verdict on class-conditional samples, through `tcae eval-gen`'s code path.
 
     images: uint8 (N, H, W, 3); labels (N,); judge: a :class:`tcae.evaluation.Judge`;
@@ -138,12 +138,13 @@ def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork,
     Returns {"fd_judge": FD-<data> in the judge's penultimate features (not FID), "fd_name",
     "class_agreement": share of samples the judge assigns to their label, "class_agreement_per_class"
     and "per_class_total" (counts per class), "judge": the judge's provenance and accuracy,
-    "num_samples", "reference"}.
+    "num_samples", "reference"}. `allow_unbalanced`: images that are not class-balanced samples (e.g.
+    the reconstructions of a real split, whose classes are as the split has them).
     """
     from tcae.diffusion.gen_eval import evaluate_samples
 
     res = evaluate_samples(images, reference_spec, image_size=image_size, feature_network=judge, labels=labels,
-                           progress=False, reference_cache=reference_cache)
+                           progress=False, reference_cache=reference_cache, allow_unbalanced=allow_unbalanced)
     key = judge.metric_key("g")
     return {"fd_judge": res["metrics"][key], "fd_name": f"FD-{judge.data}",
             "class_agreement": res["metrics"]["class_agreement"],

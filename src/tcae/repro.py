@@ -364,7 +364,7 @@ def decoder_gap(tok: Path | str, images, labels, judge, eval_spec: str, image_si
     rec_path = _reconstructions(eval_dir, tok, eval_spec, image_size)
     with np.load(rec_path) as f:
         rec, rec_labels = f["arr_0"], f["arr_1"]
-    vs_real = judge_samples(rec, rec_labels, judge, eval_spec, image_size, reference_cache)
+    vs_real = judge_samples(rec, rec_labels, judge, eval_spec, image_size, reference_cache, allow_unbalanced=True)
     vs_rec = judge_samples(images, labels, judge, str(rec_path), image_size, reference_cache)
     return {"rfd_judge": vs_real["fd_judge"], "rec_class_agreement": vs_real["class_agreement"],
             "fd_judge_vs_rec": vs_rec["fd_judge"]}
