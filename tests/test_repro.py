@@ -267,6 +267,14 @@ def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch):
     from tcae.cli.main import main as cli
     assert cli(["repro", "stc-ssl", "--report-only", "--out", str(tmp_path / "empty")]) == 2
 
+    # --only: just these cells are computed, the rest reported if finished
+    busy_once.clear()
+    report = repro.run_experiment("stc-ssl", "tiny", out=tmp_path / "out", seeds=2, only=["staged, SSL"],
+                                  cells_dir=tmp_path / "cells")
+    assert order == [("staged, SSL", False), ("staged, SSL", False)]  # seed 0, then seed 1
+    assert "Interim report: 3 (cell, seed) run(s)" in report.read_text()
+    assert cli(["repro", "stc-ssl", "--only", "staged;nope", "--out", str(tmp_path / "x")]) == 2
+
 
 @pytest.mark.slow
 def test_demo_on_fashion(tiny_fashion, tmp_path, capsys):

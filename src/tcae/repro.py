@@ -491,10 +491,11 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) ->
 # ---------------------------------------------------------------------------- an experiment
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
                    seeds: int = 1, split: str | None = None, cells_dir: Path | None = None,
-                   report_only: bool = False) -> Path:
+                   report_only: bool = False, only: list[str] | None = None) -> Path:
     """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
     then the report. Returns the report's path. `report_only`: train nothing, report the (cell, seed)
     results already in `out` (an interim report while the grid spans sessions; it lists what is missing).
+    `only`: compute just these cells (the others are reported if finished, else listed as missing).
 
     Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
     another process holds is skipped and taken up again (waited for) after the others."""
@@ -510,6 +511,9 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     out = Path(out or default_out + ("" if split == scale.eval_split else f"-{split}"))
     cells_dir = Path(cells_dir or out.parent / "cells")
     cells = experiment_cells(name, scale)
+    unknown = sorted(set(only or []) - set(cells))
+    if unknown:
+        raise ValueError(f"--only {', '.join(unknown)}: not a cell of {name} (its cells: {'; '.join(cells)})")
     judge_name = judge_for_data(data)
     judge = build_feature_network(judge_name) if judge_name else None
     reference_cache: dict = {}
@@ -527,7 +531,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
                     write_json(target / "result.json", result)
                 results[cell][seed] = result
                 continue
-            if report_only:
+            if report_only or (only and cell not in only):
                 missing.append(f"{cell}, seed {seed}")
                 continue
             overrides = cells[cell]
@@ -545,7 +549,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             write_json(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
-    if report_only and not any(results.values()):
+    if (report_only or only) and not any(results.values()):
         raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
     results = {cell: r for cell, r in results.items() if r}

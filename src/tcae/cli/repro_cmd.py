@@ -25,7 +25,8 @@ def _repro(args: argparse.Namespace) -> int:
     from tcae.repro import run_experiment
 
     report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
-                            args.cells, report_only=args.report_only)
+                            args.cells, report_only=args.report_only,
+                            only=[c.strip() for c in args.only.split(";")] if args.only else None)
     print(f"report: {report}")
     return 0
 
@@ -55,4 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder of the shared (cell, seed) runs (default: OUT/../cells)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: report the finished (cell, seed) results in OUT, listing the missing ones")
+    p.add_argument("--only", default=None, metavar="CELL[;CELL]",
+                   help="compute only these cells (';'-separated names as in the report); the others are "
+                        "reported if finished, else listed as missing")
     add_no_progress(p)
