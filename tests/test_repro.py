@@ -192,6 +192,13 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     for p in stripped["convergence"]:
         del p["fd_judge_vs_rec"]
     target0.write_text(json.dumps(stripped))
+    # ... and the run's own files as they were before (so that everything is drawn and judged again)
+    eval0 = next(Path(r0["cell_dir"]).glob("eval-test-*"))
+    (eval0 / "reconstructions.npz").unlink()
+    conv = json.loads((eval0 / "convergence.json").read_text())
+    (eval0 / "convergence.json").write_text(json.dumps([{k: v for k, v in p.items() if k != "fd_judge_vs_rec"}
+                                                        for p in conv]))
+    (eval0 / "result.json").write_text(json.dumps(stripped))
     # the summary's mean and std are those of the per-seed values
     summary = json.loads((out / "channels" / "summary.json").read_text())["summaries"]["c=8"]["psnr"]
     psnrs = [r["reconstruction"]["metrics"]["psnr"] for r in (r0, r1)]
@@ -222,7 +229,11 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
         assert upgraded["generation"][k] == pytest.approx(gen0[k], rel=1e-6), k
     assert [p["fd_judge_vs_rec"] for p in upgraded["convergence"]] == pytest.approx(
         [p["fd_judge_vs_rec"] for p in r0["convergence"]], rel=1e-6)
-    assert "## The DiT's share" in (out / "channels" / "report.md").read_text()
+    assert "vs the split's reconstructions" in (out / "channels" / "report.md").read_text()
+    # the shared run's own result got them too (what other experiments sharing the run read)
+    own = json.loads((eval0 / "result.json").read_text())
+    assert own["generation"]["fd_judge_vs_rec"] == upgraded["generation"]["fd_judge_vs_rec"]
+    assert (eval0 / "reconstructions.npz").is_file()
 
     # the val split is another evaluation of the same runs (for choosing settings): nothing retrains
     report_val = repro.run_experiment("channels", "tiny", out=out / "channels-val", data="builtin:fashion",
@@ -232,7 +243,7 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     assert rv["eval_spec"] == "builtin:fashion:val" and rv["key"] == r0["key"]
 
 
-def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch):
+def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch, capsys):
     """Two processes can run the same experiments: a (cell, seed) another one holds is skipped at first and
     waited for at the end."""
     cell_dir = tmp_path / "cells" / "x"
@@ -273,7 +284,13 @@ def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch):
                                   cells_dir=tmp_path / "cells")
     assert order == [("staged, SSL", False), ("staged, SSL", False)]  # seed 0, then seed 1
     assert "Interim report: 3 (cell, seed) run(s)" in report.read_text()
-    assert cli(["repro", "stc-ssl", "--only", "staged;nope", "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    assert cli(["repro", "stc-ssl", "--only", "staged, SSL;nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--only nope: not a cell of stc-ssl" in err and "(its cells: single-stage, no SSL;" in err
+    assert cli(["repro", "stc-ssl", "--only", "staged, SSL;", "--out", str(tmp_path / "x")]) == 2
+    assert "an empty cell name" in capsys.readouterr().err
+    assert cli(["repro", "stc-ssl", "--only", "staged, SSL", "--report-only", "--out", str(tmp_path / "x")]) == 2
 
 
 @pytest.mark.slow

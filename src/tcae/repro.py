@@ -31,6 +31,9 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tcae.pipeline import (
     Timer,
@@ -47,6 +50,9 @@ from tcae.pipeline import (
     train_tokenizer_stage,
     write_json,
 )
+
+if TYPE_CHECKING:
+    from tcae.evaluation.features import FeatureNetwork
 
 log = logging.getLogger("tcae.repro")
 
@@ -350,17 +356,16 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
                          "convergence_every": scale.convergence_every}}
 
 
-def decoder_gap(tok: Path | str, images, labels, judge, eval_spec: str, image_size: int, eval_dir: Path,
-                reference_cache: dict | None = None) -> dict:
-    """Split a judge's FD of samples into the decoder's part and the DiT's: samples are decoded by the
-    tokenizer's decoder, so even a perfect model of the latents scores the FD of the reconstructions.
+def decoder_gap(tok: Path | str, images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork, eval_spec: str,
+                image_size: int, eval_dir: Path, reference_cache: dict | None = None) -> dict[str, float]:
+    """Tell the decoder's part of a judge's FD of samples from the DiT's: samples are decoded by the
+    tokenizer's decoder, so even a perfect model of the latents scores about the FD of the reconstructions.
 
     Returns {"rfd_judge": FD of the eval split's reconstructions vs the split, "rec_class_agreement":
     the judge's accuracy on those reconstructions, "fd_judge_vs_rec": FD of the samples vs the
-    reconstructions (how far the DiT is from the tokenizer's own latent distribution)}. The
+    reconstructions (how far the DiT is from the tokenizer's own latent distribution)}. FDs do not add
+    up (only their square roots obey a triangle inequality): these are two comparisons, not a sum. The
     reconstructions are kept in `eval_dir/reconstructions.npz` (ADM layout, labels in arr_1)."""
-    import numpy as np
-
     rec_path = _reconstructions(eval_dir, tok, eval_spec, image_size)
     with np.load(rec_path) as f:
         rec, rec_labels = f["arr_0"], f["arr_1"]
@@ -372,7 +377,7 @@ def decoder_gap(tok: Path | str, images, labels, judge, eval_spec: str, image_si
 
 def _reconstructions(eval_dir: Path, tok: Path | str, eval_spec: str, image_size: int) -> Path:
     """`eval_dir/reconstructions.npz`: the eval split's reconstructions (ADM layout, labels in arr_1),
-    made once: the reference of the DiT's share of FD."""
+    made once: the reference of the samples' FD vs reconstructions."""
     from tcae.diffusion import save_samples_npz
 
     rec_path = eval_dir / "reconstructions.npz"
@@ -383,72 +388,82 @@ def _reconstructions(eval_dir: Path, tok: Path | str, eval_spec: str, image_size
 
 
 def needs_decoder_gap(result: dict) -> bool:
-    """Whether a judged result lacks the DiT's share of FD (at the end or at a convergence point)."""
+    """Whether a judged result lacks the decoder-gap numbers (at the end or at a convergence point)."""
     gen = result.get("generation") or {}
     return "fd_judge" in gen and ("fd_judge_vs_rec" not in gen or any(
         "fd_judge_vs_rec" not in p for p in result.get("convergence", [])))
 
 
-def add_decoder_gap(result: dict, scale: Scale, judge, reference_cache: dict | None = None) -> bool:
-    """Add :func:`decoder_gap`'s numbers to a (cell, seed) result finished before they existed, from
-    its run on this machine: the final samples are drawn again (same DiT, seed and sampler) and must
-    give the recorded FD; they are then judged against the reconstructions. False (result unchanged)
-    when the run's folder is not here."""
-    gen = result.get("generation") or {}
-    cell_dir = Path(result.get("cell_dir", ""))
+def _check_same(what: str, again: float, recorded: float) -> None:
+    if abs(again - recorded) > 1e-3 * max(1.0, recorded):
+        raise RuntimeError(f"{what} drawn again give FD {again:.4f}, the result says {recorded:.4f}: not the "
+                           "same samples (another device or torch build?), so no decoder gap is added")
+
+
+def add_decoder_gap(result: dict, scale: Scale, judge: FeatureNetwork, cell_dir: Path,
+                    reference_cache: dict | None = None) -> bool:
+    """Add :func:`decoder_gap`'s numbers to a (cell, seed) result finished before they existed, from its
+    run in `cell_dir`: the final and the snapshot samples are drawn again (same DiT, seed and sampler),
+    each must give its recorded FD, and they are then judged against the reconstructions. The cell's own
+    `eval-*/result.json` is updated too. False (result unchanged) when the run is not here.
+    Raises RuntimeError when re-drawn samples do not reproduce a recorded FD."""
+    gen = dict(result.get("generation") or {})
     tok, dit = cell_dir / "runs" / "tokenizer" / "model", cell_dir / "runs" / "dit" / "model"
-    if not needs_decoder_gap(result) or "fd_judge" not in gen or not (tok.is_dir() and dit.is_dir()):
+    if not needs_decoder_gap(result) or not (tok.is_dir() and dit.is_dir()):
         return False
     eval_dir = cell_dir / eval_dir_name(scale, result["split"], judge.name)
     images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
                                   scale.sample_steps, seed=result["seed"])
     again = judge_samples(images, labels, judge, result["eval_spec"], scale.image_size, reference_cache)
-    if abs(again["fd_judge"] - gen["fd_judge"]) > 1e-3 * max(1.0, gen["fd_judge"]):
-        raise RuntimeError(f"{cell_dir}: the final samples drawn again give FD {again['fd_judge']:.4f}, the "
-                           f"result says {gen['fd_judge']:.4f}; not the same samples, so no decoder gap added")
+    _check_same(f"{cell_dir}: the final samples", again["fd_judge"], gen["fd_judge"])
     gen.update(decoder_gap(tok, images, labels, judge, result["eval_spec"], scale.image_size, eval_dir,
                            reference_cache))
-    result["generation"] = gen
-    if result.get("convergence"):  # the snapshots' samples again, each checked against its recorded FD
-        points = {p["step"]: p for p in result["convergence"]}
+    points = {p["step"]: dict(p) for p in result.get("convergence", [])}
+    if points:
         snaps = dit_snapshots(cell_dir / "runs" / "dit", scale.convergence_every)
-        redo = _convergence(eval_dir, snaps, dit, tok, scale, judge, result["eval_spec"], result["seed"],
-                            reference_cache, fresh=True)
-        for p in redo:
-            old = points[p["step"]]
-            if abs(p["fd_judge"] - old["fd_judge"]) > 1e-3 * max(1.0, old["fd_judge"]):
-                raise RuntimeError(f"{cell_dir}: the DiT snapshot at step {p['step']} gives FD {p['fd_judge']:.4f} "
-                                   f"again, the result says {old['fd_judge']:.4f}")
-            old["fd_judge_vs_rec"] = p["fd_judge_vs_rec"]
+        for p in _convergence(eval_dir, snaps, dit, tok, scale, judge, result["eval_spec"], result["seed"],
+                              reference_cache):
+            _check_same(f"{cell_dir}: the samples of the DiT snapshot at step {p['step']}", p["fd_judge"],
+                        points[p["step"]]["fd_judge"])
+            points[p["step"]]["fd_judge_vs_rec"] = p["fd_judge_vs_rec"]
         points[max(points)]["fd_judge_vs_rec"] = gen["fd_judge_vs_rec"]  # the final model
-        result["convergence"] = sorted(points.values(), key=lambda p: p["step"])
+    result["generation"], result["convergence"] = gen, sorted(points.values(), key=lambda p: p["step"])
+    own = eval_dir / "result.json"
+    if own.is_file():  # what run_cell returns to every experiment sharing the run
+        cell_result = json.loads(own.read_text())
+        cell_result.update(generation=result["generation"], convergence=result["convergence"])
+        write_json(own, cell_result)
     return True
 
 
-def _upgrade(result: dict, scale: Scale, judge, reference_cache: dict | None) -> bool:
-    """add_decoder_gap under the cell's lock (a worker holding it is left alone: next time)."""
-    cell_dir = Path(result.get("cell_dir", ""))
+def _upgrade_decoder_gap(result: dict, scale: Scale, judge: FeatureNetwork, cell_dir: Path,
+                         reference_cache: dict | None) -> bool:
+    """add_decoder_gap under the cell's lock; a cell another worker holds, or samples that do not
+    reproduce their FD, leave the result as it is (logged)."""
     if not needs_decoder_gap(result) or not (cell_dir / "runs").is_dir():
         return False
     try:
         with _locked(cell_dir, wait=False):
-            return add_decoder_gap(result, scale, judge, reference_cache)
+            return add_decoder_gap(result, scale, judge, cell_dir, reference_cache)
     except CellBusy:
-        return False
+        log.info("%s is busy: its decoder gap is added another time", cell_dir)
+    except RuntimeError as err:
+        log.warning("%s", err)
+    return False
 
 
 def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path, scale: Scale, judge,
-                 eval_spec: str, seed: int, reference_cache: dict | None, fresh: bool = False) -> list[dict]:
+                 eval_spec: str, seed: int, reference_cache: dict | None) -> list[dict]:
     """FD-<data>, class agreement and the DiT's share (FD of the samples vs the eval split's
     reconstructions) of the EMA DiT snapshots (every `convergence_every` steps before the last; the last
-    point is the final evaluation), each point written as it finishes (resumable; `fresh`: recompute
-    points recorded without the DiT's share)."""
+    point is the final evaluation), each point written as it finishes (resumable; a point recorded
+    before the FD vs reconstructions existed is computed again)."""
     path = eval_dir / "convergence.json"
     points = {p["step"]: p for p in (json.loads(path.read_text()) if path.is_file() else [])}
     rec = _reconstructions(eval_dir, tok, eval_spec, scale.image_size)
     for snap in snapshots:
         step = int(snap.name.split("-")[1].split(".")[0])
-        if step in points and ("fd_judge_vs_rec" in points[step] or not fresh):
+        if step in points and "fd_judge_vs_rec" in points[step]:
             continue
         images, labels = sample_stage(dit_dir, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
                                       scale.sample_steps, seed=seed, dit=dit_from_snapshot(snap))
@@ -462,7 +477,6 @@ def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path
 
 def _save_grid(images, labels, path: Path, per_row: int = 10) -> None:
     """One row per class: the first `per_row` samples of each."""
-    import numpy as np
     import torch
     from torchvision.utils import save_image
 
@@ -526,7 +540,8 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             target = out / _slug(cell) / f"seed-{seed}"
             if (target / "result.json").is_file():
                 result = json.loads((target / "result.json").read_text())
-                if judge is not None and _upgrade(result, scale, judge, reference_cache):
+                run_dir = cells_dir / result["key"] if "key" in result else Path(result.get("cell_dir", ""))
+                if judge is not None and _upgrade_decoder_gap(result, scale, judge, run_dir, reference_cache):
                     log.info("cell %s, seed %d: decoder gap added", cell, seed)
                     write_json(target / "result.json", result)
                 results[cell][seed] = result
@@ -545,11 +560,13 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
                 busy.append((seed, cell))
                 continue
             result = {**result, "cell": cell, "overrides": overrides, "key": key}
+            if judge is not None and _upgrade_decoder_gap(result, scale, judge, cells_dir / key, reference_cache):
+                log.info("cell %s, seed %d: decoder gap added", cell, seed)
             _copy_figures(Path(result["cell_dir"]), scale, split, judge, target)
             write_json(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
-    if (report_only or only) and not any(results.values()):
+    if report_only and not any(results.values()):
         raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
     results = {cell: r for cell, r in results.items() if r}
@@ -559,7 +576,6 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
 def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict) -> dict | None:
     """The judge's verdict on as many real images as the samples (class-balanced, from the val split when
     evaluating on test, else from train) against the evaluation split: the best FD at this sample count."""
-    import numpy as np
 
     from tcae.data import build_dataset
 

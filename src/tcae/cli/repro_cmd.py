@@ -24,9 +24,15 @@ def _demo(args: argparse.Namespace) -> int:
 def _repro(args: argparse.Namespace) -> int:
     from tcae.repro import run_experiment
 
+    only = [c.strip() for c in args.only.split(";")] if args.only is not None else None
+    if only is not None and not all(only):
+        raise ValueError(f"--only {args.only!r}: an empty cell name (cells are separated by ';')")
+    if only and args.report_only:
+        raise ValueError("--only computes cells and --report-only computes none: give one of them")
+
     report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
                             args.cells, report_only=args.report_only,
-                            only=[c.strip() for c in args.only.split(";")] if args.only else None)
+                            only=only)
     print(f"report: {report}")
     return 0
 
