@@ -313,3 +313,18 @@ def test_demo_on_fashion(tiny_fashion, tmp_path, capsys):
         assert npz["arr_0"].shape == (20, 32, 32, 3)
     assert cli(["demo", "--data", "builtin:fashion:test", "--out", str(out)]) == 2
     assert "no split" in capsys.readouterr().err
+
+
+def test_every_experiment_has_verdicts_on_its_own_cells_including_the_dits_share():
+    """Each experiment's claims compare two of its own cells on a known metric; since the final FD at the
+    tiny scale measures the decoder (docs/repro-fashion-tiny.md), every paper experiment that claims
+    something about generation also has a verdict on the DiT's share (FD vs rec. at the first snapshot)."""
+    for name in (*repro.PAPER, "ssl-causes"):
+        cells = repro.experiment_cells(name, FASHION)
+        rows = repro_report.claims(name, FASHION)
+        assert rows, name
+        for _, _, x, y, key, expected in rows:
+            assert x in cells and y in cells and x != y, (name, x, y)
+            assert key in repro_report.METRICS and expected in ("better", "worse", "not better"), (name, key)
+        if any(key == "fd" for *_, key, _ in rows):
+            assert any(key == "gap1" for *_, key, _ in rows), name

@@ -24,7 +24,7 @@ if [ "${1:-}" = worker ]; then
   exit 0
 fi
 mkdir -p out
-nohup bash "$0" worker ssl-causes@val@1 stc-ssl ssl-method channels token-scaling ssl-causes \
+nohup bash "$0" worker ssl-causes@val@1 stc-ssl ssl-method token-scaling channels ssl-causes \
   > out/repro-fashion-worker-1.log 2>&1 &
-nohup bash "$0" worker stc-ssl channels ssl-method token-scaling ssl-causes > out/repro-fashion-worker-2.log 2>&1 &
+nohup bash "$0" worker stc-ssl channels token-scaling ssl-method ssl-causes > out/repro-fashion-worker-2.log 2>&1 &
 echo "workers started: out/repro-fashion-worker-{1,2}.log"

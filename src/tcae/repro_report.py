@@ -120,7 +120,11 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
         return [("3", "iBOT generates better than DINO", "iBOT", "DINO", "fd", "better"),
                 ("3", "DINO generates better than no SSL", "DINO", "none", "fd", "better"),
                 ("3", "iBOT generates better than no SSL", "iBOT", "none", "fd", "better"),
-                ("3", "iBOT's latents probe better than no SSL's", "iBOT", "none", "a2", "better")]
+                ("3", "iBOT's latents probe better than no SSL's", "iBOT", "none", "a2", "better"),
+                ("3 (DiT)", "iBOT: early samples closer to the reconstructions than DINO's", "iBOT", "DINO", "gap1",
+                 "better"),
+                ("3 (DiT)", "DINO: early samples closer to the reconstructions than no SSL's", "DINO", "none", "gap1",
+                 "better")]
     cells = list(experiment_cells(name, scale))
     if name == "ssl-causes":
         base, *ssl = cells
@@ -142,7 +146,9 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
     if name == "channels":
         small, big = cells
         return [("4", f"{big} reconstructs better than {small}", big, small, "psnr", "better"),
-                ("4", f"{big} generates worse than {small}", big, small, "fd", "worse")]
+                ("4", f"{big} generates worse than {small}", big, small, "fd", "worse"),
+                ("4 (DiT)", f"{big}: early samples further from the reconstructions than {small}'s", big, small,
+                 "gap1", "worse")]
     if name == "token-scaling":
         out = []
         for mode in ("single-stage", "staged"):
@@ -154,6 +160,8 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
             text = ("with STC, the smallest p generates better than the largest" if mode == "staged" else
                     "without STC, the smallest p does not generate better than the largest")
             out.append(("2", text, cell[ps[0]], cell[ps[-1]], "fd", expected))
+            out.append(("2 (DiT)", f"{text}: early samples vs the reconstructions", cell[ps[0]], cell[ps[-1]],
+                        "gap1", expected))
         return out
     return []
 
