@@ -1,0 +1,142 @@
+"""Is "FD vs rec." comparable across tokenizers? A check on the DiT-share numbers of the reports.
+
+"FD vs rec." compares a cell's samples with that cell's own reconstructions. A blurrier decoder puts its
+reconstructions in a smaller region of the judge's feature space, so the same DiT error may read as a
+smaller FD. This script measures, for every finished test-split run of the grid, from the run's saved
+reconstructions of the test split (``out/repro-fashion-cells/KEY/eval-test-*/reconstructions.npz``):
+
+- ``rec. acc.``: the judge's accuracy on the reconstructions (the ceiling of the samples' class agreement),
+- ``tr Σ_rec``: the trace of the reconstructions' feature covariance (the scale FD vs rec. is measured in),
+
+and the DiT-share numbers rescaled by them: FD vs rec. @ 320 / tr Σ_rec (unitless), and class agreement
+at the 640-step snapshot and at the end / rec. acc. Usage, from the repository root:
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/repro-fashion/feature_scale.py > docs/repro-fashion/feature-scale.md
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tcae.data.fashion import load_fashion
+from tcae.evaluation.judges import build_judge
+
+ROOT = Path(__file__).resolve().parent
+EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes")
+# (experiment, X, Y): the comparisons of the reports' DiT-share verdicts, X against Y
+PAIRS = (
+    ("stc-ssl", "staged, no SSL", "single-stage, no SSL"),
+    ("stc-ssl", "single-stage, SSL", "single-stage, no SSL"),
+    ("stc-ssl", "staged, SSL", "staged, no SSL"),
+    ("stc-ssl", "staged, SSL", "single-stage, no SSL"),
+    ("ssl-method", "iBOT", "DINO"),
+    ("ssl-method", "DINO", "none"),
+    ("channels", "c=16", "c=8"),
+    ("token-scaling", "p=2, single-stage", "p=8, single-stage"),
+    ("token-scaling", "p=2, staged", "p=8, staged"),
+    ("ssl-causes", "staged, SSL, alpha=1, full-image recon", "staged, no SSL"),
+    ("ssl-causes", "staged, SSL, alpha=10", "staged, no SSL"),
+    ("ssl-causes", "staged, SSL, alpha=10, full-image recon", "staged, no SSL"),
+)
+# metric -> (column, True when lower is better)
+VERDICT_METRICS = {"fd_rel": ("FD vs rec. @ 320 / tr Σ_rec", True), "ca_rel": ("class agr. @ 640 / rec. acc.", False)}
+
+
+def judge_stats(judge: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, trace of the feature covariance) of uint8 images (N, H, W, C)."""
+    feats, preds = [], []
+    for i in range(0, len(images), 1000):
+        x = images[i:i + 1000].permute(0, 3, 1, 2).float() / 127.5 - 1
+        out = judge(x)
+        feats.append(out["features"])
+        preds.append(out["logits"].argmax(1))
+    f = torch.cat(feats).double().numpy()
+    return float((torch.cat(preds).numpy() == labels).mean()), float(np.trace(np.cov(f, rowvar=False)))
+
+
+def verdict(x: list[float], y: list[float], lower_is_better: bool) -> tuple[float, float, str]:
+    """(mean X - mean Y, spread, outcome): the reports' rule, a difference within the larger seed std is none."""
+    diff = float(np.mean(x) - np.mean(y))
+    spread = max(float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))
+    if abs(diff) <= spread:
+        return diff, spread, "no difference"
+    return diff, spread, "better" if (diff < 0) == lower_is_better else "worse"
+
+
+def mean_std(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.3g} ± {v.std(ddof=1):.2g}" if len(v) > 1 else f"{v.mean():.3g}"
+
+
+def runs() -> dict[str, dict[str, list[dict]]]:
+    """experiment -> cell label -> the finished test-split result.json of each seed."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for exp in EXPERIMENTS:
+        cells: dict[str, list[dict]] = defaultdict(list)
+        for path in sorted(glob.glob(str(ROOT / exp / "*" / "seed-*" / "result.json"))):
+            result = json.loads(Path(path).read_text())
+            cells[result["cell"]].append(result)
+        out[exp] = dict(cells)
+    return out
+
+
+def main() -> None:
+    judge = build_judge("fashion").eval()
+    data = load_fashion()
+    real = np.pad(data["images"]["test"], ((0, 0), (2, 2), (2, 2)))  # 0 is black, like the model's padding
+    real_acc, real_trace = judge_stats(judge, torch.from_numpy(real)[..., None], data["labels"]["test"])
+    cache: dict[tuple[str, int], tuple[float, float]] = {}
+    table: dict[tuple[str, str], dict[str, list[float]]] = {}
+    print("# Is FD vs rec. comparable across tokenizers? (`feature_scale.py`)\n")
+    print(__doc__.split("\n", 1)[1].split("Usage")[0].strip() + "\n")
+    print(f"Real test split: judge accuracy {real_acc:.4f}, tr Σ {real_trace:.1f}. Test split, mean ± std over "
+          "seeds (ddof=1).\n")
+    for exp, cells in runs().items():
+        print(f"## {exp}\n")
+        print("| cell | seeds | rec. acc. | tr Σ_rec | FD vs rec. @ 320 | / tr Σ_rec (x1000) | class agr. @ 640 "
+              "| / rec. acc. | final class agr. | / rec. acc. |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for cell, results in cells.items():
+            cols = defaultdict(list)
+            for r in results:
+                key = (r["key"], r["seed"])
+                if key not in cache:
+                    npz = np.load(sorted(glob.glob(str(ROOT.parents[1] / r["cell_dir"] / "eval-test-*"
+                                                      / "reconstructions.npz")))[0])
+                    cache[key] = judge_stats(judge, torch.from_numpy(npz["arr_0"]), npz["arr_1"])
+                acc, trace = cache[key]
+                snap = {s["step"]: s for s in r["convergence"]}
+                cols["acc"].append(acc)
+                cols["trace"].append(trace)
+                cols["fd"].append(snap[320]["fd_judge_vs_rec"])
+                cols["fd_rel"].append(1000 * snap[320]["fd_judge_vs_rec"] / trace)
+                cols["ca"].append(snap[640]["class_agreement"])
+                cols["ca_rel"].append(snap[640]["class_agreement"] / acc)
+                cols["final"].append(r["generation"]["class_agreement"])
+                cols["final_rel"].append(r["generation"]["class_agreement"] / acc)
+            table[exp, cell] = cols
+            print(f"| {cell} | {len(results)} | " + " | ".join(mean_std(cols[k]) for k in
+                  ("acc", "trace", "fd", "fd_rel", "ca", "ca_rel", "final", "final_rel")) + " |")
+        print()
+    print("## Verdicts on the rescaled DiT share\n")
+    print("The reports' rule: a difference within the larger seed std (ddof=1) is no difference; X vs Y in the "
+          "metric's good direction (lower rescaled FD, higher rescaled class agreement).\n")
+    print("| experiment | X | Y | metric | X - Y | spread | X vs Y |")
+    print("|---|---|---|---|---|---|---|")
+    for exp, x, y in PAIRS:
+        if (exp, x) not in table or (exp, y) not in table or min(len(table[exp, c]["fd"]) for c in (x, y)) < 2:
+            continue
+        for key, (name, lower) in VERDICT_METRICS.items():
+            diff, spread, outcome = verdict(table[exp, x][key], table[exp, y][key], lower)
+            print(f"| {exp} | {x} | {y} | {name} | {diff:.3g} | {spread:.2g} | {outcome} |")
+    print()
+
+
+if __name__ == "__main__":
+    main()
