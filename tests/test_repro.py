@@ -267,9 +267,18 @@ def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch, capsys):
                      ("staged, SSL", False), ("staged, SSL", True)]
     assert (tmp_path / "out" / "staged-SSL" / "seed-0" / "result.json").is_file() and report.is_file()
 
-    # --report-only (an interim report while the grid spans sessions): trains nothing, names what is missing
+    # --no-wait: a held cell is left to its holder and named in an interim report, not waited for
     order.clear()
     (tmp_path / "out" / "staged-SSL" / "seed-0" / "result.json").unlink()
+    report = repro.run_experiment("stc-ssl", "tiny", out=tmp_path / "out", cells_dir=tmp_path / "cells",
+                                  wait=False)
+    assert order == [("staged, SSL", False)]
+    assert "Interim report: 1 (cell, seed) run(s)" in report.read_text()
+    assert "staged, SSL, seed 0 (another process holds it)" in report.read_text()
+    assert not (tmp_path / "out" / "staged-SSL" / "seed-0" / "result.json").exists()
+
+    # --report-only (an interim report while the grid spans sessions): trains nothing, names what is missing
+    order.clear()
     report = repro.run_experiment("stc-ssl", "tiny", out=tmp_path / "out", seeds=2, report_only=True)
     assert order == []
     text = report.read_text()

@@ -26,6 +26,7 @@ import torch
 
 from tcae.data.fashion import load_fashion
 from tcae.evaluation.judges import build_judge
+from tcae.repro_report import compare, summarize
 
 ROOT = Path(__file__).resolve().parent
 EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes")
@@ -44,8 +45,8 @@ PAIRS = (
     ("ssl-causes", "staged, SSL, alpha=10", "staged, no SSL"),
     ("ssl-causes", "staged, SSL, alpha=10, full-image recon", "staged, no SSL"),
 )
-# metric -> (column, True when lower is better)
-VERDICT_METRICS = {"fd_rel": ("FD vs rec. @ 320 / tr Σ_rec", True), "ca_rel": ("class agr. @ 640 / rec. acc.", False)}
+# metric -> (column, True when higher is better)
+VERDICT_METRICS = {"fd_rel": ("FD vs rec. @ 320 / tr Σ_rec", False), "ca_rel": ("class agr. @ 640 / rec. acc.", True)}
 
 
 def judge_stats(judge: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
@@ -58,15 +59,6 @@ def judge_stats(judge: torch.nn.Module, images: torch.Tensor, labels: np.ndarray
         preds.append(out["logits"].argmax(1))
     f = torch.cat(feats).double().numpy()
     return float((torch.cat(preds).numpy() == labels).mean()), float(np.trace(np.cov(f, rowvar=False)))
-
-
-def verdict(x: list[float], y: list[float], lower_is_better: bool) -> tuple[float, float, str]:
-    """(mean X - mean Y, spread, outcome): the reports' rule, a difference within the larger seed std is none."""
-    diff = float(np.mean(x) - np.mean(y))
-    spread = max(float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))
-    if abs(diff) <= spread:
-        return diff, spread, "no difference"
-    return diff, spread, "better" if (diff < 0) == lower_is_better else "worse"
 
 
 def mean_std(values: list[float]) -> str:
@@ -125,15 +117,17 @@ def main() -> None:
                   ("acc", "trace", "fd", "fd_rel", "ca", "ca_rel", "final", "final_rel")) + " |")
         print()
     print("## Verdicts on the rescaled DiT share\n")
-    print("The reports' rule: a difference within the larger seed std (ddof=1) is no difference; X vs Y in the "
-          "metric's good direction (lower rescaled FD, higher rescaled class agreement).\n")
+    print("The reports' rule (`tcae.repro_report.compare`): a difference within the larger seed std (ddof=1) is "
+          "no difference; X vs Y in the metric's good direction (lower rescaled FD, higher rescaled class "
+          "agreement).\n")
     print("| experiment | X | Y | metric | X - Y | spread | X vs Y |")
     print("|---|---|---|---|---|---|---|")
     for exp, x, y in PAIRS:
         if (exp, x) not in table or (exp, y) not in table or min(len(table[exp, c]["fd"]) for c in (x, y)) < 2:
             continue
-        for key, (name, lower) in VERDICT_METRICS.items():
-            diff, spread, outcome = verdict(table[exp, x][key], table[exp, y][key], lower)
+        for key, (name, higher_better) in VERDICT_METRICS.items():
+            outcome, diff, spread = compare(summarize(table[exp, x][key]), summarize(table[exp, y][key]),
+                                            higher_better)
             print(f"| {exp} | {x} | {y} | {name} | {diff:.3g} | {spread:.2g} | {outcome} |")
     print()
 

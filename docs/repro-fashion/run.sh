@@ -4,7 +4,8 @@
 # result.json under docs/repro-fashion/EXPERIMENT/CELL/seed-N/ (committed) and is never recomputed; the runs
 # themselves (weights, latents, checkpoints) live in out/repro-fashion-cells/ and are shared between
 # experiments (a cell with the same resolved config trains once). Two 1-thread workers share the grid (a
-# (cell, seed) one holds is skipped by the other and waited for at the end). From the repository root,
+# (cell, seed) one holds is skipped by the other in a first pass over all its experiments and waited for
+# in a second). From the repository root,
 # after `make test` set up .venv:
 #   bash docs/repro-fashion/run.sh                  # both workers in the background, logs in out/
 #   bash docs/repro-fashion/run.sh worker A B ...   # one worker over experiments A B ... (in this shell)
@@ -14,12 +15,16 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "${1:-}" = worker ]; then
   shift
-  for item in "$@"; do
-    IFS=@ read -r exp split seeds <<< "$item"
-    split=${split:-test}; seeds=${seeds:-3}
-    out="docs/repro-fashion/$exp$([ "$split" = test ] || echo "-$split")"
-    OMP_NUM_THREADS=1 .venv/bin/tcae repro "$exp" --data builtin:fashion --scale tiny --seeds "$seeds" \
-      --eval-split "$split" --out "$out" --cells out/repro-fashion-cells --no-progress
+  # First pass: skip (cell, seed) runs the other worker holds, so a worker never idles on one while other
+  # experiments have work; second pass: wait for what is left, and write the final reports.
+  for wait in --no-wait ""; do
+    for item in "$@"; do
+      IFS=@ read -r exp split seeds <<< "$item"
+      split=${split:-test}; seeds=${seeds:-3}
+      out="docs/repro-fashion/$exp$([ "$split" = test ] || echo "-$split")"
+      OMP_NUM_THREADS=1 .venv/bin/tcae repro "$exp" --data builtin:fashion --scale tiny --seeds "$seeds" \
+        --eval-split "$split" --out "$out" --cells out/repro-fashion-cells --no-progress $wait
+    done
   done
   exit 0
 fi

@@ -505,14 +505,16 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) ->
 # ---------------------------------------------------------------------------- an experiment
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
                    seeds: int = 1, split: str | None = None, cells_dir: Path | None = None,
-                   report_only: bool = False, only: list[str] | None = None) -> Path:
+                   report_only: bool = False, only: list[str] | None = None, wait: bool = True) -> Path:
     """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
     then the report. Returns the report's path. `report_only`: train nothing, report the (cell, seed)
     results already in `out` (an interim report while the grid spans sessions; it lists what is missing).
     `only`: compute just these cells (the others are reported if finished, else listed as missing).
 
     Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
-    another process holds is skipped and taken up again (waited for) after the others."""
+    another process holds is skipped and taken up again (waited for) after the others; with `wait=False` it
+    is left to its holder and listed as missing (a worker over several experiments makes a first pass
+    without waiting, so it never idles on one cell while other experiments have work)."""
     from tcae.evaluation import build_feature_network, judge_for_data
     from tcae.repro_report import write_report
 
@@ -534,7 +536,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     results: dict[str, dict[int, dict]] = {cell: {} for cell in cells}
     todo = [(seed, cell) for seed in range(seeds) for cell in cells]
     missing: list[str] = []
-    for attempt in ("skip busy cells", "wait for busy cells"):
+    for attempt in ("skip busy cells", "wait for busy cells") if wait else ("skip busy cells",):
         busy = []
         for seed, cell in todo:
             target = out / _slug(cell) / f"seed-{seed}"
@@ -566,6 +568,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             write_json(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
+    missing += [f"{cell}, seed {seed} (another process holds it)" for seed, cell in todo if not wait]
     if report_only and not any(results.values()):
         raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None

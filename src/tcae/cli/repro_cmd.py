@@ -31,8 +31,7 @@ def _repro(args: argparse.Namespace) -> int:
         raise ValueError("--only computes cells and --report-only computes none: give one of them")
 
     report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
-                            args.cells, report_only=args.report_only,
-                            only=only)
+                            args.cells, report_only=args.report_only, only=only, wait=not args.no_wait)
     print(f"report: {report}")
     return 0
 
@@ -65,4 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", default=None, metavar="CELL[;CELL]",
                    help="compute only these cells (';'-separated names as in the report); the others are "
                         "reported if finished, else listed as missing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="leave a (cell, seed) another process is computing to it (listed as missing) instead "
+                        "of waiting for it at the end")
     add_no_progress(p)
