@@ -276,6 +276,11 @@ def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch, capsys):
     assert "Interim report: 1 (cell, seed) run(s)" in report.read_text()
     assert "staged, SSL, seed 0 (another process holds it)" in report.read_text()
     assert not (tmp_path / "out" / "staged-SSL" / "seed-0" / "result.json").exists()
+    from tcae.cli.main import main as cli
+    order.clear()
+    assert cli(["repro", "stc-ssl", "--no-wait", "--out", str(tmp_path / "out"), "--cells", str(tmp_path / "cells"),
+                "--no-progress"]) == 0
+    assert order == [("staged, SSL", False)]
 
     # --report-only (an interim report while the grid spans sessions): trains nothing, names what is missing
     order.clear()
@@ -284,7 +289,6 @@ def test_workers_skip_busy_cells_and_come_back(tmp_path, monkeypatch, capsys):
     text = report.read_text()
     assert "Interim report: 5 (cell, seed) run(s) not finished yet" in text and "staged, SSL, seed 0" in text
     assert "| staged, SSL |" not in text.split("## Measured")[1].split("## Verdicts")[0]
-    from tcae.cli.main import main as cli
     assert cli(["repro", "stc-ssl", "--report-only", "--out", str(tmp_path / "empty")]) == 2
 
     # --only: just these cells are computed, the rest reported if finished

@@ -16,7 +16,8 @@ cd "$(dirname "$0")/../.."
 if [ "${1:-}" = worker ]; then
   shift
   # First pass: skip (cell, seed) runs the other worker holds, so a worker never idles on one while other
-  # experiments have work; second pass: wait for what is left, and write the final reports.
+  # experiments have work; second pass: wait for what is left, and write the final reports (a worker
+  # stopped between the passes leaves interim reports: run it again).
   for wait in --no-wait ""; do
     for item in "$@"; do
       IFS=@ read -r exp split seeds <<< "$item"

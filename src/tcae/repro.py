@@ -568,7 +568,8 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             write_json(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
-    missing += [f"{cell}, seed {seed} (another process holds it)" for seed, cell in todo if not wait]
+    if not wait:
+        missing += [f"{cell}, seed {seed} (another process holds it)" for seed, cell in todo]
     if report_only and not any(results.values()):
         raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
