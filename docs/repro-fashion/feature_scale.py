@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tcae.data.fashion import load_fashion
+from tcae.data.fashion import FashionMNISTDataset
 from tcae.evaluation.judges import build_judge
 from tcae.repro import eval_dir_name, resolve_scale
 from tcae.repro_report import compare, summarize
@@ -84,9 +84,9 @@ def main() -> None:
     judge = build_judge("fashion").eval()
     scale, _ = resolve_scale("tiny", "builtin:fashion")
     eval_dir = eval_dir_name(scale, "test", judge.name)  # the folder the reports' numbers came from
-    data = load_fashion()
-    real = np.pad(data["images"]["test"], ((0, 0), (2, 2), (2, 2)))  # 0 is black, like the model's padding
-    real_acc, real_trace = judge_stats(judge, torch.from_numpy(real)[..., None], data["labels"]["test"])
+    test = FashionMNISTDataset("test", scale.image_size)  # padded exactly as the models saw it
+    real = torch.stack([test.padded_uint8(i) for i in range(len(test))])[..., None]
+    real_acc, real_trace = judge_stats(judge, real, test.labels[test.indices])
     cache: dict[tuple[str, int], tuple[float, float]] = {}
     table: dict[tuple[str, str], dict[str, list[float]]] = {}
     print("# Is FD vs rec. comparable across tokenizers? (`feature_scale.py`)\n")
