@@ -32,7 +32,7 @@ from tcae.diffusion import DiT
 from tcae.evaluation import DigitsJudge, build_feature_network
 from tcae.evaluation.features import INCEPTION_FILE
 from tcae.models import TCAE, create_model
-from tcae.pipeline import judge_samples, split_spec
+from tcae.studies.stages import judge_samples, split_spec
 from tcae.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 # The shipped `tiny` config made fast: 32 px, small iBOT heads, two local crops (as in test_training.py).

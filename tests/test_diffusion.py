@@ -24,10 +24,9 @@ from tcae.diffusion import (
     list_dits,
     sample,
     sample_timesteps,
-    save_samples_npz,
-    to_uint8,
 )
-from tcae.diffusion.npz import NpzSampleWriter, load_samples_npz
+from tcae.evaluation.npz import NpzSampleWriter, load_samples_npz, save_samples_npz
+from tcae.util import to_uint8_hwc as to_uint8
 from tcae.models import create_model
 
 # ---------------------------------------------------------------------- toy 2D flow matching
@@ -446,7 +445,7 @@ def test_sample_cli(tmp_path, tokenizer):
 
 
 def test_evaluate_samples_with_custom_network(tmp_path):
-    from tcae.diffusion.gen_eval import evaluate_samples
+    from tcae.evaluation.gen_eval import evaluate_samples
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)

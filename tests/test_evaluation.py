@@ -471,8 +471,8 @@ def test_metric_keys_and_labels_shared_and_never_fid_for_other_networks():
 
 
 def test_gen_eval_inception_score_only_from_inception(tmp_path):
-    from tcae.diffusion.gen_eval import evaluate_samples
-    from tcae.diffusion.npz import save_samples_npz
+    from tcae.evaluation.gen_eval import evaluate_samples
+    from tcae.evaluation.npz import save_samples_npz
 
     images = np.random.default_rng(0).integers(0, 256, (30, 16, 16, 3), dtype=np.uint8)
     save_samples_npz(images, tmp_path / "a.npz")

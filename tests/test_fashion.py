@@ -13,7 +13,7 @@ import torch
 from tcae.data import build_dataset, dataset_num_classes, parse_spec, read_idx
 from tcae.data import fashion as fm
 from tcae.data.transforms import MultiCropTransform
-from tcae.pipeline import split_spec
+from tcae.data.spec import split_spec
 
 PER_CLASS_TRAIN, PER_CLASS_TEST = 12, 2
 

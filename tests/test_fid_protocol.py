@@ -10,8 +10,8 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from tcae.cli.main import main as cli
-from tcae.diffusion.gen_eval import evaluate_samples
-from tcae.diffusion.npz import save_samples_npz
+from tcae.evaluation.gen_eval import evaluate_samples
+from tcae.evaluation.npz import save_samples_npz
 from tcae.evaluation import frechet_distance
 from tcae.evaluation.features import FeatureNetwork, InceptionFeatures
 from tcae.evaluation.fid_protocol import (

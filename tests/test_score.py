@@ -10,7 +10,7 @@ import torch
 from tcae import repro
 from tcae.cli.main import main as cli
 from tcae.models import create_model
-from tcae.score import budget_name, score_markdown
+from tcae.studies.score import budget_name, score_markdown
 
 diffusers = pytest.importorskip("diffusers")
 

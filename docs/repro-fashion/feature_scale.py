@@ -26,8 +26,8 @@ import torch
 
 from tcae.data.fashion import FashionMNISTDataset
 from tcae.evaluation.judges import build_judge
-from tcae.repro import eval_dir_name, resolve_scale
-from tcae.repro_report import compare, summarize
+from tcae.studies.cells import eval_dir_name, resolve_scale
+from tcae.studies.report import compare, summarize
 
 ROOT = Path(__file__).resolve().parent
 EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes")
@@ -120,7 +120,7 @@ def main() -> None:
                   ("acc", "trace", "fd", "fd_rel", "ca", "ca_rel", "final", "final_rel")) + " |")
         print()
     print("## Verdicts on the rescaled DiT share\n")
-    print("The reports' rule (`tcae.repro_report.compare`): a difference within the larger seed std (ddof=1) is "
+    print("The reports' rule (`tcae.studies.report.compare`): a difference within the larger seed std (ddof=1) is "
           "no difference; X vs Y in the metric's good direction (lower rescaled FD, higher rescaled class "
           "agreement).\n")
     print("| experiment | X | Y | metric | X - Y | spread | X vs Y |")

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tcae.util import to_uint8_hwc
+
 if TYPE_CHECKING:
     from tcae.models import TCAE
 
@@ -98,7 +100,7 @@ def list_images(data: str, image_size: int | None = None, max_images: int | None
         out = []
         for i in range(n):
             x = dataset[i]["image"]  # (3, S, S) in [-1, 1]
-            out.append(ImageSource(f"{i:06d}.png", array=to_uint8(x)))
+            out.append(ImageSource(f"{i:06d}.png", array=to_uint8_hwc(x).numpy()))
         return out
     from tcae.data.folder import find_images
 
@@ -138,11 +140,6 @@ def pad_to_multiple(image: np.ndarray, multiple: int, mode: str = "reflect") -> 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (3, H, W), nominally in [-1, 1] -> uint8 (H, W, 3) (clamped, rounded)."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
@@ -221,7 +218,7 @@ def reconstruct_images(model: TCAE, sources: list[ImageSource], out: str | os.Pa
     for batch, z in encode_batches(model, sources, batch_size, pad, device):
         images = decode_batch(model, z, device)
         for p, x in zip(batch, images):
-            save_png(to_uint8(x[:, :p.height, :p.width]), out / target[p.source.name])
+            save_png(to_uint8_hwc(x[:, :p.height, :p.width]).numpy(), out / target[p.source.name])
         bar.update(len(batch))
     bar.close()
     return {"images": len(sources), "out": str(out), "pad": pad}
@@ -320,7 +317,8 @@ def decode_latents(model: TCAE, files: list[LatentFile], out: str | os.PathLike,
     for batch in _batches(files, lambda lf: lf.shape, batch_size):
         z = torch.stack([load_file(str(lf.path))[LATENT_KEY] for lf in batch])
         for lf, x in zip(batch, decode_batch(model, z, device)):
-            save_png(to_uint8(x[:, :int(lf.meta["height"]), :int(lf.meta["width"])]), out / target[lf.source])
+            crop = x[:, :int(lf.meta["height"]), :int(lf.meta["width"])]
+            save_png(to_uint8_hwc(crop).numpy(), out / target[lf.source])
         bar.update(len(batch))
     bar.close()
     return {"images": len(files), "out": str(out)}

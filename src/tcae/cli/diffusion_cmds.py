@@ -81,9 +81,10 @@ def _sample(args: argparse.Namespace) -> int:
     from tcae.device import resolve_device
     from tcae.diffusion.dit import DiT
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
-    from tcae.diffusion.npz import NpzSampleWriter, to_uint8
+    from tcae.evaluation.npz import NpzSampleWriter
     from tcae.inference import load_model
     from tcae.models.checkpoint_io import resolve_run_dir
+    from tcae.util import to_uint8_hwc
 
     device = resolve_device(args.device)
     dit_dir = resolve_run_dir(args.dit)
@@ -112,7 +113,7 @@ def _sample(args: argparse.Namespace) -> int:
     ):
         if writer is None:
             writer = NpzSampleWriter(out / "samples.npz", len(labels), images.shape[2], images.shape[3])
-        u8 = to_uint8(images)
+        u8 = to_uint8_hwc(images)
         writer.write(u8)
         for j in range(images.shape[0]):
             i = start + j
@@ -135,7 +136,7 @@ def _sample(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- eval-gen
 def _eval_gen(args: argparse.Namespace) -> int:
     from tcae.device import resolve_device
-    from tcae.diffusion.gen_eval import evaluate_samples
+    from tcae.evaluation.gen_eval import evaluate_samples
 
     network = args.feature_network
     if args.inception_weights and network != "inception":

@@ -48,7 +48,7 @@ def _fid_ref(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from tcae.score import score_models
+    from tcae.studies.score import score_models
 
     names = args.names.split(",") if args.names else None
     payload = score_models(args.model, args.data, args.budget, args.out, names=names, image_size=args.image_size,

@@ -1,4 +1,4 @@
-"""`tcae demo` and `tcae repro` parsers (the work lives in tcae.demo and tcae.repro)."""
+"""`tcae demo` and `tcae repro` parsers (the work lives in tcae.studies.demo and tcae.studies.cells)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 from tcae.cli._common import add_command, add_no_progress, out_dir_arg
 
-# tcae.repro.PAPER and tcae.repro.SCALES keys, spelt here so that building the parser does not import torch
+# tcae.studies.paper's PAPER and SCALES keys, spelt here so that building the parser does not import torch
 EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes")
 SCALES = ("tiny", "small", "base")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tcae.demo import run_demo
+    from tcae.studies.demo import run_demo
 
     report = run_demo(Path(args.out), args.tokenizer_steps, args.dit_steps, args.per_class, args.cfg,
                       progress=not args.no_progress, data=args.data)
@@ -22,7 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
-    from tcae.repro import run_experiment
+    from tcae.studies.experiments import run_experiment
 
     only = [c.strip() for c in args.only.split(";")] if args.only is not None else None
     if only is not None and not all(only):

@@ -48,6 +48,7 @@ from torch.utils.data import IterableDataset
 from tcae.data.base import EpochMixin, Transform, make_sample, sample_seed
 from tcae.data.decode import IMAGE_EXTENSIONS, load_rgb
 from tcae.data.folder import ImageFolderDataset
+from tcae.util import to_uint8_hwc
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def _encode(image: Any) -> tuple[str, bytes]:
         with open(image, "rb") as f:
             return ext, f.read()
     if isinstance(image, torch.Tensor):  # (3, H, W) in [-1, 1]
-        array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        array = to_uint8_hwc(image).numpy()
         image = Image.fromarray(array)
     if not isinstance(image, Image.Image):
         raise TypeError(f"cannot write a {type(image).__name__} as a shard image")

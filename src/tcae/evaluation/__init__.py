@@ -31,13 +31,13 @@ from tcae.evaluation.features import (
     CUSTOM_LABEL,
     FeatureNetwork,
     MissingWeightsError,
-    build_feature_network,
-    weights_available,
 )
-from tcae.evaluation.fid import FeatureStats, frechet_distance, inception_score, load_stats, save_stats
+from tcae.evaluation.fid import FeatureStats, frechet_distance, inception_score
+from tcae.evaluation.fid_protocol import load_stats, save_stats
 from tcae.evaluation.grid import reconstruction_grid, save_grid
 from tcae.evaluation.judges import DigitsJudge, FashionJudge, Judge, class_agreement, judge_for_data
 from tcae.evaluation.metrics import MetricSums, psnr_per_image, ssim_per_image
+from tcae.evaluation.networks import build_feature_network, weights_available
 from tcae.evaluation.report import compare, comparison_markdown, format_table, results_to_json
 
 __all__ = [

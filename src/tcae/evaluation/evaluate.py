@@ -37,10 +37,12 @@ from tqdm.auto import tqdm
 from tcae import dist
 from tcae.data import eval_loader
 from tcae.device import resolve_device
-from tcae.evaluation.features import FeatureNetwork, MissingWeightsError, build_feature_network
-from tcae.evaluation.fid import FeatureStats, frechet_distance, load_stats, save_stats
+from tcae.evaluation.features import FeatureNetwork, MissingWeightsError
+from tcae.evaluation.fid import FeatureStats, frechet_distance
+from tcae.evaluation.fid_protocol import load_stats, save_stats
 from tcae.evaluation.grid import reconstruction_grid
 from tcae.evaluation.metrics import LPIPSMetric, MetricSums, psnr_per_image, ssim_per_image
+from tcae.evaluation.networks import build_feature_network
 from tcae.evaluation.report import environment_versions
 
 logger = logging.getLogger(__name__)

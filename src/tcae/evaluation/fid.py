@@ -16,9 +16,6 @@ an ``.npz`` holding ``mu`` (D,) and ``sigma`` (D, D).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 from scipy import linalg
@@ -119,34 +116,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                              "(too few samples for the feature dimension?)")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
-def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> None:
-    """Write reference statistics as ``.npz`` with keys ``mu`` (D,) and ``sigma`` (D, D) (ADM / clean-fid),
-    or as torch-fidelity's ``.pt`` dict for a ``.pt`` path (:func:`tcae.evaluation.fid_protocol.save_reference`
-    also records the image count and protocol)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".pt":
-        from tcae.evaluation.fid_protocol import save_reference
-
-        save_reference(path, mu, sigma, num_images=0)
-        return
-    np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
-
-
-def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read (mu (D,), sigma (D, D)) float64 from an ``.npz`` with keys ``mu`` and ``sigma`` or a torch-fidelity
-    ``.pt`` statistics dict (:func:`tcae.evaluation.fid_protocol.load_reference`, which also reports the
-    image count where the file records one).
-
-    ADM's reference batches (``VIRTUAL_imagenet256_labeled.npz``) hold these keys next to the
-    images (``arr_0``) and spatial statistics; only ``mu``/``sigma`` are read.
-    """
-    from tcae.evaluation.fid_protocol import load_reference
-
-    ref = load_reference(path)
-    return ref.mu, ref.sigma
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tcae.util import atomic_path, to_uint8_hwc
+
 PROTOCOL = "tcae-fid-v1: ADM center_crop_arr, uint8, InceptionV3 (TF-FID port) pool3 2048-d, sigma over N-1"
 ADM_REFERENCE_NOTE = "ADM statistics (image count not recorded in the file)"
 
@@ -89,11 +91,9 @@ def save_reference(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n
     if path.suffix != ".npz":
         raise ValueError(f"{path}: reference statistics are .npz (ADM / clean-fid) or .pt (torch-fidelity)")
     extra = {k: np.asarray(v) for k, v in meta.items() if v is not None}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu.astype(np.float64), sigma=sigma.astype(np.float64), num_images=np.int64(num_images),
                  protocol=np.asarray(PROTOCOL), **extra)
-    os.replace(tmp, path)
     return path
 
 
@@ -186,8 +186,8 @@ def reference_statistics(
 
     from tcae.data import build_dataset, eval_loader
     from tcae.device import resolve_device
-    from tcae.evaluation.features import build_feature_network
     from tcae.evaluation.fid import FeatureStats
+    from tcae.evaluation.networks import build_feature_network
 
     device = resolve_device(device)
     net = build_feature_network(feature_network, weights).to(device).eval()
@@ -200,10 +200,10 @@ def reference_statistics(
         x = batch["image"]
         stats.update(net(x.to(device, non_blocking=True))["features"])
         if images_out is not None:
-            crops.append(((x + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            crops.append(to_uint8_hwc(x).numpy())
             labels.append(np.asarray(batch["label"]))
     if images_out is not None:
-        from tcae.diffusion.npz import save_samples_npz
+        from tcae.evaluation.npz import save_samples_npz
 
         save_samples_npz(np.concatenate(crops), images_out, np.concatenate(labels))
     mu, sigma = stats.mean_cov()
@@ -229,3 +229,27 @@ def describe_samples(num: int, balance: dict[str, Any]) -> str:
         return f"{num} samples, {balance['per_class']} per class x {balance['num_classes']} classes"
     return (f"{num} samples, unbalanced: {balance['min']}-{balance['max']} per class over "
             f"{balance['num_classes']} classes")
+
+
+def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> None:
+    """Write reference statistics as ``.npz`` with keys ``mu`` (D,) and ``sigma`` (D, D) (ADM / clean-fid),
+    or as torch-fidelity's ``.pt`` dict for a ``.pt`` path (:func:`save_reference`
+    also records the image count and protocol)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pt":
+        save_reference(path, mu, sigma, num_images=0)
+        return
+    np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
+
+
+def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read (mu (D,), sigma (D, D)) float64 from an ``.npz`` with keys ``mu`` and ``sigma`` or a torch-fidelity
+    ``.pt`` statistics dict (:func:`load_reference`, which also reports the
+    image count where the file records one).
+
+    ADM's reference batches (``VIRTUAL_imagenet256_labeled.npz``) hold these keys next to the
+    images (``arr_0``) and spatial statistics; only ``mu``/``sigma`` are read.
+    """
+    ref = load_reference(path)
+    return ref.mu, ref.sigma

@@ -19,8 +19,6 @@ share the judge assigns to the class they were generated for).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcae.evaluation.features import FeatureNetwork, MissingWeightsError
+from tcae.util import atomic_path, file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +254,7 @@ class FashionJudge(Judge):
             return cls.from_file(weights, data_hash)
         path = cls.cache_path(data_hash, seed, epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(path.with_suffix(".lock")):  # concurrent runs train it once
+        with file_lock(path.with_suffix(".lock")):  # concurrent runs train it once
             if not path.is_file():
                 logger.info("training the fashion judge (once; cached at %s)", path)
                 net, info = train_fashion_cnn(root, seed, epochs)
@@ -272,19 +271,9 @@ class FashionJudge(Judge):
 def _save_atomic(net: nn.Module, info: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata={"info": json.dumps(info)})
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp),
+                  metadata={"info": json.dumps(info)})
 
 
 # ---------------------------------------------------------------------------- registry

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
-from tcae.pipeline import (
+from tcae.studies.stages import (
     Timer,
     dit_stage,
     evaluate_stage,
@@ -69,9 +69,9 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
              data: str = "builtin:digits") -> Path:
     """The demo on `data` (builtin:digits or builtin:fashion[@DIR], no split): report.md in `out`."""
     from tcae.data import parse_spec
-    from tcae.diffusion import save_samples_npz
+    from tcae.data.spec import split_spec
     from tcae.evaluation import build_feature_network, judge_for_data
-    from tcae.pipeline import split_spec
+    from tcae.evaluation.npz import save_samples_npz
 
     parsed = parse_spec(data)
     if parsed.kind not in DEMO_DATA or parsed.split is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -26,8 +25,9 @@ from tcae.device import resolve_device
 from tcae.evaluation.features import FeatureNetwork
 from tcae.models import flops
 from tcae.tokenizers import load_tokenizer
+from tcae.util import atomic_path, to_uint8_hwc, write_text_atomic
 
-log = logging.getLogger("tcae.pipeline")
+log = logging.getLogger("tcae.studies.stages")
 
 
 def train_tokenizer_stage(run_dir: Path, config: str, overrides: list[str]) -> Path:
@@ -93,7 +93,7 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], p
 
     `dit`: a DiT to sample with instead of the one in `dit_dir` (e.g. an earlier EMA snapshot,
     :func:`dit_from_snapshot`); the latent statistics still come from `dit_dir`."""
-    from tcae.diffusion import DiT, to_uint8
+    from tcae.diffusion import DiT
     from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
 
     device = resolve_device(device)
@@ -105,16 +105,15 @@ def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], p
     with torch.no_grad():
         for _, images in generate_images(dit, tok, labels, mean, std, steps=steps, cfg_scale=cfg_scale,
                                          seed=seed):
-            chunks.append(to_uint8(images))
+            chunks.append(to_uint8_hwc(images))
     return torch.cat(chunks).numpy(), labels.numpy()
 
 
 def reconstruct_split(tokenizer_dir: Path | str, data_spec: str, image_size: int, batch_size: int = 250,
                       device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reconstructions of every image of `data_spec` (in order) as uint8 (N, H, W, 3), quantised like
-    samples (:func:`tcae.diffusion.to_uint8`), and the images' labels (N,)."""
+    samples (:func:`tcae.util.to_uint8_hwc`), and the images' labels (N,)."""
     from tcae.data import eval_loader
-    from tcae.diffusion import to_uint8
 
     device = resolve_device(device)
     tok = load_tokenizer(str(tokenizer_dir)).to(device).eval()
@@ -124,7 +123,7 @@ def reconstruct_split(tokenizer_dir: Path | str, data_spec: str, image_size: int
         for batch in eval_loader(ds, batch_size, device=device):
             x = batch["image"].to(device)
             rec = tok.decode(tok.encode(x))
-            images.append(to_uint8(rec.expand(-1, 3, -1, -1) if rec.shape[1] == 1 else rec).cpu())
+            images.append(to_uint8_hwc(rec.expand(-1, 3, -1, -1) if rec.shape[1] == 1 else rec))
             labels.append(batch["label"])
     return torch.cat(images).numpy(), torch.cat(labels).numpy()
 
@@ -142,7 +141,7 @@ def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork,
     "num_samples", "reference"}. `allow_unbalanced`: images that are not class-balanced samples (e.g.
     the reconstructions of a real split, whose classes are as the split has them).
     """
-    from tcae.diffusion.gen_eval import evaluate_samples
+    from tcae.evaluation.gen_eval import evaluate_samples
 
     res = evaluate_samples(images, reference_spec, image_size=image_size, feature_network=judge, labels=labels,
                            progress=False, reference_cache=reference_cache, allow_unbalanced=allow_unbalanced)
@@ -176,9 +175,8 @@ def dit_snapshots(dit_run: Path, every: int) -> list[Path]:
                        if k.startswith("module.")}
             except (KeyError, TypeError) as err:
                 raise ValueError(f"{ckpt} is not a DiT training checkpoint (no {err})") from None
-            tmp = target.with_name(f".{target.name}.tmp")
-            save_file(ema, str(tmp), metadata={"config": json.dumps(config), "step": str(step)})
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                save_file(ema, str(tmp), metadata={"config": json.dumps(config), "step": str(step)})
         ckpt.unlink()
     return sorted(snap_dir.glob("step-*.safetensors"))
 
@@ -222,8 +220,6 @@ class Timer:
         return _Ctx()
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # two workers may write the same file at once
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    tmp.replace(path)
+def write_json(path: Path, obj: dict | list) -> None:
+    """``obj`` as indented JSON (numpy scalars as floats), atomically: two workers may write the same file."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float))

@@ -15,17 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) on the CPU.
-
-    Rounds to nearest: clamp(127.5 x + 128, 0, 255) truncated = round(127.5 (x + 1)) with halves up,
-    as DiT/LightningDiT's samplers do (ADM's own sampler truncates instead, i.e. 0.5 lower on average).
-    """
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(x.shape)}")
-    x = torch.clamp(x.detach().float() * 127.5 + 128.0, 0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu()
+from tcae.util import atomic_path
 
 
 def _check_images(images: np.ndarray) -> None:
@@ -50,12 +40,8 @@ def save_samples_npz(
     images = images_uint8.numpy() if isinstance(images_uint8, torch.Tensor) else np.asarray(images_uint8)
     _check_images(images)
     labels = _labels(labels, images.shape[0])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, arr_0=images, **({} if labels is None else {"arr_1": labels}))
-    os.replace(tmp, path)
 
 
 def load_samples_npz(path: str | os.PathLike) -> np.ndarray:
@@ -105,11 +91,10 @@ class NpzSampleWriter:
         labels = _labels(labels, n)
         self._array.flush()
         del self._array
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with atomic_path(self.path) as tmp, \
+                zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             zf.write(self._npy, "arr_0.npy")
             if labels is not None:
                 with zf.open("arr_1.npy", "w") as f:
                     np.lib.format.write_array(f, labels)
-        os.replace(tmp, self.path)
         self._npy.unlink()

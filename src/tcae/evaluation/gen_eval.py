@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tcae.device import resolve_device
-from tcae.diffusion.npz import load_sample_labels, load_samples_npz
+from tcae.evaluation.npz import load_sample_labels, load_samples_npz
 
 
 def _uint8_batches(images: np.ndarray, batch_size: int) -> Any:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from tcae.repro import PAPER, PAPER_NOTES, SCALES, Scale, experiment_cells
+from tcae.studies.paper import PAPER, PAPER_NOTES, SCALES, Scale, experiment_cells
+from tcae.util import atomic_path, write_text_atomic
 
 # key -> (column label, path into a result, higher is better)
 METRICS = {
@@ -437,21 +437,14 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
         f"Wall time of this experiment's {len(unique_wall)} distinct (cell, seed) runs: {total_unique / 3600:.2f} h "
         "(runs shared with other experiments are computed once; times are those of the sessions that ran them).", "",
     ])
-    _write_text(out / "report.md", text)
-    _write_text(out / "summary.json", json.dumps({"experiment": name, "scale": scale_name, "data": data,
+    write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "summary.json", json.dumps({"experiment": name, "scale": scale_name, "data": data,
                                                   "split": split, "seeds": seeds, "summaries": sums}, indent=2,
                                                  default=float))
     return out / "report.md"
 
 
 # two workers may finish the same experiment at once: every file is replaced whole, never half-written
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _save_fig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))

@@ -6,9 +6,9 @@ A2, structural loss), its train latents cached, a DiT of the budget's size train
 steps, ``per_class`` samples of every class drawn (no CFG) and judged: gFID / IS against the evaluation
 split (ADM crop) where the Inception weights are present, and on built-in data by its judge
 (``tcae.evaluation.judges``: FD-<data> in the judge's features, never called FID, and class agreement).
-One code path with ``tcae repro``: :func:`tcae.repro.score_tokenizer`.
+One code path with ``tcae repro``: :func:`tcae.studies.cells.score_tokenizer`.
 
-A budget is a repro scale (:func:`tcae.repro.resolve_scale`): ``tiny`` = dit-tiny, 1500 DiT steps, 30
+A budget is a repro scale (:func:`tcae.studies.paper.resolve_scale`): ``tiny`` = dit-tiny, 1500 DiT steps, 30
 samples per class at 32 px on ``builtin:digits`` (minutes on a CPU; on ``builtin:fashion`` the fashion
 tiny scale); ``small`` / ``base`` are GPU budgets. Every generation figure is keyed and labelled with its
 budget (``gfid@tiny``), and the JSON records the budget in full.
@@ -26,7 +26,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("tcae.score")
+from tcae.util import slug
+
+log = logging.getLogger("tcae.studies.score")
 
 COLUMNS = [  # (Markdown header, metric key); generation keys get "@budget"
     ("PSNR", "psnr"), ("SSIM", "ssim"), ("LPIPS", "lpips"), ("rFID", "rfid"), ("A1 tokens", "probe_acc_tokens"),
@@ -42,10 +44,6 @@ def budget_name(budget: str, dit_steps: int | None = None, image_size: int | Non
     return budget + (f"[{','.join(changes)}]" if changes else "")
 
 
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-") or "model"
-
-
 def score_models(models: list[str], data: str | None = None, budget: str = "tiny", out: str | Path | None = None,
                  names: list[str] | None = None, image_size: int | None = None, dit_steps: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
@@ -56,8 +54,8 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
     """
     from tcae.data.spec import dataset_num_classes, split_spec
     from tcae.evaluation import build_feature_network, judge_for_data
-    from tcae.pipeline import write_json
-    from tcae.repro import _inception_available, eval_dir_name, resolve_scale, score_tokenizer
+    from tcae.studies.cells import _inception_available, eval_dir_name, resolve_scale, score_tokenizer
+    from tcae.studies.stages import write_json
     from tcae.tokenizers import load_tokenizer
 
     scale, data = resolve_scale(budget, data)
@@ -67,7 +65,7 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
     changes = {k: v for k, v in (("dit_steps", dit_steps), ("image_size", image_size)) if v is not None}
     scale = dataclasses.replace(scale, num_classes=num_classes, **changes)
     label = budget_name(budget, dit_steps, image_size)
-    names = names or [_slug(Path(m.removeprefix("diffusers:").rstrip("/")).name) for m in models]
+    names = names or [slug(Path(m.removeprefix("diffusers:").rstrip("/")).name) or "model" for m in models]
     if len(names) != len(models) or len(set(names)) != len(names):
         raise ValueError(f"need one unique name per --model, got {names}")
     for m in models:  # every tokenizer loads and takes the image size before anything trains
@@ -80,7 +78,7 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
     judge = build_feature_network(judge_name) if judge_name else None
     eval_spec = split_spec(data, scale.eval_split)
 
-    out = Path(out or f"out/score-{_slug(label)}")
+    out = Path(out or f"out/score-{slug(label)}")
     budget_info = {"name": label, "scale": budget, "dit": scale.dit_config, "dit_steps": scale.dit_steps,
                    "image_size": scale.image_size, "num_classes": num_classes, "per_class": scale.per_class,
                    "samples": scale.per_class * num_classes, "sampler": f"euler, {scale.sample_steps} steps, no CFG",

@@ -1,0 +1,126 @@
+"""`tcae repro EXPERIMENT`: every cell of an experiment with seeds 0..N-1, then its report.
+
+An experiment's folder holds `<cell>/seed-<S>/result.json` (a copy of the (cell, seed) result, which lives
+with its run under the cells directory, :mod:`tcae.studies.cells`) and the report
+(:mod:`tcae.studies.report`). Several processes may work through the same experiments at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tcae.studies.cells import cell_key, eval_dir_name, run_cell
+from tcae.studies.paper import Scale, experiment_cells, resolve_scale
+from tcae.studies.report import write_report
+from tcae.studies.stages import judge_samples, split_spec, write_json
+from tcae.util import LockBusy, slug, to_uint8_hwc
+
+log = logging.getLogger("tcae.repro")
+
+
+def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
+                   seeds: int = 1, split: str | None = None, cells_dir: Path | None = None,
+                   report_only: bool = False, only: list[str] | None = None, wait: bool = True) -> Path:
+    """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
+    then the report. Returns the report's path. `report_only`: train nothing, report the (cell, seed)
+    results already in `out` (an interim report while the grid spans sessions; it lists what is missing).
+    `only`: compute just these cells (the others are reported if finished, else listed as missing).
+
+    Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
+    another process holds is skipped and taken up again (waited for) after the others; with `wait=False` it
+    is left to its holder and listed as missing (a worker over several experiments makes a first pass
+    without waiting, so it never idles on one cell while other experiments have work)."""
+    from tcae.evaluation import build_feature_network, judge_for_data
+
+    scale, data = resolve_scale(scale_name, data)
+    split = split or scale.eval_split
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    kind = data.split(":")[1].split("@")[0] if data.startswith("builtin:") else "data"
+    default_out = f"out/repro/{name}-{scale_name}" + ("" if kind in ("digits", "data") else f"-{kind}")
+    out = Path(out or default_out + ("" if split == scale.eval_split else f"-{split}"))
+    cells_dir = Path(cells_dir or out.parent / "cells")
+    cells = experiment_cells(name, scale)
+    unknown = sorted(set(only or []) - set(cells))
+    if unknown:
+        raise ValueError(f"--only {', '.join(unknown)}: not a cell of {name} (its cells: {'; '.join(cells)})")
+    judge_name = judge_for_data(data)
+    judge = build_feature_network(judge_name) if judge_name else None
+    reference_cache: dict = {}
+    results: dict[str, dict[int, dict]] = {cell: {} for cell in cells}
+    todo = [(seed, cell) for seed in range(seeds) for cell in cells]
+    missing: list[str] = []
+    for attempt in ("skip busy cells", "wait for busy cells") if wait else ("skip busy cells",):
+        busy = []
+        for seed, cell in todo:
+            target = out / slug(cell, keep="") / f"seed-{seed}"
+            if (target / "result.json").is_file():
+                result = json.loads((target / "result.json").read_text())
+                results[cell][seed] = result
+                continue
+            if report_only or (only and cell not in only):
+                missing.append(f"{cell}, seed {seed}")
+                continue
+            overrides = cells[cell]
+            key = cell_key(overrides, scale, data, seed)
+            log.info("cell %s, seed %d: %s (run %s)", cell, seed, overrides, key)
+            try:
+                result = run_cell(cells_dir / key, overrides, scale, data, judge, seed, split, reference_cache,
+                                  wait=attempt == "wait for busy cells")
+            except LockBusy:  # another worker is on it: take the next cell, come back at the end
+                log.info("cell %s, seed %d is being computed by another process; later", cell, seed)
+                busy.append((seed, cell))
+                continue
+            result = {**result, "cell": cell, "overrides": overrides, "key": key}
+            _copy_figures(Path(result["cell_dir"]), scale, split, judge, target)
+            write_json(target / "result.json", result)
+            results[cell][seed] = result
+        todo = busy
+    if not wait:
+        missing += [f"{cell}, seed {seed} (another process holds it)" for seed, cell in todo]
+    if report_only and not any(results.values()):
+        raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
+    floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
+    results = {cell: r for cell, r in results.items() if r}
+    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing)
+
+
+def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict) -> dict | None:
+    """The judge's verdict on as many real images as the samples (class-balanced, from the val split when
+    evaluating on test, else from train) against the evaluation split: the best FD at this sample count."""
+
+    from tcae.data import build_dataset
+
+    path = out / "floor.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    source = split_spec(data, "val" if split == "test" else "train")
+    ds = build_dataset(source, scale.image_size, train=False)
+    picked: dict[int, list] = {c: [] for c in range(scale.num_classes)}
+    for i in range(len(ds)):
+        item = ds[i]
+        if len(picked.get(item["label"], [0] * scale.per_class)) < scale.per_class:
+            picked[item["label"]].append(item["image"])
+        if all(len(v) == scale.per_class for v in picked.values()):
+            break
+    labels = np.concatenate([[c] * len(v) for c, v in picked.items()]).astype(np.int64)
+    images = np.concatenate([to_uint8_hwc(torch.stack(v)).numpy() for v in picked.values() if v])
+    res = judge_samples(images, labels, judge, split_spec(data, split), scale.image_size, reference_cache)
+    floor = {"source": source, "num_samples": int(len(labels)), "fd_judge": res["fd_judge"],
+             "class_agreement": res["class_agreement"]}
+    write_json(path, floor)
+    return floor
+
+
+def _copy_figures(cell_dir: Path, scale: Scale, split: str, judge, target: Path) -> None:
+    eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("reconstructions.png", "samples.png"):
+        if (eval_dir / name).is_file():
+            shutil.copyfile(eval_dir / name, target / name)
