@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tcae.device import resolve_device
+from tcae.evaluation.networks import build_feature_network
 from tcae.evaluation.npz import load_sample_labels, load_samples_npz
 
 
@@ -66,10 +67,30 @@ def evaluate_samples(
     allow_unbalanced: accept labelled samples whose classes are not equally represented.
     Returns {"metrics": {"gfid"|"gfd_...", "is", "is_std", "class_agreement"}, "labels" (the metrics'
     human-readable names, each naming the samples and the reference), "num_samples", "class_balance",
-    "reference", "num_reference", "protocol", "summary", ...}.
+    "reference", "num_reference", "protocol", "summary", "feature_trace" (tr Σ of the samples' features), ...}.
     """
-    from tcae.evaluation import FeatureStats, build_feature_network
-    from tcae.evaluation.fid_protocol import class_balance, describe_samples, load_reference, reference_statistics
+    images, labels, balance = _labelled_samples(samples, labels, allow_unbalanced)
+    device = resolve_device(device)
+    net = build_feature_network(feature_network, inception_weights).to(device).eval()
+    keep_logits = net.is_fid or (net.judges_labels and labels is not None)
+    (mu_f, sigma_f), logits = _sample_statistics(net, images, batch_size, device, keep_logits, progress)
+    size = int(image_size or images.shape[1])
+    cache_key = (net.name, str(reference), size, max_reference)
+    if reference_cache is not None and cache_key in reference_cache:
+        ref_stats, num_ref, ref_desc = reference_cache[cache_key]
+    else:
+        ref_stats, num_ref, ref_desc = _reference_statistics(net, reference, size, batch_size, device, max_reference,
+                                                             progress)
+        if reference_cache is not None:
+            reference_cache[cache_key] = (ref_stats, num_ref, ref_desc)
+    return _result(net, net.metric_key("g"), mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc,
+                   balance)
+
+
+def _labelled_samples(samples: str | os.PathLike | np.ndarray, labels: np.ndarray | None, allow_unbalanced: bool
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(uint8 (N, H, W, 3) images, their labels or None, the class balance), refused when unbalanced."""
+    from tcae.evaluation.fid_protocol import class_balance, describe_samples
 
     images = load_samples_npz(samples) if not isinstance(samples, np.ndarray) else samples
     if labels is None and not isinstance(samples, np.ndarray):
@@ -80,48 +101,54 @@ def evaluate_samples(
                          f"{describe_samples(len(images), balance)}; the FID protocol draws the same number of "
                          "samples per class (e.g. tcae sample --num 50000 over 1000 classes); pass "
                          "--allow-unbalanced to evaluate them anyway")
-    device = resolve_device(device)
-    net = build_feature_network(feature_network, inception_weights).to(device).eval()
-    key = net.metric_key("g")
+    return images, labels, balance
 
-    fake, logits = FeatureStats(net.dim), []
-    keep_logits = net.is_fid or (net.judges_labels and labels is not None)
+
+def _sample_statistics(net: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+                       keep_logits: bool, progress: bool) -> tuple[tuple[np.ndarray, np.ndarray], list[torch.Tensor]]:
+    """((mu, sigma) of the images' features, their logits per batch where kept: IS only from InceptionV3's
+    logits, class agreement only from a judge's)."""
+    from tcae.evaluation.fid import FeatureStats
+
+    stats, logits = FeatureStats(net.dim), []
     for x in tqdm(_uint8_batches(images, batch_size), total=-(-len(images) // batch_size),
                   desc="sample features", disable=None if progress else True):
         out = net(x.to(device))
-        fake.update(out["features"])
-        if keep_logits and "logits" in out:  # IS only from InceptionV3's logits; agreement only from a judge's
+        stats.update(out["features"])
+        if keep_logits and "logits" in out:
             logits.append(out["logits"].float().cpu())
-    mu_f, sigma_f = fake.mean_cov()
-    cache_key = (net.name, str(reference), int(image_size or images.shape[1]), max_reference)
-    if reference_cache is not None and cache_key in reference_cache:
-        ref_stats, num_ref, ref_desc = reference_cache[cache_key]
-        return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc, balance)
+    return stats.mean_cov(), logits
 
-    ref_path = Path(reference)
-    if ref_path.suffix in (".npz", ".pt") and ref_path.is_file():
-        has_stats = ref_path.suffix == ".pt"
-        if not has_stats:
-            with np.load(ref_path) as data:
-                has_stats = "mu" in data.files and "sigma" in data.files
-        if has_stats and net.is_fid:  # InceptionV3 statistics (ADM's as they are, tcae fid-ref's, torch-fidelity's)
-            ref = load_reference(ref_path)
-            ref_stats, num_ref, ref_desc = (ref.mu, ref.sigma), ref.num_images, ref.describe()
-        else:
-            real = FeatureStats(net.dim)
-            ref_images = load_samples_npz(ref_path)[:max_reference]
-            for x in _uint8_batches(ref_images, batch_size):
-                real.update(net(x.to(device))["features"])
-            ref_stats, num_ref = real.mean_cov(), real.count
-            ref_desc = f"{ref_path.name} (arr_0: {num_ref} images)"
-    else:
-        size = int(image_size or images.shape[1])
-        mu, sigma, num_ref = reference_statistics(str(reference), size, feature_network=net, batch_size=batch_size,
-                                                  device=device, max_images=max_reference, progress=progress)
-        ref_stats, ref_desc = (mu, sigma), f"{reference} ({num_ref} images at {size} px, ADM center crop)"
-    if reference_cache is not None:
-        reference_cache[cache_key] = (ref_stats, num_ref, ref_desc)
-    return _result(net, key, mu_f, sigma_f, ref_stats, num_ref, logits, labels, images, ref_desc, balance)
+
+def _reference_statistics(net: nn.Module, reference: str | os.PathLike, image_size: int, batch_size: int,
+                          device: torch.device, max_reference: int | None, progress: bool
+                          ) -> tuple[tuple[np.ndarray, np.ndarray], int | None, str]:
+    """((mu, sigma), image count, description) of the reference, which is one of: a statistics file
+    (InceptionV3's only: ADM's, tcae fid-ref's, torch-fidelity's), images in an ADM-layout `.npz`, or a
+    data spec (ADM's center crop at `image_size`)."""
+    from tcae.evaluation.fid import FeatureStats
+    from tcae.evaluation.fid_protocol import load_reference, reference_statistics
+
+    path = Path(reference)
+    if path.suffix in (".npz", ".pt") and path.is_file():
+        if net.is_fid and _holds_statistics(path):
+            ref = load_reference(path)
+            return (ref.mu, ref.sigma), ref.num_images, ref.describe()
+        real = FeatureStats(net.dim)
+        for x in _uint8_batches(load_samples_npz(path)[:max_reference], batch_size):
+            real.update(net(x.to(device))["features"])
+        return real.mean_cov(), real.count, f"{path.name} (arr_0: {real.count} images)"
+    mu, sigma, num_ref = reference_statistics(str(reference), image_size, feature_network=net, batch_size=batch_size,
+                                              device=device, max_images=max_reference, progress=progress)
+    return (mu, sigma), num_ref, f"{reference} ({num_ref} images at {image_size} px, ADM center crop)"
+
+
+def _holds_statistics(path: Path) -> bool:
+    """Whether a reference file holds feature statistics (`mu`, `sigma`; every `.pt`), not only images."""
+    if path.suffix == ".pt":
+        return True
+    with np.load(path) as data:
+        return "mu" in data.files and "sigma" in data.files
 
 
 def _result(net, key: str, mu_f, sigma_f, ref_stats, num_ref, logits: list, labels, images: np.ndarray,
@@ -145,6 +172,9 @@ def _result(net, key: str, mu_f, sigma_f, ref_stats, num_ref, logits: list, labe
     if hasattr(net, "describe"):
         extra["judge"] = net.describe()
     summary = "; ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "is_std") + f" ({against})"
+    # tr Σ of the samples' features: the scale their Fréchet distances are measured in (a blurry decoder's
+    # images span less of a feature space, so the same error reads as a smaller FD)
+    extra["feature_trace"] = float(np.trace(sigma_f))
     return {"metrics": metrics, "labels": names, "num_samples": int(images.shape[0]), "class_balance": balance,
             "image_size": list(images.shape[1:3]), "reference": reference, "num_reference": num_ref,
             "feature_network": net.name, "protocol": PROTOCOL if net.is_fid else None, "summary": summary, **extra}

@@ -200,7 +200,9 @@ def decoder_gap(tok: Path | str, images: np.ndarray, labels: np.ndarray, judge: 
     tokenizer's decoder, so even a perfect model of the latents scores about the FD of the reconstructions.
 
     Returns {"rfd_judge": FD of the eval split's reconstructions vs the split, "rec_class_agreement":
-    the judge's accuracy on those reconstructions, "fd_judge_vs_rec": FD of the samples vs the
+    the judge's accuracy on those reconstructions, "rec_feature_trace": tr Σ_rec, the trace of their
+    judge-feature covariance (the scale FDs against them are measured in: a blurrier decoder's
+    reconstructions span less of the feature space), "fd_judge_vs_rec": FD of the samples vs the
     reconstructions (how far the DiT is from the tokenizer's own latent distribution)}. FDs do not add
     up (only their square roots obey a triangle inequality): these are two comparisons, not a sum. The
     reconstructions are kept in `eval_dir/reconstructions.npz` (ADM layout, labels in arr_1)."""
@@ -210,7 +212,7 @@ def decoder_gap(tok: Path | str, images: np.ndarray, labels: np.ndarray, judge: 
     vs_real = judge_samples(rec, rec_labels, judge, eval_spec, image_size, reference_cache, allow_unbalanced=True)
     vs_rec = judge_samples(images, labels, judge, str(rec_path), image_size, reference_cache)
     return {"rfd_judge": vs_real["fd_judge"], "rec_class_agreement": vs_real["class_agreement"],
-            "fd_judge_vs_rec": vs_rec["fd_judge"]}
+            "rec_feature_trace": vs_real["feature_trace"], "fd_judge_vs_rec": vs_rec["fd_judge"]}
 
 
 def _reconstructions(eval_dir: Path, tok: Path | str, eval_spec: str, image_size: int) -> Path:

@@ -32,6 +32,12 @@ METRICS = {
     "gap": ("FD vs rec.", ("generation", "fd_judge_vs_rec"), False),
     # at the first EMA snapshot (step settings.convergence_every; checked, see metric())
     "gap1": ("FD vs rec. @ 1st snapshot", ("convergence", 0, "fd_judge_vs_rec"), False),
+    # the DiT's share rescaled by the decoder's feature scale (results since the evaluation stores tr Σ_rec):
+    # a blurrier decoder's reconstructions span less of the judge's feature space, so the same DiT error reads as
+    # a smaller FD vs rec.; dividing by tr Σ_rec (x1000) does not change when the features are scaled. Class
+    # agreement at the 2nd snapshot is divided by the judge's accuracy on the reconstructions (its ceiling).
+    "gap1_rel": ("FD vs rec. @ 1st snapshot / tr Σ_rec (x1000)", (), False),
+    "agree2_rel": ("class agr. @ 2nd snapshot / rec. acc.", (), True),
     "gfid": ("gFID", ("generation", "gfid"), False),
     "is": ("IS", ("generation", "is"), True),
     "gflops": ("GFLOPs enc+dec", ("cost", "total_gflops"), False),
@@ -39,6 +45,9 @@ METRICS = {
 
 
 def metric(result: dict, key: str) -> float | None:
+    """The value of METRICS[key] in one (cell, seed) result, or None where it has none."""
+    if key in RESCALED:
+        return _rescaled(result, key)
     if key == "gap1":  # the first convergence point must be the first snapshot, not whatever came first
         points, every = result.get("convergence") or [], (result.get("settings") or {}).get("convergence_every")
         if not points or points[0].get("step") != every:
@@ -52,6 +61,20 @@ def metric(result: dict, key: str) -> float | None:
         else:
             return None
     return None if r is None or (isinstance(r, float) and math.isnan(r)) else float(r)
+
+
+RESCALED = ("gap1_rel", "agree2_rel")
+
+
+def _rescaled(result: dict, key: str) -> float | None:
+    gen, every = result.get("generation") or {}, (result.get("settings") or {}).get("convergence_every")
+    if key == "gap1_rel":
+        gap1, trace = metric(result, "gap1"), gen.get("rec_feature_trace")
+        return None if gap1 is None or not trace else 1000 * gap1 / trace
+    points = result.get("convergence") or []
+    second = points[1] if len(points) > 1 and every and points[1].get("step") == 2 * every else None
+    acc = gen.get("rec_class_agreement")
+    return None if second is None or not acc else second["class_agreement"] / acc
 
 
 def summarize(values: list[float | None]) -> dict | None:
@@ -309,108 +332,36 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {c: [r[s] for s in sorted(r)] for c, r in results_by_seed.items()}
-    cells = list(results)
     fd_name = f"FD-{judge.data}" if judge is not None else "FD-judge"
     keys = [k for k in METRICS if any(metric(r, k) is not None for rs in results.values() for r in rs)]
     label = {k: (fd_name if k == "fd" else "r" + fd_name if k == "rfd" else METRICS[k][0]) for k in METRICS}
     if scale.convergence_every:
         label["gap1"] = f"FD vs rec. @ step {scale.convergence_every}"
-    sums = {c: {k: summarize([metric(r, k) for r in results[c]]) for k in keys} for c in cells}
-
-    measured = ["| cell | seeds | " + " | ".join(label[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]
-    for c in cells:
-        measured.append(f"| {c} | {len(results[c])} | " + " | ".join(_fmt_summary(sums[c][k]) for k in keys) + " |")
-    per_seed = ["| cell | seed | " + " | ".join(label[k] for k in keys) + " | run |", "|" + "---|" * (len(keys) + 3)]
-    for c in cells:
-        for r in results[c]:
-            per_seed.append(f"| {c} | {r.get('seed', 0)} | " + " | ".join(_fmt(metric(r, k)) for k in keys)
-                            + f" | `{r.get('key', '')}` |")
-
-    verdicts = ["| claim | statement | X | Y | metric | X - Y | spread | X vs Y | outcome |", "|" + "---|" * 9]
-    for claim, text, x, y, key, expected in claims(name, scale):
-        if x not in sums or y not in sums:
-            continue
-        sx, sy = (summarize([metric(r, key) for r in results[c]]) for c in (x, y))
-        verdict, diff, spread = compare(sx, sy, METRICS[key][2])
-        verdicts.append(f"| {claim} | {text} | {x} | {y} | {label[key]} | {_fmt(diff, 3)} | {_fmt(spread, 3)} | "
-                        f"{verdict} | {_outcome(verdict, expected)} |")
-
-    costs = ["| cell | GFLOPs enc+dec (1 image) | tokenizer s | latents s | DiT s | evaluation s | total s |",
-             "|---|---|---|---|---|---|---|"]
-    unique_wall = {}
-    for c in cells:
-        t = [r.get("timings_s", {}) for r in results[c]]
-        mean = {k: float(np.mean([x.get(k, 0.0) for x in t])) for k in ("tokenizer", "latents", "dit")}
-        ev = float(np.mean([sum(v for k, v in x.items() if k not in ("tokenizer", "latents", "dit")) for x in t]))
-        total = sum(mean.values()) + ev
-        for r in results[c]:
-            unique_wall[r.get("key", id(r))] = sum(r.get("timings_s", {}).values())
-        gflops = sums[c].get("gflops")
-        costs.append(f"| {c} | {_fmt(gflops['mean'] if gflops else None)} | "
-                     f"{mean['tokenizer']:.0f} | {mean['latents']:.0f} | {mean['dit']:.0f} | {ev:.0f} | {total:.0f} |")
+        label["gap1_rel"] = f"FD vs rec. @ step {scale.convergence_every} / tr Σ_rec (x1000)"
+        label["agree2_rel"] = f"class agr. @ step {2 * scale.convergence_every} / rec. acc."
+    sums = {c: {k: summarize([metric(r, k) for r in rs]) for k in keys} for c, rs in results.items()}
 
     _plots(out, results, fd_name)
     pairs = CONVERGENCE_PAIRS.get(name, [])
     has_conv = _convergence_plot(out, results, fd_name, [c for p in pairs for c in p[:2]])
-    conv = []
-    if has_conv and pairs:
-        conv = ["| comparison | paper | per seed | on the seed-mean curves |", "|---|---|---|---|"]
-        for fast, base, what, paper in pairs:
-            if fast in results and base in results:
-                sp = speedup(results[fast], results[base])
-                seeds_text = "; ".join(_fmt_speedup(s) for s in sp["per_seed"])
-                mean_text = _fmt_speedup(sp["mean_curve"])
-                conv.append(f"| {what} ({fast}) vs {base} | {paper} | {seeds_text} | {mean_text} |")
-
-    share_steps = sorted({p["step"] for rs in results.values() for r in rs for p in r.get("convergence", [])
-                          if "fd_judge_vs_rec" in p})
-    share = []
-    if share_steps:
-        share = ["| cell | " + " | ".join(f"step {st}" for st in share_steps) + " |",
-                 "|" + "---|" * (len(share_steps) + 1)]
-        for c in cells:
-            row = [_fmt_summary(summarize([p["fd_judge_vs_rec"] for r in results[c] for p in r.get("convergence", [])
-                                           if p["step"] == st and "fd_judge_vs_rec" in p])) for st in share_steps]
-            share.append(f"| {c} | " + " | ".join(row) + " |")
-
-    paper_rows = [f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " |"
-                  for cell, vals in PAPER.get(name, {}).items()]
-    data_arg = "" if data == SCALES[scale_name].data else f" --data {data}"
-    command = (f"tcae repro {name} --scale {scale_name}{data_arg}"
-               + (f" --seeds {seeds}" if seeds > 1 else "")
-               + ("" if split == scale.eval_split else f" --eval-split {split}") + f" --out {out}")
-    judge_text = ""
-    if judge is not None:
-        d = judge.describe()
-        judge_text = (f"Judge: `{d['network']}` ({d.get('arch', '')}), accuracy {d['accuracy']:.4f} on "
-                      f"`{d['accuracy_split']}`. {fd_name} is the Fréchet distance between "
-                      f"{scale.per_class * scale.num_classes} class-balanced samples (no CFG, "
-                      f"{scale.sample_steps} Euler steps) and the `{split}` split in the judge's penultimate "
-                      "features: not FID. Class agreement: the share of samples the judge assigns to the class "
-                      "they were generated for (chance 0.1).")
-        if floor:
-            judge_text += (f" Floor: {fd_name} of {floor['num_samples']} real `{floor['source']}` images against "
-                           f"the `{split}` split is {floor['fd_judge']:.3g} (class agreement "
-                           f"{floor['class_agreement']:.3f}).")
-    s = scale
-    snaps = f", EMA snapshots every {s.convergence_every} steps" if s.convergence_every else ""
-    settings = (f"Tokenizer config `{s.tokenizer_config}` ({s.tokenizer_steps} steps), DiT config `{s.dit_config}` "
-                f"({s.dit_steps} steps{snaps}{', ' + ' '.join(s.dit_extra) if s.dit_extra else ''}); seeds "
-                f"0..{seeds - 1} (tokenizer, DiT and sampling seed); every metric on the `{split}` split.")
-    total_unique = sum(unique_wall.values())
+    conv = _speedup_table(results, pairs) if has_conv else []
+    share = _dit_share_table(results)
+    costs, unique_wall = _cost_table(results, sums)
     text = "\n".join([
         f"# tcae repro {name} (scale {scale_name}, data {data}, {seeds} seed{'s' if seeds > 1 else ''}, "
         f"evaluated on {split})", "",
-        f"Command: `{command}`", "",
+        f"Command: `{_command(out, name, scale_name, scale, data, split, seeds)}`", "",
         *([f"**Interim report: {len(missing)} (cell, seed) run(s) not finished yet** ({'; '.join(missing)}). "
            "Cells and verdicts below use the seeds that are there; a verdict needs at least 2 seeds.", ""]
           if missing else []),
-        settings, "",
-        *(["## The scale against the paper's regime", "", s.mapping, ""] if s.mapping else []),
-        "## Paper (ImageNet 256x256)", "", "| cell | reported |", "|---|---|", *paper_rows, "",
+        _settings_text(scale, split, seeds), "",
+        *(["## The scale against the paper's regime", "", scale.mapping, ""] if scale.mapping else []),
+        "## Paper (ImageNet 256x256)", "", "| cell | reported |", "|---|---|",
+        *[f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " |"
+          for cell, vals in PAPER.get(name, {}).items()], "",
         *[f"- {n}" for n in PAPER_NOTES.get(name, [])], "",
-        "## Measured (mean ± std over seeds [min, max])", "", *measured, "",
-        judge_text, "",
+        "## Measured (mean ± std over seeds [min, max])", "", *_measured_table(sums, results, keys, label), "",
+        _judge_text(judge, fd_name, scale, split, floor), "",
         "PSNR/SSIM: reconstructions of the evaluation split; A1/A2: linear-probe accuracy on pooled encoder tokens "
         "/ flattened latents (fitted on the train split, scored on the evaluation split), structural loss 1 - A2/A1. "
         "rFID/gFID/IS need the Inception weights and are left out without them.", "",
@@ -419,7 +370,7 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
         "A difference counts only when |mean_X - mean_Y| exceeds the spread, the larger of the two cells' seed "
         "standard deviations (ddof=1); otherwise it is 'no difference'. 'X vs Y' is in the metric's good "
         "direction (lower FD and structural loss, higher PSNR, probe accuracy and class agreement are better).", "",
-        *verdicts, "",
+        *_verdict_table(name, scale, results, keys, label), "",
         *(["## Convergence: FD during DiT training", "",
            "Steps a model needs to reach the baseline's final FD, linearly interpolated between EMA snapshots "
            "(ratio = baseline steps / those steps; '>=' when the first snapshot is already below).", "",
@@ -432,19 +383,124 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
            "latent distribution (FDs do not add up: two comparisons, not a split of one number). "
            "Mean ± std over seeds at each EMA snapshot (the last is the final model).", "", *share, ""]
           if share else []),
-        "## Per-seed values", "", *per_seed, "",
+        "## Per-seed values", "", *_per_seed_table(results, keys, label), "",
         "## Cost and wall time (per seed, mean)", "", *costs, "",
-        f"Wall time of this experiment's {len(unique_wall)} distinct (cell, seed) runs: {total_unique / 3600:.2f} h "
+        f"Wall time of this experiment's {len(unique_wall)} distinct (cell, seed) runs: "
+        f"{sum(unique_wall.values()) / 3600:.2f} h "
         "(runs shared with other experiments are computed once; times are those of the sessions that ran them).", "",
     ])
     write_text_atomic(out / "report.md", text)
     write_text_atomic(out / "summary.json", json.dumps({"experiment": name, "scale": scale_name, "data": data,
-                                                  "split": split, "seeds": seeds, "summaries": sums}, indent=2,
-                                                 default=float))
+                                                        "split": split, "seeds": seeds, "summaries": sums},
+                                                       indent=2, default=float))
     return out / "report.md"
 
 
-# two workers may finish the same experiment at once: every file is replaced whole, never half-written
+def _measured_table(sums: dict, results: dict[str, list[dict]], keys: list[str], label: dict) -> list[str]:
+    rows = ["| cell | seeds | " + " | ".join(label[k] for k in keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    return rows + [f"| {c} | {len(rs)} | " + " | ".join(_fmt_summary(sums[c][k]) for k in keys) + " |"
+                   for c, rs in results.items()]
+
+
+def _per_seed_table(results: dict[str, list[dict]], keys: list[str], label: dict) -> list[str]:
+    rows = ["| cell | seed | " + " | ".join(label[k] for k in keys) + " | run |", "|" + "---|" * (len(keys) + 3)]
+    return rows + [f"| {c} | {r.get('seed', 0)} | " + " | ".join(_fmt(metric(r, k)) for k in keys)
+                   + f" | `{r.get('key', '')}` |" for c, rs in results.items() for r in rs]
+
+
+def _verdict_table(name: str, scale: Scale, results: dict[str, list[dict]], keys: list[str], label: dict
+                   ) -> list[str]:
+    """One row per claim whose two cells are there; the DiT-share claims get a rescaled twin where the
+    results have the rescaled readings."""
+    rows = ["| claim | statement | X | Y | metric | X - Y | spread | X vs Y | outcome |", "|" + "---|" * 9]
+    todo = []
+    for claim in claims(name, scale):
+        todo.append(claim)
+        if claim[4] == "gap1":
+            todo += [(*claim[:4], k, claim[5]) for k in RESCALED if k in keys]
+    for claim, text, x, y, key, expected in todo:
+        if x not in results or y not in results:
+            continue
+        sx, sy = (summarize([metric(r, key) for r in results[c]]) for c in (x, y))
+        verdict, diff, spread = compare(sx, sy, METRICS[key][2])
+        rows.append(f"| {claim} | {text} | {x} | {y} | {label[key]} | {_fmt(diff, 3)} | {_fmt(spread, 3)} | "
+                    f"{verdict} | {_outcome(verdict, expected)} |")
+    return rows
+
+
+def _cost_table(results: dict[str, list[dict]], sums: dict) -> tuple[list[str], dict]:
+    """(the cost rows per cell, wall seconds per distinct (cell, seed) run)."""
+    rows = ["| cell | GFLOPs enc+dec (1 image) | tokenizer s | latents s | DiT s | evaluation s | total s |",
+            "|---|---|---|---|---|---|---|"]
+    unique_wall = {}
+    for c, rs in results.items():
+        t = [r.get("timings_s", {}) for r in rs]
+        mean = {k: float(np.mean([x.get(k, 0.0) for x in t])) for k in ("tokenizer", "latents", "dit")}
+        ev = float(np.mean([sum(v for k, v in x.items() if k not in ("tokenizer", "latents", "dit")) for x in t]))
+        for r in rs:
+            unique_wall[r.get("key", id(r))] = sum(r.get("timings_s", {}).values())
+        gflops = sums[c].get("gflops")
+        rows.append(f"| {c} | {_fmt(gflops['mean'] if gflops else None)} | {mean['tokenizer']:.0f} | "
+                    f"{mean['latents']:.0f} | {mean['dit']:.0f} | {ev:.0f} | {sum(mean.values()) + ev:.0f} |")
+    return rows, unique_wall
+
+
+def _speedup_table(results: dict[str, list[dict]], pairs: list[tuple[str, str, str, str]]) -> list[str]:
+    if not pairs:
+        return []
+    rows = ["| comparison | paper | per seed | on the seed-mean curves |", "|---|---|---|---|"]
+    for fast, base, what, paper in pairs:
+        if fast in results and base in results:
+            sp = speedup(results[fast], results[base])
+            rows.append(f"| {what} ({fast}) vs {base} | {paper} | "
+                        f"{'; '.join(_fmt_speedup(s) for s in sp['per_seed'])} | {_fmt_speedup(sp['mean_curve'])} |")
+    return rows
+
+
+def _dit_share_table(results: dict[str, list[dict]]) -> list[str]:
+    """FD of the samples vs the reconstructions at every snapshot, mean ± std over seeds."""
+    steps = sorted({p["step"] for rs in results.values() for r in rs for p in r.get("convergence", [])
+                    if "fd_judge_vs_rec" in p})
+    if not steps:
+        return []
+    rows = ["| cell | " + " | ".join(f"step {st}" for st in steps) + " |", "|" + "---|" * (len(steps) + 1)]
+    for c, rs in results.items():
+        row = [_fmt_summary(summarize([p["fd_judge_vs_rec"] for r in rs for p in r.get("convergence", [])
+                                       if p["step"] == st and "fd_judge_vs_rec" in p])) for st in steps]
+        rows.append(f"| {c} | " + " | ".join(row) + " |")
+    return rows
+
+
+def _command(out: Path, name: str, scale_name: str, scale: Scale, data: str, split: str, seeds: int) -> str:
+    data_arg = "" if data == SCALES[scale_name].data else f" --data {data}"
+    return (f"tcae repro {name} --scale {scale_name}{data_arg}" + (f" --seeds {seeds}" if seeds > 1 else "")
+            + ("" if split == scale.eval_split else f" --eval-split {split}") + f" --out {out}")
+
+
+def _judge_text(judge, fd_name: str, scale: Scale, split: str, floor: dict | None) -> str:
+    if judge is None:
+        return ""
+    d = judge.describe()
+    text = (f"Judge: `{d['network']}` ({d.get('arch', '')}), accuracy {d['accuracy']:.4f} on "
+            f"`{d['accuracy_split']}`. {fd_name} is the Fréchet distance between "
+            f"{scale.per_class * scale.num_classes} class-balanced samples (no CFG, "
+            f"{scale.sample_steps} Euler steps) and the `{split}` split in the judge's penultimate "
+            "features: not FID. Class agreement: the share of samples the judge assigns to the class "
+            "they were generated for (chance 0.1).")
+    if floor:
+        text += (f" Floor: {fd_name} of {floor['num_samples']} real `{floor['source']}` images against "
+                 f"the `{split}` split is {floor['fd_judge']:.3g} (class agreement "
+                 f"{floor['class_agreement']:.3f}).")
+    return text
+
+
+def _settings_text(s: Scale, split: str, seeds: int) -> str:
+    snaps = f", EMA snapshots every {s.convergence_every} steps" if s.convergence_every else ""
+    return (f"Tokenizer config `{s.tokenizer_config}` ({s.tokenizer_steps} steps), DiT config `{s.dit_config}` "
+            f"({s.dit_steps} steps{snaps}{', ' + ' '.join(s.dit_extra) if s.dit_extra else ''}); seeds "
+            f"0..{seeds - 1} (tokenizer, DiT and sampling seed); every metric on the `{split}` split.")
+
+
 def _save_fig(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))

@@ -138,7 +138,8 @@ def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork,
     Returns {"fd_judge": FD-<data> in the judge's penultimate features (not FID), "fd_name",
     "class_agreement": share of samples the judge assigns to their label, "class_agreement_per_class"
     and "per_class_total" (counts per class), "judge": the judge's provenance and accuracy,
-    "num_samples", "reference"}. `allow_unbalanced`: images that are not class-balanced samples (e.g.
+    "num_samples", "reference", "feature_trace": tr Σ of the images' judge features}. `allow_unbalanced`: images
+    that are not class-balanced samples (e.g.
     the reconstructions of a real split, whose classes are as the split has them).
     """
     from tcae.evaluation.gen_eval import evaluate_samples
@@ -149,7 +150,8 @@ def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork,
     return {"fd_judge": res["metrics"][key], "fd_name": f"FD-{judge.data}",
             "class_agreement": res["metrics"]["class_agreement"],
             "class_agreement_per_class": res["class_agreement_per_class"], "per_class_total": res["per_class_total"],
-            "judge": res["judge"], "num_samples": res["num_samples"], "reference": res["reference"]}
+            "judge": res["judge"], "num_samples": res["num_samples"], "reference": res["reference"],
+            "feature_trace": res["feature_trace"]}
 
 
 def dit_snapshots(dit_run: Path, every: int) -> list[Path]:
