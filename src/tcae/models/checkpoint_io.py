@@ -47,6 +47,33 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], s
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
+def read_config_json(path: Path, what: str) -> dict[str, Any]:
+    """A model directory's config.json as a dict; a damaged file is a ValueError that names it."""
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): the {what} config is damaged; copy or download the "
+                         "model again") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a JSON {type(raw).__name__}, not a {what} config object")
+    return raw
+
+
+def load_safetensors(path: str | Path, device: str = "cpu", what: str = "weights") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, with a damaged or truncated file (a header past the end of the file,
+    a cut-off download) reported as a ValueError that names the file, not a raw SafetensorError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        raise ValueError(f"{path} ({size} bytes) is not a readable safetensors file ({err}): the {what} are damaged "
+                         "or incomplete; copy or download them again") from None
+
+
 def save_model_dir(model: nn.Module, directory: str | Path, config: dict[str, Any]) -> None:
     """Write `directory`/model.safetensors (the state dict, on CPU) and `directory`/config.json."""
     directory = Path(directory)
@@ -164,6 +191,8 @@ class DataclassHubMixin(PyTorchModelHubMixin):
         check_local_model_path(model_id, cls.model_kind)
         if not Path(model_id).is_dir() and not kwargs.get("local_files_only") and not _in_hub_cache(model_id):
             _check_hub_reachable(model_id, Path(model_id), cls.model_kind)
+        if (Path(model_id) / CONFIG_NAME).is_file():  # huggingface_hub parses it first, naming no file
+            read_config_json(Path(model_id) / CONFIG_NAME, cls.model_kind)
         return super().from_pretrained(model_id, *args, **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, *, card_info: dict[str, Any] | None = None,
@@ -199,10 +228,10 @@ class DataclassHubMixin(PyTorchModelHubMixin):
         config_file, weights_file = model_files(
             model_id, cls.model_kind, revision=revision, cache_dir=cache_dir, force_download=force_download,
             token=token, local_files_only=local_files_only)
-        config = dataclass_from_dict(cls.config_class, json.loads(config_file.read_text()), cls.model_kind,
+        config = dataclass_from_dict(cls.config_class, read_config_json(config_file, cls.model_kind), cls.model_kind,
                                      str(config_file))
         model = cls(config)
-        state = load_file(str(weights_file), device=str(map_location))
+        state = load_safetensors(weights_file, device=str(map_location), what=f"{cls.model_kind} weights")
         upgrade = getattr(cls, "upgrade_state_dict", None)  # older key layouts of the same model
         load_state_dict_checked(model, upgrade(state) if upgrade else state, source=str(weights_file))
         return model
