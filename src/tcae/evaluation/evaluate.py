@@ -165,78 +165,30 @@ class Evaluator:
         Returns ``{"metrics": {key: float}, "labels": {key: str}, "num_images": int, "data": str,
         "image_size": int, "feature_networks": {...}, "model": {...}, "versions": {...}, ...}``.
         """
-        names, device, networks = self.names, self.device, self.networks
-        config = getattr(model, "config", None)
-        size = int(self.image_size or getattr(config, "image_size", 0) or 0)
-        if size and hasattr(model, "check_image_size"):
-            model.check_image_size(size)  # fail before loading data
-        if isinstance(self.data, str) and not size:
-            raise ValueError("image_size is needed when the model has no config.image_size")
+        size = self._image_size(model)
         dataset = self.dataset(size)
         rank, world = dist.rank(), dist.world_size()
-        model = model.to(device).eval()
-        sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in names])
-        stats = {k: (FeatureStats(net.dim, device), FeatureStats(net.dim, device)) for k, net in networks.items()}
-        cached = {k: self._originals[(k, size)] for k in networks if (k, size) in self._originals}
-        needs_real = {k: _needs_real(k, self.reference, save_fid_stats) and k not in cached for k in networks}
-        loader = eval_loader(dataset, self.batch_size, self.num_workers, self.max_images, distributed=True,
-                             device=device)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
-        image_hw: list[int] | None = None
-        num_images = 0  # this rank's; counted even with FD metrics only
-        # disable=None: tqdm draws only on a terminal, never into a log file
-        for batch in tqdm(loader, desc="eval", disable=None if rank == 0 and self.progress else True):
-            x = batch["image"].to(device, non_blocking=True)
-            image_hw = image_hw or list(x.shape[-2:])
-            with amp:
-                recon = model.decode(model.encode(x))
-            recon = recon.float().clamp(-1, 1)  # what a saved image shows; metrics see the same pixels
-            if "psnr" in names:
-                sums.add("psnr", psnr_per_image(recon, x))
-            if "ssim" in names:
-                sums.add("ssim", ssim_per_image(recon, x))
-            if self.lpips_net is not None:
-                sums.add("lpips", self.lpips_net(recon, x))
-            num_images += x.shape[0]
-            for key, net in networks.items():
-                real, fake = stats[key]
-                if needs_real[key]:
-                    real.update(net(x)["features"])
-                fake.update(net(recon)["features"])
+        model = model.to(self.device).eval()
+        sums = MetricSums([m for m in ("psnr", "ssim", "lpips") if m in self.names])
+        stats = {k: (FeatureStats(net.dim, self.device), FeatureStats(net.dim, self.device))
+                 for k, net in self.networks.items()}
+        cached = {k: self._originals[(k, size)] for k in self.networks if (k, size) in self._originals}
+        needs_real = {k: _needs_real(k, self.reference, save_fid_stats) and k not in cached for k in self.networks}
+        num_images, image_hw = self._stream(model, dataset, sums, stats, needs_real, progress=rank == 0)
 
-        reduce_device = device if device.type == "cuda" else torch.device("cpu")  # NCCL: cuda, gloo: cpu
+        reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")  # NCCL: cuda, gloo: cpu
         sums.all_reduce(reduce_device)
         if world > 1:
             n = torch.tensor([float(num_images)], dtype=torch.float64, device=reduce_device)
             num_images = int(round(dist.all_reduce_(n).item()))
         values = sums.means()
         labels = {k: METRIC_LABELS[k] for k in values}
-        net_info: dict[str, Any] = {}
-        for key, net in networks.items():
-            real, fake = stats[key]
-            fake.all_reduce()
-            mu_f, sigma_f = fake.mean_cov()
-            originals = cached.get(key)
-            if needs_real[key]:
-                real.all_reduce()
-                originals = self._originals[(key, size)] = real.mean_cov()
-            if key == "rfid" and save_fid_stats is not None and rank == 0:
-                save_stats(save_fid_stats, *originals)
-            if key == "rfid" and self.reference is not None:
-                mu_r, sigma_r = self.reference
-                against = str(self.fid_stats)
-            else:
-                mu_r, sigma_r = originals
-                against = "originals"
-            values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
-            labels[key] = net.metric_label("r")
-            net_info[key] = {"network": net.name, "label": labels[key], "dim": int(mu_f.shape[0]),
-                             "reference": against}
+        net_info = self._frechet_distances(stats, cached, needs_real, size, save_fid_stats, values, labels)
 
         if grid_path is not None and rank == 0:
-            reconstruction_grid(model, dataset, grid_path, device=device, n=8)
+            reconstruction_grid(model, dataset, grid_path, device=self.device, n=8)
         return {
-            "metrics": {m: values[m] for m in _ordered(names, values)},
+            "metrics": {m: values[m] for m in _ordered(self.names, values)},
             "labels": labels,
             "num_images": num_images,
             "data": self.spec_text,
@@ -247,6 +199,72 @@ class Evaluator:
             "grid": None if grid_path is None else str(grid_path),
             "versions": environment_versions(),
         }
+
+    def _image_size(self, model: nn.Module) -> int:
+        """The evaluation size (this evaluator's, else the model's training size), checked against the model
+        before any data is loaded."""
+        size = int(self.image_size or getattr(getattr(model, "config", None), "image_size", 0) or 0)
+        if size and hasattr(model, "check_image_size"):
+            model.check_image_size(size)
+        if isinstance(self.data, str) and not size:
+            raise ValueError("image_size is needed when the model has no config.image_size")
+        return size
+
+    def _stream(self, model: nn.Module, dataset: Dataset, sums: MetricSums, stats: dict, needs_real: dict,
+                progress: bool) -> tuple[int, list[int] | None]:
+        """Reconstruct this rank's share of ``dataset`` batch by batch into the metric sums and the feature
+        statistics (originals only where ``needs_real``). Returns (this rank's image count, (H, W))."""
+        loader = eval_loader(dataset, self.batch_size, self.num_workers, self.max_images, distributed=True,
+                             device=self.device)
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+        image_hw: list[int] | None = None
+        num_images = 0  # counted even with FD metrics only
+        # disable=None: tqdm draws only on a terminal, never into a log file
+        for batch in tqdm(loader, desc="eval", disable=None if progress and self.progress else True):
+            x = batch["image"].to(self.device, non_blocking=True)
+            image_hw = image_hw or list(x.shape[-2:])
+            with amp:
+                recon = model.decode(model.encode(x))
+            recon = recon.float().clamp(-1, 1)  # what a saved image shows; metrics see the same pixels
+            if "psnr" in self.names:
+                sums.add("psnr", psnr_per_image(recon, x))
+            if "ssim" in self.names:
+                sums.add("ssim", ssim_per_image(recon, x))
+            if self.lpips_net is not None:
+                sums.add("lpips", self.lpips_net(recon, x))
+            num_images += x.shape[0]
+            for key, net in self.networks.items():
+                real, fake = stats[key]
+                if needs_real[key]:
+                    real.update(net(x)["features"])
+                fake.update(net(recon)["features"])
+        return num_images, image_hw
+
+    def _frechet_distances(self, stats: dict, cached: dict, needs_real: dict, size: int,
+                           save_fid_stats: str | os.PathLike | None, values: dict, labels: dict) -> dict[str, Any]:
+        """Each feature network's FD of the reconstructions against the originals (or the rFID reference
+        statistics) into ``values``/``labels``; the originals' statistics are kept for the next model.
+        Returns what each network was and what it compared against."""
+        net_info: dict[str, Any] = {}
+        for key, net in self.networks.items():
+            real, fake = stats[key]
+            fake.all_reduce()
+            mu_f, sigma_f = fake.mean_cov()
+            originals = cached.get(key)
+            if needs_real[key]:
+                real.all_reduce()
+                originals = self._originals[(key, size)] = real.mean_cov()
+            if key == "rfid" and save_fid_stats is not None and dist.rank() == 0:
+                save_stats(save_fid_stats, *originals)
+            if key == "rfid" and self.reference is not None:
+                (mu_r, sigma_r), against = self.reference, str(self.fid_stats)
+            else:
+                (mu_r, sigma_r), against = originals, "originals"
+            values[key] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
+            labels[key] = net.metric_label("r")
+            net_info[key] = {"network": net.name, "label": labels[key], "dim": int(mu_f.shape[0]),
+                             "reference": against}
+        return net_info
 
 
 def evaluate(model: nn.Module, data_spec: str | Dataset, grid_path: str | os.PathLike | None = None,
