@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from tcae.data import parse_spec
 from tcae.studies.stages import (
     Timer,
     dit_stage,
@@ -68,7 +69,6 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
              cfg_scale: float = 2.0, sample_steps: int = 50, progress: bool = True,
              data: str = "builtin:digits") -> Path:
     """The demo on `data` (builtin:digits or builtin:fashion[@DIR], no split): report.md in `out`."""
-    from tcae.data import parse_spec
     from tcae.data.spec import split_spec
     from tcae.evaluation import build_feature_network, judge_for_data
     from tcae.evaluation.npz import save_samples_npz
@@ -122,7 +122,7 @@ def write_report(out: Path, r: dict) -> None:
                             if isinstance(v, (int, float)))
     diag_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in diag.items() if isinstance(v, (int, float)))
     st = r["settings"]
-    kind = st["data"].split(":")[1].split("@")[0]
+    kind = parse_spec(st["data"]).kind
     totals = gen["per_class_total"]
     per_class = " | ".join(f"{c}: {n}/{totals[c]}" for c, n in gen["class_agreement_per_class"].items())
     timings = ", ".join(f"{k} {v} s" for k, v in r["timings_s"].items())

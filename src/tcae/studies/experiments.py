@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tcae.data import parse_spec
 from tcae.studies.cells import cell_key, eval_dir_name, run_cell
 from tcae.studies.paper import Scale, experiment_cells, resolve_scale
 from tcae.studies.report import write_report
@@ -42,7 +43,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     split = split or scale.eval_split
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    kind = data.split(":")[1].split("@")[0] if data.startswith("builtin:") else "data"
+    kind = parse_spec(data).kind if data.startswith("builtin:") else "data"
     default_out = f"out/repro/{name}-{scale_name}" + ("" if kind in ("digits", "data") else f"-{kind}")
     out = Path(out or default_out + ("" if split == scale.eval_split else f"-{split}"))
     cells_dir = Path(cells_dir or out.parent / "cells")
