@@ -11,7 +11,12 @@ It is a diffusers ``ModelMixin`` + ``ConfigMixin``: ``save_pretrained`` writes d
 diffusers' loader, ``dtype``/``device``/``to`` are ModelMixin's, and it can be the ``vae`` of a diffusers
 pipeline. It holds a :class:`tcae.TCAE` (``.tcae``) and only calls its public API (``encode``,
 ``decode``, ``config``, latent statistics, ``state_dict``), so its outputs equal tcae's bit for bit
-(without tiling). Its config is the TCAEConfig fields plus the latent scaling.
+(without tiling). Its config is the TCAEConfig fields plus the latent scaling, plus keys derived from them:
+``encoder_block_out_channels`` / ``decoder_block_out_channels`` (SANA pipelines take ``2 ** (len - 1)`` as
+the spatial factor f) and ``auto_map`` (``diffusers.AutoModel.from_pretrained(folder,
+trust_remote_code=True)`` imports the class through the ``tcae_autoencoder.py`` that ``save_pretrained``
+writes). ``enable_gradient_checkpointing`` switches TC-AE's own checkpointing; ``device_map="auto"`` keeps
+encoder and decoder whole; the latent statistics stay float32 under any ``torch_dtype`` or ``.to(dtype)``.
 
 Latent scaling (from the TC-AE's per-channel statistics, ``tcae diagnose --write-stats`` /
 ``cache-latents``):
