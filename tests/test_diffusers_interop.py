@@ -85,9 +85,7 @@ def test_export_loads_with_diffusers_from_pretrained_and_matches_tcae(tiny_tcae,
     config = json.loads((export / "config.json").read_text())
     assert config["_class_name"] == "TCAEAutoencoder"
     assert (export / "diffusion_pytorch_model.safetensors").is_file()
-    # the loader is diffusers' own (ModelMixin.from_pretrained), not a tcae one
-    assert TCAEAutoencoder.from_pretrained.__func__ is diffusers.ModelMixin.from_pretrained.__func__
-    vae = TCAEAutoencoder.from_pretrained(export).eval()
+    vae = TCAEAutoencoder.from_pretrained(export).eval()  # diffusers' ModelMixin.from_pretrained underneath
     assert isinstance(vae, diffusers.ModelMixin) and isinstance(vae, diffusers.ConfigMixin)
 
     x = torch.rand(3, 3, 64, 96) * 2 - 1
@@ -128,6 +126,11 @@ def test_export_config_holds_every_tcae_config_field():
     vae = TCAEAutoencoder.from_tcae(model)
     assert vae.tcae.config == model.config
     assert vae.config.scaling_factor == 1.0 and vae.config.latents_mean is None  # no statistics measured
+    # what SANA pipelines read: 2 ** (len - 1) is f (16 here); none exists for an f that is no power of 2
+    assert 2 ** (len(vae.config.encoder_block_out_channels) - 1) == 16
+    assert vae.config.decoder_block_out_channels == vae.config.encoder_block_out_channels
+    odd = TCAEAutoencoder.from_tcae(create_model("tcae-tiny", image_size=96, compression=48))
+    assert "encoder_block_out_channels" not in odd.config
 
 
 def test_export_is_the_vae_of_a_dit_pipeline(export, tmp_path):
@@ -169,6 +172,200 @@ def test_export_is_the_vae_of_a_dit_pipeline(export, tmp_path):
     images2 = again(class_labels=[0, 1], guidance_scale=1.0, num_inference_steps=3, output_type="pt",
                     generator=torch.manual_seed(0)).images
     assert torch.equal(images2, images)
+
+
+# ---------------------------------------------------------------------------- SANA pipelines
+def _tiny_text_encoder():
+    """A random 1-layer Gemma2 (caption width 8) and a word-level tokenizer, built offline."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<unk>", "<bos>", "<eos>", "a", "photo", "of", "digit"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                                     bos_token="<bos>", eos_token="<eos>")
+    torch.manual_seed(6)
+    encoder = transformers.Gemma2Model(transformers.Gemma2Config(
+        vocab_size=len(words), hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=4, max_position_embeddings=64)).eval()
+    return tokenizer, encoder
+
+
+def _tiny_sana_transformer(cls, c: int, h: int, **kwargs):
+    torch.manual_seed(7)
+    return cls(patch_size=1, in_channels=c, out_channels=c, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+               num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=8,
+               sample_size=h, **kwargs).eval()
+
+
+@pytest.mark.parametrize("name", ["SanaPipeline", "SanaPAGPipeline", "SanaSprintPipeline", "SanaSprintImg2ImgPipeline",
+                                  "SanaControlNetPipeline"])
+def test_export_is_the_vae_of_sana_pipelines(export, name):
+    """The SANA family (built for DC-AE) takes the export: its spatial factor, read from the config as
+    2 ** (len(encoder_block_out_channels) - 1), is f = 16; a 64 x 96 request decodes a 4 x 6 latent grid into
+    64 x 96 images, which are the TC-AE's decode of the pipeline's final latent, mapped to [0, 1]."""
+    vae = TCAEAutoencoder.from_pretrained(export).eval()
+    tokenizer, text_encoder = _tiny_text_encoder()
+    c, f = vae.config.latent_channels, vae.config.compression
+    parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)
+    args = dict(num_inference_steps=2, height=64, width=96, use_resolution_binning=False, output_type="pt",
+                max_sequence_length=8, complex_human_instruction=None, generator=torch.manual_seed(0))
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(8))
+    if name.startswith("SanaSprint"):  # SANA-Sprint: a guidance-embedding transformer, one SCM scheduler
+        parts |= dict(transformer=_tiny_sana_transformer(diffusers.SanaTransformer2DModel, c, 4, guidance_embeds=True,
+                                                         qk_norm="rms_norm_across_heads"),
+                      scheduler=diffusers.SCMScheduler())
+        args |= dict(guidance_scale=4.5)
+    else:
+        parts |= dict(transformer=_tiny_sana_transformer(diffusers.SanaTransformer2DModel, c, 4),
+                      scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
+        args |= dict(guidance_scale=1.0)
+    if name == "SanaPAGPipeline":
+        parts |= dict(pag_applied_layers=["transformer_blocks.0"])
+        args |= dict(pag_scale=2.0)
+    if name == "SanaSprintImg2ImgPipeline":  # encodes the init image with the export
+        args |= dict(image=image, strength=0.5)
+    if name == "SanaControlNetPipeline":  # encodes the control image with the export
+        parts |= dict(controlnet=_tiny_sana_transformer(diffusers.SanaControlNetModel, c, 4))
+        args |= dict(control_image=image)
+    pipe = getattr(diffusers, name)(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == f == 16
+
+    decoded = []
+    original_decode = vae.decode
+
+    def recording_decode(z, *a, **kw):
+        decoded.append(z.clone())
+        return original_decode(z, *a, **kw)
+
+    vae.decode = recording_decode
+    images = pipe("a photo of digit", **args).images
+    del vae.decode
+    assert images.shape == (1, 3, 64, 96)
+    assert len(decoded) == 1 and decoded[0].shape == (1, c, 4, 6)
+    with torch.no_grad():
+        assert torch.equal(images, (vae.tcae.decode(decoded[0]) / 2 + 0.5).clamp(0, 1))
+
+
+# ---------------------------------------------------------------------------- diffusers model machinery
+def test_automodel_loads_the_export(export, tiny_tcae, monkeypatch, tmp_path):
+    """diffusers.AutoModel.from_pretrained(export, trust_remote_code=True) gives the TCAEAutoencoder: the
+    export's config.json maps AutoModel to its one-import module tcae_autoencoder.py."""
+    from diffusers.utils import dynamic_modules_utils
+
+    model, _ = tiny_tcae
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # not ~/.cache
+    config = json.loads((export / "config.json").read_text())
+    assert config["auto_map"] == {"AutoModel": "tcae_autoencoder.TCAEAutoencoder"}
+    assert (export / "tcae_autoencoder.py").is_file()
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        diffusers.AutoModel.from_pretrained(str(export))
+    # a str: diffusers 0.42's AutoModel joins the path into a load id and fails on a pathlib.Path
+    vae = diffusers.AutoModel.from_pretrained(str(export), trust_remote_code=True)
+    assert type(vae) is TCAEAutoencoder
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x).latent, model.encode(x))
+
+
+def _recon_grads(vae: TCAEAutoencoder, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    vae.zero_grad(set_to_none=True)
+    (vae(x).sample - x).pow(2).mean().backward()
+    return {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_switches_tcae_checkpointing_with_the_same_gradients(export, monkeypatch):
+    """enable_gradient_checkpointing() turns on TC-AE's per-block checkpointing (every transformer block
+    of encoder and decoder runs under torch.utils.checkpoint), and the gradients equal those without it."""
+    import tcae.models.layers as layers
+
+    calls = []
+    real_checkpoint = layers.checkpoint
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **kw: calls.append(1) or real_checkpoint(*a, **kw))
+    vae = TCAEAutoencoder.from_pretrained(export).train()
+    x = _stat_images()[:2]
+    plain = _recon_grads(vae, x)
+    assert not calls and not vae.is_gradient_checkpointing
+    vae.enable_gradient_checkpointing()
+    assert vae.is_gradient_checkpointing
+    checkpointed = _recon_grads(vae, x)
+    n_blocks = sum(len(m.blocks) for m in vae.modules() if isinstance(m, layers.Transformer))
+    assert len(calls) == n_blocks == 8
+    # every parameter but the mask token (used only by masked SSL training) has a gradient
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(vae.parameters())) - 1
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, rtol=1e-5, atol=1e-7, msg=name)
+    vae.disable_gradient_checkpointing()
+    assert not vae.is_gradient_checkpointing
+    _recon_grads(vae, x)
+    assert len(calls) == n_blocks  # off again
+    with pytest.raises(ValueError, match="custom gradient_checkpointing_func is not supported"):
+        vae.enable_gradient_checkpointing(lambda module, *args: module(*args))
+
+
+def test_device_map_auto_places_the_export_on_cpu(export, tiny_tcae):
+    pytest.importorskip("accelerate")  # diffusers dispatches device maps through accelerate
+    model, _ = tiny_tcae
+    vae = TCAEAutoencoder.from_pretrained(export, device_map="auto")
+    assert set(vae.hf_device_map.values()) == {"cpu"}
+    assert sorted(vae._get_no_split_modules("auto")) == ["TCAEDecoder", "TCAEEncoder"]
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latent
+        assert torch.equal(z, model.encode(x)) and torch.equal(vae.decode(z).sample, model.decode(z))
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_latent_statistics_stay_fp32_under_any_dtype(export, tiny_tcae, low_cpu_mem_usage):
+    """torch_dtype=bfloat16 (both of diffusers' loading paths) and .to(float16) cast the weights; the latent
+    statistics stay the float32 values of the config, so normalising a latent equals the fp32 formula."""
+    if low_cpu_mem_usage:
+        pytest.importorskip("accelerate")  # diffusers' low_cpu_mem_usage path
+    model, _ = tiny_tcae
+    vae = TCAEAutoencoder.from_pretrained(export, torch_dtype=torch.bfloat16, low_cpu_mem_usage=low_cpu_mem_usage)
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32)
+    for v in (vae, vae.to(torch.float16)):
+        assert v.tcae.encoder.patch_embed.weight.dtype == v.dtype != torch.float32
+        assert v.tcae.latent_mean.dtype == v.tcae.latent_std.dtype == torch.float32
+        assert torch.equal(v.tcae.latent_mean, mean) and torch.equal(v.tcae.latent_std, std)
+        assert torch.equal(v.tcae.latent_mean, model.latent_mean)
+        assert v.tcae.latent_stats_count.dtype == torch.float64 and v.tcae.latent_stats_count.item() == 8
+        z = torch.randn(2, vae.config.latent_channels, 2, 2)
+        assert torch.equal(v.tcae.normalize(z), (z - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
+    assert vae.to(torch.float32).tcae.latent_mean.dtype == torch.float32
+
+
+def test_fine_tune_the_export_decoder_with_gradient_checkpointing(export, tmp_path):
+    """The fine-tuning loop a diffusers user writes around the model: decoder only, gradient checkpointing
+    on, a few AdamW steps in plain PyTorch, save_pretrained, reload. The reconstruction loss falls, the
+    encoder is untouched, and the reloaded model decodes as the trained one."""
+    vae = TCAEAutoencoder.from_pretrained(export)
+    encoder_before = {k: v.clone() for k, v in vae.tcae.encoder.state_dict().items()}
+    vae.enable_gradient_checkpointing()
+    vae.train()
+    vae.tcae.encoder.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=1e-3)
+    x = _stat_images()[:4]
+    losses = []
+    for _ in range(5):
+        with torch.no_grad():
+            z = vae.encode(x).latent
+        loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for k, v in vae.tcae.encoder.state_dict().items():
+        assert torch.equal(v, encoder_before[k]), k
+
+    vae.eval().save_pretrained(tmp_path / "tuned")
+    tuned = TCAEAutoencoder.from_pretrained(tmp_path / "tuned")
+    with torch.no_grad():
+        assert torch.equal(tuned.decode(z).sample, vae.decode(z).sample)
 
 
 # ---------------------------------------------------------------------------- tiling

@@ -11,7 +11,12 @@ It is a diffusers ``ModelMixin`` + ``ConfigMixin``: ``save_pretrained`` writes d
 diffusers' loader, ``dtype``/``device``/``to`` are ModelMixin's, and it can be the ``vae`` of a diffusers
 pipeline. It holds a :class:`tcae.TCAE` (``.tcae``) and only calls its public API (``encode``,
 ``decode``, ``config``, latent statistics, ``state_dict``), so its outputs equal tcae's bit for bit
-(without tiling). Its config is the TCAEConfig fields plus the latent scaling.
+(without tiling). Its config is the TCAEConfig fields plus the latent scaling, plus keys derived from them:
+``encoder_block_out_channels`` / ``decoder_block_out_channels`` (SANA pipelines take ``2 ** (len - 1)`` as
+the spatial factor f) and ``auto_map`` (``diffusers.AutoModel.from_pretrained(folder,
+trust_remote_code=True)`` imports the class through the ``tcae_autoencoder.py`` that ``save_pretrained``
+writes). ``enable_gradient_checkpointing`` switches TC-AE's own checkpointing; ``device_map="auto"`` keeps
+encoder and decoder whole; the latent statistics stay float32 under any ``torch_dtype`` or ``.to(dtype)``.
 
 Latent scaling (from the TC-AE's per-channel statistics, ``tcae diagnose --write-stats`` /
 ``cache-latents``):
@@ -40,6 +45,7 @@ output, whatever the image size.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,8 +56,38 @@ from diffusers.models.autoencoders.vae import DecoderOutput, EncoderOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from tcae.models.tcae import TCAE, TCAEConfig
+from tcae.util import write_text_atomic
 
 _D = TCAEConfig()  # the defaults of every TCAEConfig field
+
+# The TC-AE's latent statistics buffers, and the dtypes they keep under any cast of the weights.
+_STATS_DTYPES = {"latent_mean": torch.float32, "latent_std": torch.float32, "latent_stats_count": torch.float64}
+# Written beside config.json by save_pretrained and named by its ``auto_map``, so that
+# ``diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True)`` finds the class: the "remote code"
+# is one import from the installed tcae.
+AUTO_MODEL_MODULE = "tcae_autoencoder"
+_AUTO_MODEL_SOURCE = '''"""Lets diffusers.AutoModel.from_pretrained(<this folder>, trust_remote_code=True) load this
+TC-AE export. The class is the installed tcae's (pip install 'tcae[diffusers]')."""
+
+from tcae.integrations.diffusers import TCAEAutoencoder
+
+__all__ = ["TCAEAutoencoder"]
+'''
+# config keys computed from the others (what SANA pipelines read, AutoModel's hint): recomputed on load
+_DERIVED_CONFIG_KEYS = ("encoder_block_out_channels", "decoder_block_out_channels", "auto_map")
+
+
+def sana_block_out_channels(config: TCAEConfig) -> list[int] | None:
+    """AutoencoderDC's ``encoder_block_out_channels`` for a TC-AE: one entry per 2x downsampling plus one,
+    so that ``2 ** (len(...) - 1)`` (how SANA pipelines compute the spatial factor) is the compression f.
+    Entries: the fine width up to the patch grid, the coarse width after it, the latent channels last (the
+    pipelines read only the length). None when f is not a power of 2: no such list exists."""
+    f = config.compression
+    if f & (f - 1):
+        return None
+    widths = [config.fine_width if 2 ** k < config.patch_size else config.coarse_width
+              for k in range(f.bit_length() - 1)]
+    return widths + [config.latent_channels]
 
 
 def latent_scaling(model: TCAE) -> dict:
@@ -78,7 +114,13 @@ class TCAEAutoencoder(ModelMixin, ConfigMixin):
     ``DecoderOutput(sample=(B, 3, h*f, w*f))``, roughly in [-1, 1] (not clamped).
     """
 
-    _supports_gradient_checkpointing = False
+    # TC-AE's own checkpointing (torch.utils.checkpoint around each transformer block), switched by
+    # enable_gradient_checkpointing / disable_gradient_checkpointing
+    _supports_gradient_checkpointing = True
+    # device_map="auto" keeps the encoder and the decoder each on one device: a transformer block adds its
+    # input to its attention / MLP outputs and the encoder mixes its own cls / mask tokens into its
+    # submodules' outputs, so neither may be cut across devices.
+    _no_split_modules = ["TCAEEncoder", "TCAEDecoder"]
     # diffusers copies the loaded weights into the module's own memory instead of assigning the tensors of
     # the safetensors file mapping, which are not 64-byte aligned: CPU kernels round differently (1 ulp) on
     # misaligned weights, and the outputs would no longer equal a TCAE loaded by tcae bit for bit. (With
@@ -123,8 +165,15 @@ class TCAEAutoencoder(ModelMixin, ConfigMixin):
             grad_checkpointing=grad_checkpointing))
         if (latents_mean is None) != (latents_std is None):
             raise ValueError("latents_mean and latents_std must be given together")
+        self._stats_to_own_dtypes()  # built under from_pretrained(torch_dtype=...)'s default dtype
         if latents_mean is not None:  # the weights file holds the same values in the TC-AE's buffers
-            self.tcae.set_latent_stats(torch.tensor(latents_mean), torch.tensor(latents_std))
+            self.tcae.set_latent_stats(torch.tensor(latents_mean, dtype=torch.float32),
+                                       torch.tensor(latents_std, dtype=torch.float32))
+        # what SANA pipelines read (spatial factor 2 ** (len - 1) = f), and diffusers.AutoModel's hint
+        blocks = sana_block_out_channels(self.tcae.config)
+        if blocks is not None:
+            self.register_to_config(encoder_block_out_channels=blocks, decoder_block_out_channels=blocks)
+        self.register_to_config(auto_map={"AutoModel": f"{AUTO_MODEL_MODULE}.{type(self).__name__}"})
         self.spatial_compression_ratio = compression
         self.use_slicing = False
         self.use_tiling = False
@@ -144,6 +193,83 @@ class TCAEAutoencoder(ModelMixin, ConfigMixin):
         """Store per-channel latent statistics (each (c,)) in the TC-AE and the config's scaling."""
         self.tcae.set_latent_stats(mean, std, count)
         self.register_to_config(**latent_scaling(self.tcae))
+
+    # ------------------------------------------------------------------ diffusers loading / saving
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs):  # noqa: ANN206 (diffusers' signature)
+        # __init__ recomputes the derived keys; dropping them here keeps diffusers from warning that they
+        # "are not expected and will be ignored"
+        config_dict = {k: v for k, v in config_dict.items() if k not in _DERIVED_CONFIG_KEYS}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):  # noqa: ANN206
+        """diffusers' ``ModelMixin.from_pretrained`` (all its arguments), then two repairs of what its
+        accelerate path (``low_cpu_mem_usage=True``, ``device_map``) does: it casts every float tensor to
+        ``torch_dtype``, the latent statistics included, and keeps the tensors of the safetensors mapping,
+        which are not 64-byte aligned (CPU kernels then round 1 ulp differently from a TCAE loaded by tcae).
+        The statistics are set back to the config's fp32 values, misaligned CPU tensors copied to aligned
+        memory."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model._repair_after_load()
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, plus the one-import module that ``config.json``'s ``auto_map``
+        names (for ``diffusers.AutoModel.from_pretrained(folder, trust_remote_code=True)``)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if os.path.isdir(save_directory):  # diffusers logs an error and writes nothing for a file path
+            write_text_atomic(Path(save_directory) / f"{AUTO_MODEL_MODULE}.py", _AUTO_MODEL_SOURCE)
+
+    # ------------------------------------------------------------------ dtypes of the latent statistics
+    def _stats_to_own_dtypes(self) -> None:
+        """Latent mean / std to float32, the count to float64 (each value kept)."""
+        for name, dtype in _STATS_DTYPES.items():
+            buf = getattr(self.tcae, name)
+            if buf.dtype != dtype and buf.device.type != "meta":
+                setattr(self.tcae, name, buf.to(dtype))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> TCAEAutoencoder:
+        # .to(dtype) / .half() / .bfloat16() cast the weights only: the statistics keep their fp32 values
+        # (the config's latents_mean / latents_std), so a latent is normalised the same way at any dtype
+        before = {name: getattr(self.tcae, name) for name in _STATS_DTYPES}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self.tcae, name)
+            if new.dtype != old.dtype and old.device.type != "meta":
+                setattr(self.tcae, name, old.to(new.device))
+        return self
+
+    def _repair_after_load(self) -> None:
+        if self.config.latents_mean is not None:
+            device = self.tcae.latent_mean.device
+            self.tcae.latent_mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=device)
+            self.tcae.latent_std = torch.tensor(self.config.latents_std, dtype=torch.float32, device=device)
+        self._stats_to_own_dtypes()
+        for t in (*self.parameters(), *self.buffers()):
+            if t.device.type == "cpu" and t.data_ptr() % 64:
+                t.data = t.data.clone()
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func: Callable | None = None) -> None:
+        """Switch on TC-AE's own gradient checkpointing: each transformer block's activations are recomputed
+        in backward (``torch.utils.checkpoint``, non-reentrant), in training mode with grad enabled."""
+        if gradient_checkpointing_func is not None:
+            raise ValueError("TCAEAutoencoder checkpoints each transformer block with torch.utils.checkpoint; "
+                             "a custom gradient_checkpointing_func is not supported")
+        self.tcae.set_grad_checkpointing(True)
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.tcae.set_grad_checkpointing(False)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable | None = None
+                                    ) -> None:
+        self.tcae.set_grad_checkpointing(enable)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "grad_checkpointing", False) for m in self.tcae.modules())
 
     # ------------------------------------------------------------------ slicing / tiling switches
     def enable_slicing(self) -> None:
