@@ -87,3 +87,74 @@ def test_more_skipped_files_than_shown_are_counted(tmp_path, caplog):
     (tmp_path / "ok.png").unlink()
     with pytest.raises(ValueError, match="no images found.*skipped 8 not an image"):
         build_dataset(str(tmp_path), SIZE, train=False)
+
+
+# ---------------------------------------------------------------------- --tile
+def _recording(model):
+    """Wrap model.encode/decode to record the (H, W) of every input they get: the largest one bounds the
+    activations' memory and the attention's cost."""
+    seen = {"encode": [], "decode": []}
+    for name in seen:
+        fn = getattr(model, name)
+
+        def wrapped(x, _fn=fn, _name=name):
+            seen[_name].append(tuple(x.shape[-2:]))
+            return _fn(x)
+
+        setattr(model, name, wrapped)
+    return seen
+
+
+def test_tiled_encode_equals_each_tile_away_from_seams_and_bounds_the_input(tokenizer_dir):
+    from tcae.inference import decode_tensor, encode_tensor
+
+    model = tcae.TCAE.from_pretrained(tokenizer_dir).eval()
+    x = torch.rand(1, 3, 96, 160) * 2 - 1  # 6x10 latent positions; 64 px tiles = 4 positions, stride 3
+    with torch.no_grad():
+        z = encode_tensor(model, x, tile=64)
+        # rows 0-1 lie in the first tile row only, rows 4-5 in the last; columns 0-2, 4-5, 7-9 in one tile
+        for (r0, r1, y0), (c0, c1, x0) in [((0, 2, 0), (0, 3, 0)), ((4, 6, 32), (4, 6, 48)), ((4, 6, 32), (7, 10, 96))]:
+            alone = model.encode(x[..., y0:y0 + 64, x0:x0 + 64])  # tile starts in latent positions: y0/16, x0/16
+            ty, tx = y0 // 16, x0 // 16
+            assert torch.equal(z[..., r0:r1, c0:c1], alone[..., r0 - ty:r1 - ty, c0 - tx:c1 - tx])
+        # column 3 is the one-position overlap of the first two tile columns: the mean of the two (ramp weights 1/2)
+        left, right = model.encode(x[..., 0:64, 0:64]), model.encode(x[..., 0:64, 48:112])
+        assert torch.allclose(z[..., 0:2, 3], 0.5 * left[..., 0:2, 3] + 0.5 * right[..., 0:2, 0], atol=1e-6)
+
+    # the model never sees more than one tile, whatever the image size: bounded memory and time per tile
+    for h, w in [(96, 160), (320, 320)]:
+        seen = _recording(model)
+        with torch.no_grad():
+            y = decode_tensor(model, encode_tensor(model, torch.zeros(1, 3, h, w), tile=64), tile=64)
+        assert y.shape == (1, 3, h, w)
+        assert max(seen["encode"]) == (64, 64) and max(seen["decode"]) == (4, 4)
+        assert len(seen["encode"]) == len(seen["decode"]) > 1
+        model = tcae.TCAE.from_pretrained(tokenizer_dir).eval()
+
+
+def test_cli_tile_round_trips_and_leaves_small_images_alone(tokenizer_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "img"
+    data.mkdir()
+    Image.fromarray(_noise(rng, 90, 150)).save(data / "big.png")
+    Image.fromarray(_noise(rng, 20, 30)).save(data / "small.png")
+    run = ["--model", str(tokenizer_dir), "--device", "cpu", "--no-progress"]
+    assert cli(["reconstruct", *run, "--data", str(data), "--out", str(tmp_path / "whole")]) == 0
+    assert cli(["reconstruct", *run, "--data", str(data), "--out", str(tmp_path / "rec"), "--tile", "auto"]) == 0
+    assert "wrote 2 reconstructions (PNG, original sizes; 1 in tiles)" in capsys.readouterr().out
+    assert cli(["encode", *run, "--data", str(data), "--out", str(tmp_path / "lat"), "--tile", "auto"]) == 0
+    assert cli(["decode", *run, "--latents", str(tmp_path / "lat"), "--out", str(tmp_path / "dec")]) == 0
+
+    def png(d: str, name: str) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / d / name))
+
+    assert png("rec", "big.png").shape == (90, 150, 3)
+    # decode of tiled latents = tiled reconstruct, bit for bit (decode reads the tiling from the latents)
+    assert all(np.array_equal(png("rec", n), png("dec", n)) for n in ("big.png", "small.png"))
+    # an image within one tile is not tiled: identical to the whole-image reconstruction
+    assert np.array_equal(png("rec", "small.png"), png("whole", "small.png"))
+    assert not np.array_equal(png("rec", "big.png"), png("whole", "big.png"))  # a ViT sees only its tile
+
+    for bad, message in (("40", "not a multiple of the model's compression f=16"), ("banana", "--tile takes auto")):
+        assert cli(["reconstruct", *run, "--data", str(data), "--out", str(tmp_path / "x"), "--tile", bad]) == 2
+        assert message in capsys.readouterr().err
