@@ -3,6 +3,7 @@ silent — skipped files named, large images tiled, class names carried from the
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -158,3 +159,51 @@ def test_cli_tile_round_trips_and_leaves_small_images_alone(tokenizer_dir, tmp_p
     for bad, message in (("40", "not a multiple of the model's compression f=16"), ("banana", "--tile takes auto")):
         assert cli(["reconstruct", *run, "--data", str(data), "--out", str(tmp_path / "x"), "--tile", bad]) == 2
         assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- class names travel
+def test_class_names_travel_from_the_folder_to_sample(tokenizer_dir, tmp_path, capsys):
+    from tcae.diffusion import DiT
+    from tcae.diffusion.latents import read_latent_meta
+
+    rng = np.random.default_rng(2)
+    data = tmp_path / "two"
+    for cls in ("colour", "gray"):
+        (data / cls).mkdir(parents=True)
+        for i in range(3):
+            image = Image.fromarray(_noise(rng, 32, 32))
+            (image.convert("L") if cls == "gray" else image).save(data / cls / f"{i}.png")
+    lat, runs = tmp_path / "lat", tmp_path / "runs"
+    assert cli(["cache-latents", "--model", str(tokenizer_dir), "--data", str(data), "--out", str(lat),
+                "--device", "cpu", "--no-progress"]) == 0
+    meta = read_latent_meta(lat)
+    assert meta["class_names"] == ["colour", "gray"] and meta["num_classes"] == 2
+    assert cli(["train-dit", "dit-tiny", f"latents={lat}", f"run_dir={runs}", "name=d", "steps=2", "batch_size=2",
+                "progress=false", "device=cpu"]) == 0
+    assert DiT.from_pretrained(runs / "d" / "model").config.class_names == ["colour", "gray"]
+    capsys.readouterr()
+
+    sample = ["sample", "--dit", str(runs / "d"), "--model", str(tokenizer_dir), "--num", "2", "--steps", "2",
+              "--device", "cpu", "--no-progress"]
+    assert cli([*sample, "--classes", "gray,0", "--out", str(tmp_path / "s")]) == 0
+    with np.load(tmp_path / "s" / "samples.npz") as npz:
+        assert npz["arr_1"].tolist() == [1, 1, 0, 0]  # names and ids mix
+    info = json.loads((tmp_path / "s" / "sample_config.json").read_text())
+    assert info["classes"] == [1, 0] and info["class_names"] == ["gray", "colour"]
+    assert cli([*sample, "--classes", "grey", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown class 'grey': its classes are 0='colour', 1='gray'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_builtin_class_names_are_cached(tokenizer_dir, tmp_path):
+    from tcae.data import FASHION_CLASSES, build_dataset
+    from tcae.data.base import class_names_of
+    from tcae.data.fashion import OneChannel
+    from tcae.diffusion.latents import LatentDataset
+
+    assert cli(["cache-latents", "--model", str(tokenizer_dir), "--data", "builtin:digits:val", "--out",
+                str(tmp_path / "d"), "--device", "cpu", "--no-progress"]) == 0
+    assert LatentDataset(tmp_path / "d").class_names == [str(d) for d in range(10)]
+    digits = build_dataset("builtin:digits:val", SIZE, train=False)
+    assert class_names_of(OneChannel(digits)) == class_names_of(digits)  # wrappers are looked through
+    assert FASHION_CLASSES[0] == "T-shirt/top"

@@ -177,6 +177,11 @@ class ImageFolderDataset(EpochMixin, Dataset):
         return len(self.classes)
 
     @property
+    def class_names(self) -> list[str]:
+        """The class (sub-folder) names, indexed by label; [] when unlabelled."""
+        return list(self.classes)
+
+    @property
     def num_skipped(self) -> int:
         """Number of distinct undecodable files met so far (in any DataLoader worker)."""
         return int(self._bad.sum())
