@@ -207,3 +207,54 @@ def test_builtin_class_names_are_cached(tokenizer_dir, tmp_path):
     digits = build_dataset("builtin:digits:val", SIZE, train=False)
     assert class_names_of(OneChannel(digits)) == class_names_of(digits)  # wrappers are looked through
     assert FASHION_CLASSES[0] == "T-shirt/top"
+
+
+# ---------------------------------------------------------------------- smaller items
+def test_eval_json_has_one_layout_and_the_comparison_names_f_and_channels(tokenizer_dir, tmp_path, capsys):
+    other = tmp_path / "c16"
+    tcae.create_model("tcae-tiny", image_size=SIZE, latent_channels=16).save_pretrained(other)
+    common = ["--data", "builtin:digits:val", "--metrics", "psnr", "--max-images", "4", "--no-progress",
+              "--device", "cpu", "--no-grid"]
+    assert cli(["eval", "--model", str(tokenizer_dir), *common, "--out", str(tmp_path / "one")]) == 0
+    assert cli(["eval", "--model", str(tokenizer_dir), "--model", str(other), "--names", "c32,c16", *common,
+                "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
+    assert [r["model"]["name"] for r in one["results"]] == [tokenizer_dir.name]
+    assert [r["model"]["name"] for r in two["results"]] == ["c32", "c16"]
+    assert one["results"][0]["metrics"] == two["results"][0]["metrics"]
+    md = (tmp_path / "two" / "comparison.md").read_text().splitlines()
+    assert md[0].startswith("| model | f | channels | PSNR")
+    assert md[2].startswith("| c32 | 16 | 32 |") and md[3].startswith("| c16 | 16 | 16 |")
+    # `tcae push --eval-json` reads the one-model file in this layout
+    from tcae.hub import metrics_card_info
+
+    assert metrics_card_info(tmp_path / "one" / "eval.json")["metrics"] == one["results"][0]["metrics"]
+    with pytest.raises(ValueError, match="results of 2 models"):
+        metrics_card_info(tmp_path / "two" / "eval.json")
+
+
+def test_cache_latents_prints_a_summary_not_json(tokenizer_dir, tmp_path, capsys):
+    assert cli(["cache-latents", "--model", str(tokenizer_dir), "--data", "builtin:digits:val", "--out",
+                str(tmp_path / "lat"), "--flip", "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip()
+    n = json.loads((tmp_path / "lat" / "meta.json").read_text())["num_samples"]
+    assert out.startswith(f"cached {2 * n} latents of {n} images ({n} of them of flipped images), each 32x2x2")
+    assert "10 classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)" in out and f"under {tmp_path / 'lat'}" in out
+    assert "{" not in out
+
+
+def test_singular_covariances_give_one_clean_log_line_and_no_warning(monkeypatch, caplog):
+    import warnings
+
+    from tcae.evaluation import fid
+
+    monkeypatch.setattr(fid, "_said_singular", False)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 16)), rng.normal(size=(6, 16))
+    x[:, 0], y[:, 0] = 1.0, 2.0  # a constant feature: exactly singular covariances
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="tcae.evaluation.fid"):
+        warnings.simplefilter("error")  # scipy's LinAlgWarning would raise here
+        d = [fid.frechet_distance(x.mean(0), np.cov(x.T), y.mean(0), np.cov(y.T)) for _ in range(2)]
+    assert d[0] == d[1] and np.isfinite(d[0]) and d[0] >= 1.0  # at least the squared mean difference
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["Fréchet distance"]
+    assert "singular" in caplog.text

@@ -48,9 +48,24 @@ def _cache_latents(args: argparse.Namespace) -> int:
         tokenizer, dataset, args.out, batch_size=args.batch_size, flip=args.flip, shard_size=args.shard_size,
         device=resolve_device(args.device), num_workers=args.num_workers, progress=not args.no_progress,
         data_spec=args.data, image_size=size)
-    brief = {k: v for k, v in summary.items() if k not in ("mean", "std")}
-    print(json.dumps(brief, indent=2))
+    print(_cache_summary(summary))
     return 0
+
+
+def _cache_summary(summary: dict) -> str:
+    """What cache-latents wrote, in words: latents, shape, classes, shards, where."""
+    c, h, w = summary["latent_shape"]
+    n, rows = summary["num_samples"], summary["num_latents"]
+    flipped = f" ({rows - n} of them of flipped images)" if rows != n else ""
+    names = summary.get("class_names") or []
+    shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+    classes = (f"{summary['num_classes']} classes ({shown})" if names
+               else f"{summary['num_classes']} classes" if summary["num_classes"] else "unlabelled")
+    shards = f"{summary['num_shards']} shard{'s' if summary['num_shards'] != 1 else ''}"
+    resumed = f", {summary['resumed_shards']} already there" if summary["resumed_shards"] else ""
+    return (f"cached {rows} latents of {n} images{flipped}, each {c}x{h}x{w} (raw tokenizer output), {classes}, "
+            f"in {shards}{resumed} under {summary['out_dir']} (meta.json: per-channel statistics; "
+            f"next: tcae train-dit PRESET latents={summary['out_dir']})")
 
 
 # ---------------------------------------------------------------------- sample
