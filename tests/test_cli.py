@@ -145,7 +145,7 @@ def test_eval_psnr_ssim_json_and_grid(tokenizer_run, tmp_path, capsys):
                 "--metrics", "psnr,ssim", "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "SSIM" in printed and f"wrote {out}" in printed
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["results"][0]  # one layout for one model or several
     assert set(result["metrics"]) == {"psnr", "ssim"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in result["metrics"].values())
     assert 0 < result["metrics"]["psnr"] < 100 and -1 <= result["metrics"]["ssim"] <= 1

@@ -192,7 +192,7 @@ def test_eval_json_is_written_into_the_out_directory(tmp_path, capsys):
     code, out, err = _run(["eval", "--model", model_dir, "--data", "builtin:digits:val", "--image-size", "32",
                            "--metrics", "psnr", "--max-images", "4", "--out", tmp_path / "ev", "--no-progress"], capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["num_images"] == 4
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["results"][0]["num_images"] == 4
     assert (tmp_path / "ev" / "grid.png").is_file() and f"wrote {tmp_path / 'ev' / 'eval.json'}" in out
 
 

@@ -48,7 +48,8 @@ def _check_image(x: torch.Tensor, size: int = S) -> None:
 
 @pytest.fixture
 def messy_folder(tmp_path):
-    """Two class folders with every format and mode, plus a corrupt and a truncated file."""
+    """Two class folders with every format and mode, plus a corrupt file (skipped when the dataset is built)
+    and a truncated one (whose header reads: skipped when its pixels fail to decode)."""
     rng = np.random.default_rng(0)
     a, b = tmp_path / "cat", tmp_path / "dog"
     (a / "nested").mkdir(parents=True)
@@ -64,7 +65,7 @@ def messy_folder(tmp_path):
     (a / "corrupt.jpg").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
     full = tmp_path / "full.jpg"
     Image.fromarray(_noise(rng, 64, 64)).save(full, quality=95)
-    (b / "trunc.jpg").write_bytes(full.read_bytes()[:600])
+    (b / "trunc.jpg").write_bytes(full.read_bytes()[:3000])
     full.unlink()
     (a / "notes.txt").write_text("not an image")
     (a / ".hidden.jpg").write_bytes(b"junk")
@@ -118,13 +119,18 @@ def test_seeded_rng_touches_only_the_cpu_generator(messy_folder, monkeypatch):
 
 
 def test_image_folder_skips_bad_files(messy_folder, caplog):
-    ds = build_dataset(str(messy_folder), S, train=True)
-    assert len(ds) == 10  # 8 good + corrupt + truncated; .txt and hidden files ignored
+    with caplog.at_level(logging.WARNING, logger="tcae.data.folder"):
+        ds = build_dataset(str(messy_folder), S, train=True)
+    assert len(ds) == 9  # 8 good + truncated; corrupt, .txt (named) and hidden files (silently) left out
+    assert ds.skipped == {"not an image": ["cat/notes.txt"], "too small": [],
+                          "undecodable": ["cat/corrupt.jpg (no image format PIL reads)"]}
+    assert "corrupt.jpg" in caplog.text and "notes.txt" in caplog.text and "hidden" not in caplog.text
     assert ds.classes == ["cat", "dog"] and dataset_num_classes(str(messy_folder)) == 2
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tcae.data.folder"):
         samples = [ds[i] for i in range(len(ds))]
-    assert ds.num_skipped == 2
-    assert "corrupt.jpg" in caplog.text and "trunc.jpg" in caplog.text
+    assert ds.num_skipped == 1
+    assert "trunc.jpg" in caplog.text
     for s in samples:
         _check_image(s["image"])
     labels = [s["label"] for s in samples]
@@ -148,12 +154,18 @@ def test_image_folder_skip_count_across_workers(messy_folder):
     ds = build_dataset(str(messy_folder), S, train=False)
     loader = build_loader(ds, batch_size=5, train=False, num_workers=2, drop_last=False, distributed=False)
     batches = list(loader)
-    assert sum(len(b["label"]) for b in batches) == 10
-    assert ds.num_skipped == 2  # flagged by the workers, visible here
+    assert sum(len(b["label"]) for b in batches) == 9
+    assert ds.num_skipped == 1  # flagged by the workers, visible here
 
 
 def test_image_folder_all_bad_and_empty(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="no images found.*skipped 1 undecodable: bad.png"):
+        build_dataset(str(tmp_path), S)
+    full = tmp_path / "full.jpg"
+    Image.fromarray(_noise(np.random.default_rng(0), 64, 64)).save(full, quality=95)
+    (tmp_path / "bad.png").write_bytes(full.read_bytes()[:3000])  # the header reads, the pixels do not
+    full.unlink()
     ds = build_dataset(str(tmp_path), S)
     assert ds.classes == []
     with pytest.raises(RuntimeError, match="could be decoded"):

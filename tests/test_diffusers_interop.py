@@ -539,7 +539,7 @@ def test_eval_on_a_diffusers_autoencoder_matches_direct_metrics(diffusers_dirs, 
     assert cli(["eval", "--model", f"diffusers:{diffusers_dirs / kind}", "--data", "builtin:digits",
                 "--image-size", "32", "--metrics", "psnr,ssim", "--max-images", "24", "--batch-size", "8",
                 "--out", str(tmp_path), "--no-progress"]) == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
+    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
     x, _, recon = _direct(kind, diffusers_dirs, 24)
     a, b = ((recon.clamp(-1, 1) + 1) / 2), (x + 1) / 2
     psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean().item()

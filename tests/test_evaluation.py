@@ -547,7 +547,7 @@ def test_cli_eval_psnr_ssim_without_weights_and_missing_weights(tmp_path, empty_
                               str(SIZE), "--metrics", "psnr,ssim", "--max-images", "8", "--device", "cpu",
                               "--out", str(tmp_path / "r")])
     assert args.func(args) == 0
-    out = json.loads((tmp_path / "r" / "eval.json").read_text())
+    out = json.loads((tmp_path / "r" / "eval.json").read_text())["results"][0]
     assert out["num_images"] == 8 and set(out["metrics"]) == {"psnr", "ssim"} and out["data"] == "builtin:digits"
     assert "PSNR" in capsys.readouterr().out
 

@@ -87,7 +87,7 @@ def test_score_tcae_and_a_diffusers_kl_on_digits(tokenizers, tmp_path, monkeypat
     # the same reconstruction numbers as `tcae eval` on the val split
     assert cli(["eval", "--model", kl, "--data", "builtin:digits:val", "--image-size", "32", "--metrics",
                 "psnr,ssim", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
-    direct = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
+    direct = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"][0]["metrics"]
     assert rows["sd-vae"]["metrics"]["psnr"] == pytest.approx(direct["psnr"], rel=1e-9)
 
     assert _sha(tokenizers / "tc" / "model.safetensors") == before  # score never writes into the tokenizer

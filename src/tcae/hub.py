@@ -22,9 +22,12 @@ def metrics_card_info(eval_json: str | os.PathLike) -> dict[str, Any]:
     path = Path(eval_json)
     if not path.is_file():
         raise FileNotFoundError(f"eval result {path} not found (written by `tcae eval --out DIR` as DIR/eval.json)")
-    result = json.loads(path.read_text())
-    if isinstance(result, list):
-        raise ValueError(f"{path} holds the results of {len(result)} models; pass the eval.json of one")
+    payload = json.loads(path.read_text())
+    # {"results": [...]} (one entry per model); the result itself in eval.json files from before that layout
+    results = payload.get("results", [payload]) if isinstance(payload, dict) else []
+    if len(results) != 1:
+        raise ValueError(f"{path} holds the results of {len(results)} models; pass the eval.json of one")
+    result = results[0]
     if not isinstance(result.get("metrics"), dict):
         raise ValueError(f"{path} is not a `tcae eval` result (no 'metrics')")
     info: dict[str, Any] = {"metrics": {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}}

@@ -13,14 +13,23 @@ A latent file holds one tensor ``latent`` (c, H_pad/f, W_pad/f) float32, the raw
 ``pad``, ``latent_channels``, ``model``, and the model's per-channel ``latent_mean`` / ``latent_std``
 (JSON lists; only when the model has measured them, ``latent_stats`` says which).
 
-Inputs (``data``): an image folder (recursive; ``folder:train``/``folder:val`` pick a split sub-folder),
-a single image file, or built-in data (``builtin:digits:val``: items named ``000000.png`` ... at
-``image_size``). Needs only the core install.
+Inputs (``data``): an image folder (recursive; ``folder:train``/``folder:val`` pick a split sub-folder;
+the files that are not images are named in the log), a single image file, or built-in data
+(``builtin:digits:val``: items named ``000000.png`` ... at ``image_size``). Needs only the core install.
+
+Tiling (``tile``): ``None`` runs each image through the model whole; ``"auto"`` tiles images larger than
+the model's training size ``config.image_size`` in tiles of that size; an int N tiles images larger than
+N pixels in N-pixel tiles (:mod:`tcae.models.tiling`: overlapping tiles blended with linear ramps). A
+ViT sees only its tile, so a tiled output differs from the whole-image one near the tile seams; memory
+and time are bounded by the tile whatever the image size. ``tcae encode`` records the tile size in the
+latent's metadata (``tile``) and ``tcae decode`` decodes with the same tiling, so encode + decode equals
+reconstruct, tiled or not.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,6 +43,8 @@ from tcae.util import to_uint8_hwc
 
 if TYPE_CHECKING:
     from tcae.models import TCAE
+
+logger = logging.getLogger(__name__)
 
 LATENT_KEY = "latent"
 LATENT_SUFFIX = ".safetensors"
@@ -102,12 +113,17 @@ def list_images(data: str, image_size: int | None = None, max_images: int | None
             x = dataset[i]["image"]  # (3, S, S) in [-1, 1]
             out.append(ImageSource(f"{i:06d}.png", array=to_uint8_hwc(x).numpy()))
         return out
-    from tcae.data.folder import find_images
+    from tcae.data.folder import NOT_AN_IMAGE, describe_skipped, find_images
 
     root = Path(_folder_root(data, parsed, train=False))
-    names = find_images(root)
+    others: list[str] = []
+    names = find_images(root, others)
+    skipped = describe_skipped({NOT_AN_IMAGE: others})
     if not names:
-        raise ValueError(f"no images found under {root} (searched recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"no images found under {root} (searched recursively for {', '.join(IMAGE_EXTENSIONS)})"
+                         + "".join(f"; skipped {line}" for line in skipped))
+    for line in skipped:
+        logger.warning("%s: skipped %s", root, line)
     return [ImageSource(n, root / n) for n in names[:max_images]]
 
 
@@ -149,6 +165,68 @@ def save_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, format="PNG")
 
 
+# ---------------------------------------------------------------------- tiling
+Tile = int | str | None  # None (whole images), "auto" (the training size) or a tile side in pixels
+
+
+def parse_tile(text: str) -> Tile:
+    """The ``--tile`` value: "none" -> None, "auto", or a positive int (pixels)."""
+    if text in ("none", "auto"):
+        return None if text == "none" else "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"--tile takes auto, none or a tile side in pixels (a multiple of f), got {text!r}")
+    return value
+
+
+def tile_for(model: TCAE, tile: Tile, height: int, width: int) -> int | None:
+    """The tile side (pixels, a multiple of f) an image of height x width is processed with, or None when it
+    goes through whole (no tiling asked, or the image fits in one tile)."""
+    if tile is None:
+        return None
+    f = model.config.compression
+    side = model.config.image_size if tile == "auto" else int(tile)
+    if side % f:
+        raise ValueError(f"--tile {side} is not a multiple of the model's compression f={f}")
+    return side if max(height, width) > side else None
+
+
+def _tiled(fn, x: torch.Tensor, unit_in: int, unit_out: int, tile_units: int, f: int, on_tile=None) -> torch.Tensor:
+    from tcae.models.tiling import blend_tiles, default_stride
+
+    stride = default_stride(tile_units * f, f) // f
+
+    def counted(piece: torch.Tensor) -> torch.Tensor:
+        if on_tile is not None:
+            on_tile()
+        return fn(piece)
+
+    return blend_tiles(x, counted, unit_in=unit_in, unit_out=unit_out, tile=(tile_units, tile_units),
+                       stride=(stride, stride))
+
+
+@torch.no_grad()
+def encode_tensor(model: TCAE, x: torch.Tensor, tile: int | None = None, on_tile=None) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1], H and W multiples of f -> raw latents (B, c, H/f, W/f); in `tile`-pixel
+    tiles when given (:func:`tile_for`). `on_tile()` is called before each tile (progress)."""
+    if tile is None:
+        return model.encode(x)
+    f = model.config.compression
+    return _tiled(model.encode, x, f, 1, tile // f, f, on_tile)
+
+
+@torch.no_grad()
+def decode_tensor(model: TCAE, z: torch.Tensor, tile: int | None = None, on_tile=None) -> torch.Tensor:
+    """Raw latents (B, c, h, w) -> images (B, 3, h*f, w*f), nominally in [-1, 1]; tiled as :func:`encode_tensor`."""
+    if tile is None:
+        return model.decode(z)
+    f = model.config.compression
+    return _tiled(model.decode, z, 1, f, tile // f, f, on_tile)
+
+
 # ---------------------------------------------------------------------- batching
 def _batches(items: Iterable[Any], key, batch_size: int) -> Iterator[list[Any]]:
     """Runs of consecutive items with the same key(item), at most batch_size long (inputs keep their
@@ -179,21 +257,46 @@ def _padded_images(sources: Iterable[ImageSource], f: int, pad: str) -> Iterator
 
 @torch.no_grad()
 def encode_batches(model: TCAE, sources: list[ImageSource], batch_size: int = 16, pad: str = "reflect",
-                   device: torch.device | str = "cpu") -> Iterator[tuple[list[_Padded], torch.Tensor]]:
-    """(images, raw latents (B, c, H'/f, W'/f) on the CPU) for runs of same-size images."""
+                   device: torch.device | str = "cpu", tile: Tile = None, bar=None,
+                   ) -> Iterator[tuple[list[_Padded], torch.Tensor, int | None]]:
+    """(images, raw latents (B, c, H'/f, W'/f) on the CPU, the tile side used or None) for runs of same-size
+    images; `bar` (tqdm) shows the tiles of a tiled image."""
     f = model.config.compression
+    hinted = False
     for batch in _batches(_padded_images(sources, f, pad), lambda p: p.pixels.shape, batch_size):
+        h, w = batch[0].pixels.shape[:2]
+        side = tile_for(model, tile, h, w)
+        if tile is None and not hinted and max(h, w) > 2 * model.config.image_size:
+            logger.info("%s is %dx%d, much larger than the %d px the model was trained at: --tile auto bounds "
+                        "memory and time", batch[0].source.name, w, h, model.config.image_size)
+            hinted = True
         x = torch.stack([to_tensor(p.pixels) for p in batch]).to(device)
-        yield batch, model.encode(x).float().cpu()
+        yield batch, encode_tensor(model, x, side, _tile_counter(bar, "encode")).float().cpu(), side
 
 
 @torch.no_grad()
-def decode_batch(model: TCAE, latents: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(B, c, h, w) raw latents -> (B, 3, h*f, w*f) images on the CPU, nominally in [-1, 1]."""
-    return model.decode(latents.to(device)).float().cpu()
+def decode_batch(model: TCAE, latents: torch.Tensor, device: torch.device | str = "cpu", tile: int | None = None,
+                 bar=None) -> torch.Tensor:
+    """(B, c, h, w) raw latents -> (B, 3, h*f, w*f) images on the CPU, nominally in [-1, 1]; in `tile`-pixel
+    tiles when given."""
+    return decode_tensor(model, latents.to(device), tile, _tile_counter(bar, "decode")).float().cpu()
+
+
+def _tile_counter(bar, what: str):
+    """A callback showing "encode tile k" in the progress bar of a tiled image (None without a bar)."""
+    if bar is None or bar.disable:
+        return None
+    count = [0]
+
+    def on_tile() -> None:
+        count[0] += 1
+        bar.set_postfix_str(f"{what} tile {count[0]}", refresh=True)
+
+    return on_tile
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar over images; off with enabled=False and when stderr is not a terminal (disable=None)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", desc=desc, disable=None if enabled else True)
@@ -209,24 +312,28 @@ def _prepare_out(out: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------- the three commands
 def reconstruct_images(model: TCAE, sources: list[ImageSource], out: str | os.PathLike, batch_size: int = 16,
-                       pad: str = "reflect", device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Write out/NAME.png, the reconstruction of each source at its original size. Returns a summary."""
+                       pad: str = "reflect", device: torch.device | str = "cpu", progress: bool = True,
+                       tile: Tile = None) -> dict:
+    """Write out/NAME.png, the reconstruction of each source at its original size (tiled as `tile` says:
+    module docstring). Returns a summary: images, out, pad, tiled (how many images went in tiles)."""
     names = output_names([s.name for s in sources], ".png")
     target = dict(zip((s.name for s in sources), names))
     out = _prepare_out(out)
     bar = _progress(len(sources), "reconstruct", progress)
-    for batch, z in encode_batches(model, sources, batch_size, pad, device):
-        images = decode_batch(model, z, device)
+    tiled = 0
+    for batch, z, side in encode_batches(model, sources, batch_size, pad, device, tile, bar):
+        images = decode_batch(model, z, device, side, bar)
         for p, x in zip(batch, images):
             save_png(to_uint8_hwc(x[:, :p.height, :p.width]).numpy(), out / target[p.source.name])
+        tiled += len(batch) if side else 0
         bar.update(len(batch))
     bar.close()
-    return {"images": len(sources), "out": str(out), "pad": pad}
+    return {"images": len(sources), "out": str(out), "pad": pad, "tiled": tiled}
 
 
-def _latent_metadata(model: TCAE, model_id: str, p: _Padded, pad: str) -> dict[str, str]:
+def _latent_metadata(model: TCAE, model_id: str, p: _Padded, pad: str, tile: int | None) -> dict[str, str]:
     meta = {"format": FORMAT, "source": p.source.name, "height": str(p.height), "width": str(p.width),
-            "compression": str(model.config.compression), "pad": pad,
+            "compression": str(model.config.compression), "pad": pad, "tile": str(tile or "none"),
             "latent_channels": str(model.config.latent_channels), "model": model_id,
             "latent_stats": "measured" if model.has_latent_stats else "none"}
     if model.has_latent_stats:
@@ -237,8 +344,9 @@ def _latent_metadata(model: TCAE, model_id: str, p: _Padded, pad: str) -> dict[s
 
 def encode_images(model: TCAE, sources: list[ImageSource], out: str | os.PathLike, model_id: str = "",
                   batch_size: int = 16, pad: str = "reflect", device: torch.device | str = "cpu",
-                  progress: bool = True) -> dict:
-    """Write out/NAME.safetensors, the raw latent of each source with its metadata (module docstring)."""
+                  progress: bool = True, tile: Tile = None) -> dict:
+    """Write out/NAME.safetensors, the raw latent of each source with its metadata (module docstring),
+    encoded in tiles as `tile` says (the tile side is recorded for decoding)."""
     from safetensors.torch import save_file
 
     names = output_names([s.name for s in sources], LATENT_SUFFIX)
@@ -246,15 +354,18 @@ def encode_images(model: TCAE, sources: list[ImageSource], out: str | os.PathLik
     out = _prepare_out(out)
     bar = _progress(len(sources), "encode", progress)
     shape = None
-    for batch, z in encode_batches(model, sources, batch_size, pad, device):
+    tiled = 0
+    for batch, z, side in encode_batches(model, sources, batch_size, pad, device, tile, bar):
         for p, latent in zip(batch, z):
             path = out / target[p.source.name]
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({LATENT_KEY: latent.contiguous()}, str(path), metadata=_latent_metadata(model, model_id, p, pad))
+            save_file({LATENT_KEY: latent.contiguous()}, str(path),
+                      metadata=_latent_metadata(model, model_id, p, pad, side))
             shape = list(latent.shape)
+        tiled += len(batch) if side else 0
         bar.update(len(batch))
     bar.close()
-    return {"images": len(sources), "out": str(out), "pad": pad, "last_latent_shape": shape}
+    return {"images": len(sources), "out": str(out), "pad": pad, "last_latent_shape": shape, "tiled": tiled}
 
 
 @dataclass
@@ -298,8 +409,10 @@ def list_latents(root: str | os.PathLike) -> list[LatentFile]:
 
 
 def decode_latents(model: TCAE, files: list[LatentFile], out: str | os.PathLike, batch_size: int = 16,
-                   device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Write out/NAME.png for each latent file: decoded and cropped to the original size."""
+                   device: torch.device | str = "cpu", progress: bool = True, tile: Tile | bool = False) -> dict:
+    """Write out/NAME.png for each latent file: decoded and cropped to the original size. `tile` False (the
+    default) decodes with the tiling each latent was encoded with (its ``tile`` metadata); None, "auto" or
+    an int override it (module docstring)."""
     from safetensors.torch import load_file
 
     f, c = model.config.compression, model.config.latent_channels
@@ -314,11 +427,18 @@ def decode_latents(model: TCAE, files: list[LatentFile], out: str | os.PathLike,
     target = dict(zip((lf.source for lf in files), names))
     out = _prepare_out(out)
     bar = _progress(len(files), "decode", progress)
-    for batch in _batches(files, lambda lf: lf.shape, batch_size):
+    tiled = 0
+    for batch in _batches(files, lambda lf: (lf.shape, lf.meta.get("tile", "none")), batch_size):
         z = torch.stack([load_file(str(lf.path))[LATENT_KEY] for lf in batch])
-        for lf, x in zip(batch, decode_batch(model, z, device)):
+        if tile is False:
+            recorded = batch[0].meta.get("tile", "none")
+            side = None if recorded == "none" else int(recorded)
+        else:
+            side = tile_for(model, tile, z.shape[-2] * f, z.shape[-1] * f)
+        for lf, x in zip(batch, decode_batch(model, z, device, side, bar)):
             crop = x[:, :int(lf.meta["height"]), :int(lf.meta["width"])]
             save_png(to_uint8_hwc(crop).numpy(), out / target[lf.source])
+        tiled += len(batch) if side else 0
         bar.update(len(batch))
     bar.close()
-    return {"images": len(files), "out": str(out)}
+    return {"images": len(files), "out": str(out), "tiled": tiled}

@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.replace(",", " ").split()]
-
-
 def _interval(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
@@ -52,9 +48,24 @@ def _cache_latents(args: argparse.Namespace) -> int:
         tokenizer, dataset, args.out, batch_size=args.batch_size, flip=args.flip, shard_size=args.shard_size,
         device=resolve_device(args.device), num_workers=args.num_workers, progress=not args.no_progress,
         data_spec=args.data, image_size=size)
-    brief = {k: v for k, v in summary.items() if k not in ("mean", "std")}
-    print(json.dumps(brief, indent=2))
+    print(_cache_summary(summary))
     return 0
+
+
+def _cache_summary(summary: dict) -> str:
+    """What cache-latents wrote, in words: latents, shape, classes, shards, where."""
+    c, h, w = summary["latent_shape"]
+    n, rows = summary["num_samples"], summary["num_latents"]
+    flipped = f" ({rows - n} of them of flipped images)" if rows != n else ""
+    names = summary.get("class_names") or []
+    shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+    classes = (f"{summary['num_classes']} classes ({shown})" if names
+               else f"{summary['num_classes']} classes" if summary["num_classes"] else "unlabelled")
+    shards = f"{summary['num_shards']} shard{'s' if summary['num_shards'] != 1 else ''}"
+    resumed = f", {summary['resumed_shards']} already there" if summary["resumed_shards"] else ""
+    return (f"cached {rows} latents of {n} images{flipped}, each {c}x{h}x{w} (raw tokenizer output), {classes}, "
+            f"in {shards}{resumed} under {summary['out_dir']} (meta.json: per-channel statistics; "
+            f"next: tcae train-dit PRESET latents={summary['out_dir']})")
 
 
 # ---------------------------------------------------------------------- sample
@@ -80,7 +91,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from tcae.device import resolve_device
     from tcae.diffusion.dit import DiT
-    from tcae.diffusion.generate import class_labels, generate_images, load_latent_stats
+    from tcae.diffusion.generate import class_ids, class_labels, generate_images, load_latent_stats
     from tcae.evaluation.npz import NpzSampleWriter
     from tcae.inference import load_model
     from tcae.models.checkpoint_io import resolve_run_dir
@@ -91,7 +102,7 @@ def _sample(args: argparse.Namespace) -> int:
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
     tokenizer = load_model(args.model, device)
     mean, std, stats_source = load_latent_stats(dit, tokenizer)
-    classes = _int_list(",".join(args.classes)) if args.classes else None
+    classes = class_ids(args.classes, dit.config.num_classes, dit.config.class_names) if args.classes else None
     labels = class_labels(args.num, dit.config.num_classes, classes)
 
     out = Path(args.out)
@@ -126,7 +137,9 @@ def _sample(args: argparse.Namespace) -> int:
     writer.close(labels)
     save_image(torch.stack(grid) * 0.5 + 0.5, out / "grid.png", nrow=grid_cols, padding=2)
     info = {"dit": dit_dir, "tokenizer": args.model, "latent_stats": stats_source, "num_samples": len(labels),
-            "classes": classes, "cfg": args.cfg, "cfg_interval": list(args.cfg_interval), "steps": args.steps,
+            "classes": classes,
+            "class_names": [dit.config.class_names[c] for c in classes] if classes and dit.config.class_names else None,
+            "cfg": args.cfg, "cfg_interval": list(args.cfg_interval), "steps": args.steps,
             "sampler": args.sampler, "shift": args.shift, "seed": args.seed, "dit_config": dit.config.to_dict()}
     (out / "sample_config.json").write_text(json.dumps(info, indent=2))
     print(f"wrote {len(labels)} samples to {out / 'samples.npz'} and {out / 'grid.png'}")
@@ -184,7 +197,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       "diffusers:PATH_OR_HUB_ID)")
     p.add_argument("--num", type=int, required=True,
                    help="samples in total (labels cycle through all classes), or per class with --classes")
-    p.add_argument("--classes", nargs="+", default=None, help="class ids, e.g. 0,1,2 or 0 1 2: one grid row each")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="class names or ids, e.g. cat,dog or 0,1,2 or 0 1 2 (names as the DiT records them: the "
+                        "image folder's sub-folders, a built-in's classes): one grid row each")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--cfg-interval", type=_interval, default=(0.0, 1.0),
                    help="'lo,hi': apply guidance only at noise levels t in [lo, hi] (t = 1 is noise)")

@@ -79,7 +79,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if not main:
         return 0
     if out is not None:
-        results_to_json(results[0] if len(results) == 1 else results, out / "eval.json")
+        results_to_json(results, out / "eval.json")  # {"results": [...]}, one entry per model, one model or more
         print(f"wrote {out / 'eval.json'}")
     if len(results) > 1:
         paths = (out / "comparison.md", out / "comparison.png") if out is not None else (None, None)

@@ -4,6 +4,7 @@ lives in tcae.inference).
     tcae reconstruct --model runs/b/model --data photos/ --out rec/          # rec/**/NAME.png, original sizes
     tcae encode --model runs/b/model --data photos/ --out latents/           # latents/**/NAME.safetensors
     tcae decode --model runs/b/model --latents latents/ --out decoded/       # decoded/**/NAME.png
+    tcae reconstruct --model runs/b/model --data big/ --out rec/ --tile auto # large images in tiles
 """
 
 from __future__ import annotations
@@ -18,6 +19,25 @@ DATA_HELP = ("an image folder (recursive; sub-folders are kept in --out; FOLDER:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _tiled(summary: dict) -> str:
+    return f"; {summary['tiled']} in tiles" if summary.get("tiled") else ""
+
+
+def _tile(text: str):
+    """argparse type of --tile: a bad value is a usage error naming the accepted forms."""
+    from tcae.inference import parse_tile
+
+    try:
+        return parse_tile(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+TILE_HELP = ("auto: images larger than the model's training size go through in tiles of that size (bounded "
+             "memory and time; a ViT sees only its tile, so seams can show); N: tiles of N pixels (a multiple of "
+             "f); none: whole images")
 
 
 def _sources_and_model(args: argparse.Namespace):
@@ -41,8 +61,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     sources, model, device = _sources_and_model(args)
     summary = reconstruct_images(model, sources, args.out, batch_size=args.batch_size, pad=args.pad, device=device,
-                                 progress=not args.no_progress)
-    print(f"wrote {_count(summary['images'], 'reconstruction')} (PNG, original sizes) to {summary['out']}")
+                                 progress=not args.no_progress, tile=args.tile)
+    print(f"wrote {_count(summary['images'], 'reconstruction')} (PNG, original sizes{_tiled(summary)}) to "
+          f"{summary['out']}")
     return 0
 
 
@@ -51,10 +72,10 @@ def _encode(args: argparse.Namespace) -> int:
 
     sources, model, device = _sources_and_model(args)
     summary = encode_images(model, sources, args.out, model_id=args.model, batch_size=args.batch_size, pad=args.pad,
-                            device=device, progress=not args.no_progress)
+                            device=device, progress=not args.no_progress, tile=args.tile)
     stats = "with" if model.has_latent_stats else "without (not measured)"
-    print(f"wrote {_count(summary['images'], 'latent')} (.safetensors, {stats} the model's latent statistics) to "
-          f"{summary['out']}")
+    print(f"wrote {_count(summary['images'], 'latent')} (.safetensors, {stats} the model's latent "
+          f"statistics{_tiled(summary)}) to {summary['out']}")
     return 0
 
 
@@ -66,8 +87,8 @@ def _decode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     summary = decode_latents(model, files, args.out, batch_size=args.batch_size, device=device,
-                             progress=not args.no_progress)
-    print(f"wrote {_count(summary['images'], 'image')} (PNG, original sizes) to {summary['out']}")
+                             progress=not args.no_progress, tile=args.tile)
+    print(f"wrote {_count(summary['images'], 'image')} (PNG, original sizes{_tiled(summary)}) to {summary['out']}")
     return 0
 
 
@@ -78,6 +99,7 @@ def _image_inputs(p: argparse.ArgumentParser) -> None:
                    help="how images are padded (bottom, right) to a multiple of f before encoding (default: reflect)")
     p.add_argument("--image-size", type=int, default=None, help="built-in data only (default: the model's)")
     p.add_argument("--max-images", type=int, default=None, help="the first N images (sorted by name) only")
+    p.add_argument("--tile", type=_tile, default=None, metavar="auto|none|N", help=TILE_HELP + " (default: none)")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -108,5 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                 "DIR/NAME.png at the original image's size.")
     model_arg(p)
     p.add_argument("--latents", required=True, metavar="DIR", help="directory written by tcae encode")
+    p.add_argument("--tile", type=_tile, default=False, metavar="auto|none|N",
+                   help=TILE_HELP + " (default: the tiling each latent was encoded with, so encode + decode = "
+                        "reconstruct)")
     out_dir_arg(p, what="output directory (DIR/NAME.png)")
     _run_options(p)

@@ -98,3 +98,12 @@ class EpochMixin:
     @property
     def epoch(self) -> int:
         return int(self._epoch[0])
+
+
+def class_names_of(dataset: Any) -> list[str]:
+    """The class names of `dataset`, indexed by label (``names[label]``): a folder's sub-folder names, a
+    built-in's class names; [] when unlabelled or unknown. Wrappers (``.dataset``) are looked through."""
+    names = getattr(dataset, "class_names", None)
+    if names is None and getattr(dataset, "dataset", None) is not None:
+        return class_names_of(dataset.dataset)
+    return [str(n) for n in names or []]

@@ -206,6 +206,7 @@ class DigitsDataset(EpochMixin, Dataset):
     """
 
     num_classes = 10
+    class_names = tuple(str(d) for d in range(10))
 
     def __init__(self, split: str, image_size: int, transform: Transform | None = None, seed: int = 0) -> None:
         _check_split(split)

@@ -27,8 +27,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-#: File extensions (lower case) recognised as images by the folder scanner and shard reader.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+#: File extensions (lower case) recognised as images by the folder scanner and shard reader: the formats
+#: PIL reads without extra libraries. A multi-frame GIF or TIFF is read as its first frame (PIL's default).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 _ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 _HIGH_DEPTH_MODES = {"I", "F"}  # plus every "I;16..." variant

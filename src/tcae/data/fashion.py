@@ -265,6 +265,7 @@ class FashionMNISTDataset(EpochMixin, Dataset):
     """
 
     num_classes = len(FASHION_CLASSES)
+    class_names = FASHION_CLASSES
 
     def __init__(self, split: str, image_size: int = 32, transform: Transform | None = None, seed: int = 0,
                  channels: int = 3, root: str | os.PathLike | None = None) -> None:

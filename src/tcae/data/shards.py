@@ -120,6 +120,7 @@ class ShardDataset(EpochMixin, IterableDataset):
         self.epoch_size = epoch_size or self.meta.get("num_samples")
         self.shuffle_buffer = shuffle_buffer
         self.num_classes = int(self.meta.get("num_classes", 0))
+        self.class_names = list(self.meta.get("class_names") or [])
         self.num_skipped = 0
         self._init_epoch()
 
@@ -260,6 +261,8 @@ def write_shards(source: Iterable[tuple[Any, int]] | Any, pattern: str, maxcount
         num_shards = sink.shard
     num_classes = getattr(source, "num_classes", None)
     meta = {"num_samples": count, "num_classes": int(num_classes if num_classes is not None else max_label + 1)}
+    if getattr(source, "class_names", None):
+        meta["class_names"] = [str(n) for n in source.class_names]
     with open(meta_path(pattern), "w") as f:
         json.dump(meta, f)
     fmt = field.group(0)  # "%06d" -> zero-padded range, which braceexpand keeps padded

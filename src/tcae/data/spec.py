@@ -36,12 +36,13 @@ SPEC_HELP = """accepted data specs:
   builtin:fashion[@DIR][:train|:val|:test]  Fashion-MNIST idx files (DIR, $TCAE_FASHION_MNIST,
                                        torchvision's root or /usr/share/datasets/fashion-mnist),
                                        padded to 32 px, 10 classes; val is carved from train
-  path/to/folder[:train|:val]          image folder (recursive; .jpg .jpeg .png .webp .bmp);
-                                       a class per sub-folder; :train/:val pick sub-folders
+  path/to/folder[:train|:val]          image folder (recursive; .jpg .jpeg .png .webp .bmp .tif
+                                       .tiff .gif); a class per sub-folder; :train/:val pick sub-folders
   path/shard.tar, path/s-{000..127}.tar  WebDataset tar shards (streamed)
 without a split, the train split is used for training and the val split otherwise"""
 
 BUILTINS = ("photos", "digits", "fashion")
+MAX_UPSCALE = 4  # folder images whose shorter side is under image_size / 4 are skipped as too small
 BUILTIN_SPLITS = {"photos": SPLITS, "digits": SPLITS, "fashion": FASHION_SPLITS}
 
 
@@ -180,7 +181,9 @@ def build_dataset(
             return ShardDataset(parsed.target, transform, train=train, seed=seed, epoch_size=epoch_size)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err}\n{SPEC_HELP}") from None
-    return ImageFolderDataset(_folder_root(spec, parsed, train), transform, seed=seed)
+    # an image under a quarter of the training size would be upscaled more than 4x: a blur, not data
+    return ImageFolderDataset(_folder_root(spec, parsed, train), transform, seed=seed,
+                              min_side=max(1, image_size // MAX_UPSCALE))
 
 
 def dataset_num_classes(spec: str) -> int:
@@ -202,7 +205,8 @@ def dataset_num_classes(spec: str) -> int:
         return 0
     if parsed.kind == "shards":
         return int(read_meta(parsed.target).get("num_classes", 0))
-    return ImageFolderDataset(_folder_root(spec, parsed, train=True), transform=lambda image: image).num_classes
+    root = _folder_root(spec, parsed, train=True)
+    return ImageFolderDataset(root, transform=lambda image: image, check_files=False).num_classes
 
 
 def split_spec(data_spec: str, split: str) -> str:

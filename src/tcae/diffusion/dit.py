@@ -53,6 +53,8 @@ class DiTConfig:
     qk_norm: bool = True
     rope_theta: float = 100.0  # small grids (8x8 tokens) need only low frequencies
     grad_checkpointing: bool = False
+    # label -> class name (`tcae sample --classes NAME`), from the latent cache; None when the data has none
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.input_size % self.patch_size:
@@ -65,6 +67,10 @@ class DiTConfig:
             raise ValueError(f"num_classes must be >= 1 (use 1 for unconditional data), got {self.num_classes}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.class_names is not None:
+            self.class_names = [str(n) for n in self.class_names]
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={self.num_classes}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,6 +35,25 @@ def load_latent_stats(dit: nn.Module, tokenizer: nn.Module | None = None) -> tup
     return mean, std, "dit"
 
 
+def class_ids(tokens: Sequence[str], num_classes: int, class_names: Sequence[str] | None = None) -> list[int]:
+    """Class ids from `--classes` tokens: each a class name of the DiT (`class_names`, label -> name) or an id
+    in 0..num_classes-1; "a,b" tokens are split at commas (and "0 1" at spaces unless it is a name). ValueError
+    naming the valid names for an unknown one."""
+    index = {name: i for i, name in enumerate(class_names or [])}
+    parts = [t.strip() for arg in tokens for t in str(arg).split(",")]
+    out = []
+    for token in (w for t in parts for w in ([t] if t in index else t.split())):
+        if token in index:
+            out.append(index[token])
+        elif token.lstrip("-").isdigit():
+            out.append(int(token))
+        else:
+            known = (f"its classes are {', '.join(f'{i}={n!r}' for n, i in index.items())}" if index
+                     else f"it records no class names: pass ids 0..{num_classes - 1}")
+            raise ValueError(f"unknown class {token!r}: {known}")
+    return out
+
+
 def class_labels(num: int, num_classes: int, classes: Sequence[int] | None = None) -> torch.Tensor:
     """Labels (int64) of the samples to draw.
 

@@ -2,7 +2,7 @@
 
 Layout of a cache directory (written by `cache_latents`, `tcae cache-latents`):
 
-    meta.json                      settings, per-shard sums, per-channel mean/std, `complete`
+    meta.json                      settings, per-shard sums, per-channel mean/std, `class_names`, `complete`
     shard-00000.safetensors        latents  float32 (R, c, h, w)   RAW tokenizer.encode() output
     shard-00001.safetensors        labels   int64   (R,)           class label (-1: unlabelled)
     ...                            indices  int64   (R,)           position in the (unshuffled) dataset
@@ -155,6 +155,8 @@ class _Cache:
         meta["num_samples"] = sum(s["count"] for s in done)
         meta["num_latents"] = sum(s["rows"] for s in done)
         meta["num_classes"] = max([self.extra.get("dataset_num_classes", 0)] + [s["max_label"] + 1 for s in done])
+        if "class_names" in self.extra:  # label -> name (a folder's sub-folders, a built-in's classes)
+            meta["class_names"] = self.extra["class_names"]
         if done and "latent_shape" in self.extra:
             c, h, w = self.extra["latent_shape"]
             meta["mean"], meta["std"] = _stats(done, h * w)
@@ -266,6 +268,116 @@ def _batches(dataset: Any, cache: _Cache, batch_size: int, num_workers: int) -> 
         yield torch.tensor(batch_idx, dtype=torch.int64), images, labels
 
 
+def _settings(tokenizer: nn.Module, dataset: Dataset, n: int | None, data_spec: str | None, image_size: int | None,
+              flip: bool, shard_size: int, num_workers: int) -> dict[str, Any]:
+    """What a cache on disk must match to be resumed (:data:`_MATCHING`)."""
+    config = getattr(tokenizer, "config", None)
+    return {
+        "format": FORMAT, "version": VERSION,
+        "tokenizer": config.to_dict() if hasattr(config, "to_dict") else None,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "data": data_spec, "image_size": image_size, "flip": bool(flip), "shard_size": int(shard_size),
+        # a stream's order depends on how its workers split it
+        "stream_num_workers": num_workers if isinstance(dataset, IterableDataset) else None,
+        "dataset_length": n,
+    }
+
+
+def _open_cache(out: Path, settings: dict[str, Any], n: int | None, tokenizer: nn.Module, dataset: Dataset) -> _Cache:
+    """The cache in `out`: its finished shards verified and kept, what the dataset and tokenizer say recorded
+    (class count and names, the normalisation), meta.json written."""
+    from tcae.data.base import class_names_of
+
+    cache = _Cache(out, settings, n)
+    cache.verify(cache.load_meta())
+    cache.extra["dataset_num_classes"] = int(getattr(dataset, "num_classes", 0) or 0)
+    names = class_names_of(dataset)
+    if names:
+        cache.extra["class_names"] = names
+    # the normalisation a DiT trains with is the tokenizer's own latent statistics (one home: the tokenizer,
+    # measured when `tcae train` exports it); a tokenizer without them gets the cache's measured ones
+    if getattr(tokenizer, "has_latent_stats", False):
+        cache.extra["normalization"] = {"mean": tokenizer.latent_mean.float().cpu().tolist(),
+                                        "std": tokenizer.latent_std.float().cpu().tolist(), "source": "tokenizer"}
+    else:
+        logger.warning("the tokenizer stores no latent statistics: the cache's own per-channel mean/std "
+                       "will normalise its latents (`tcae diagnose --write-stats` stores them in the model)")
+    if cache.shards:
+        logger.info("resuming %s: %d shard(s) already cached", out, len(cache.shards))
+    cache.write_meta()
+    return cache
+
+
+def _encode(tokenizer: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Raw latents (R, c, h, w) float32 on the CPU of images x (B, 3, H, W); with `flip` R = 2B, interleaved:
+    sample i's latent, then its flipped copy's."""
+    z = tokenizer.encode(x)
+    if flip:
+        z = torch.stack([z, tokenizer.encode(x.flip(-1))], dim=1).flatten(0, 1)
+    return z.float().cpu()
+
+
+class _ShardBuffer:
+    """The rows of the shard being filled; written as a shard once it holds all of its samples."""
+
+    def __init__(self, cache: _Cache) -> None:
+        self.cache = cache
+        self.k: int | None = None
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.count = 0
+        self.written: list[int] = []
+
+    def add(self, idx: torch.Tensor, z: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: dataset positions idx (B,), latents z (B * rows_per_sample, ...), labels (B,). A batch may
+        end one shard and start the next."""
+        r = self.cache.rows_per_sample
+        shard_of = idx // self.cache.size
+        for k in torch.unique_consecutive(shard_of).tolist():
+            sel = shard_of == k
+            if self.k is not None and self.k != k:
+                self.flush()
+            if self.k is None:
+                self.k, self.parts, self.count = k, {"indices": [], "latents": [], "labels": []}, 0
+            self.parts["indices"].append(idx[sel])
+            self.parts["latents"].append(z[sel.repeat_interleave(r)])
+            self.parts["labels"].append(labels[sel].repeat_interleave(r))
+            self.count += int(sel.sum())
+            if self.count == self.cache.expected_count(k):
+                self.flush()
+
+    def flush(self) -> None:
+        r = self.cache.rows_per_sample
+        idx = torch.cat(self.parts["indices"])
+        self.cache.write_shard(self.k, torch.cat(self.parts["latents"]), torch.cat(self.parts["labels"]),
+                               idx.repeat_interleave(r))
+        self.written.append(self.k)
+        self.k = None
+
+    def finish(self, stream: bool) -> None:
+        """Write the last shard of a stream without a length (short); a partial shard of a sized dataset is an
+        error."""
+        if self.k is None:
+            return
+        if not stream:
+            raise ValueError(f"the dataset yielded only {self.count} of the "
+                             f"{self.cache.expected_count(self.k)} samples of shard {self.k}")
+        self.flush()
+
+
+def _check_complete(cache: _Cache) -> None:
+    """Every shard is on disk (a stream: shards 0..K without a gap)."""
+    if cache.num_shards is not None:
+        missing = sorted(set(range(cache.num_shards)) - set(cache.shards))
+        if missing:
+            raise ValueError(f"the dataset did not yield the samples of shard(s) {missing[:10]}")
+    elif cache.shards:
+        ks = sorted(cache.shards)
+        if ks != list(range(len(ks))):
+            raise ValueError(f"the stream ended before shard(s) {sorted(set(range(ks[-1])) - set(ks))[:10]}")
+    if not cache.shards:
+        raise ValueError("the dataset yielded no samples")
+
+
 @torch.no_grad()  # not inference_mode: cached RoPE tables made here are reused by training
 def cache_latents(
     tokenizer: nn.Module,
@@ -284,10 +396,11 @@ def cache_latents(
 
     tokenizer: a TC-AE (or any module with `encode(x (B, 3, H, W) in [-1, 1]) -> (B, c, h, w)`); it is
     moved to `device` and put in eval mode. dataset: map-style or iterable, samples
-    {"image": (3, H, W) in [-1, 1], "label": int} (or (image, label) pairs), read in order.
+    {"image": (3, H, W) in [-1, 1], "label": int} (or (image, label) pairs), read in order; its class names
+    (`tcae.data.base.class_names_of`) are recorded as meta.json's `class_names`.
     flip: also cache each image's horizontal flip. shard_size: dataset samples per shard.
     data_spec, image_size: recorded in meta.json (and must match when resuming).
-    Returns a summary: out_dir, num_samples, num_latents, num_shards, latent_shape, num_classes,
+    Returns a summary: out_dir, num_samples, num_latents, num_shards, latent_shape, num_classes, class_names,
     mean, std, resumed_shards (already on disk) and encoded_shards (written by this call).
     """
     if shard_size < 1 or batch_size < 1:
@@ -297,103 +410,41 @@ def cache_latents(
     n = _dataset_len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty")
-    config = getattr(tokenizer, "config", None)
-    settings = {
-        "format": FORMAT, "version": VERSION,
-        "tokenizer": config.to_dict() if hasattr(config, "to_dict") else None,
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-        "data": data_spec, "image_size": image_size, "flip": bool(flip), "shard_size": int(shard_size),
-        # a stream's order depends on how its workers split it
-        "stream_num_workers": num_workers if isinstance(dataset, IterableDataset) else None,
-        "dataset_length": n,
-    }
-    cache = _Cache(out, settings, n)
-    meta = cache.load_meta()
-    cache.verify(meta)
-    cache.extra["dataset_num_classes"] = int(getattr(dataset, "num_classes", 0) or 0)
-    # the normalisation a DiT trains with is the tokenizer's own latent statistics (one home: the tokenizer,
-    # measured when `tcae train` exports it); a tokenizer without them gets the cache's measured ones
-    if getattr(tokenizer, "has_latent_stats", False):
-        cache.extra["normalization"] = {"mean": tokenizer.latent_mean.float().cpu().tolist(),
-                                        "std": tokenizer.latent_std.float().cpu().tolist(), "source": "tokenizer"}
-    else:
-        logger.warning("the tokenizer stores no latent statistics: the cache's own per-channel mean/std "
-                       "will normalise its latents (`tcae diagnose --write-stats` stores them in the model)")
+    cache = _open_cache(out, _settings(tokenizer, dataset, n, data_spec, image_size, flip, shard_size, num_workers),
+                        n, tokenizer, dataset)
     resumed = sorted(cache.shards)
-    if resumed:
-        logger.info("resuming %s: %d shard(s) already cached", out, len(resumed))
-    cache.write_meta()
 
     device = torch.device(device)
     was_training = tokenizer.training
     tokenizer.to(device).eval()
-    r = cache.rows_per_sample
-    done_samples = sum(s["count"] for s in cache.shards.values())
     from tqdm.auto import tqdm
 
+    done_samples = sum(s["count"] for s in cache.shards.values())
     bar = tqdm(total=n, initial=done_samples, unit="img", desc="cache-latents", disable=None if progress else True)
-    current: dict[str, Any] | None = None  # the shard being filled: k and lists of parts
-    encoded: list[int] = []
-
-    def flush() -> None:
-        nonlocal current
-        idx = torch.cat(current["indices"])
-        cache.write_shard(current["k"], torch.cat(current["latents"]), torch.cat(current["labels"]),
-                          idx.repeat_interleave(r))
-        encoded.append(current["k"])
-        current = None
-
+    buffer = _ShardBuffer(cache)
     try:
         for idx, images, labels in _batches(dataset, cache, batch_size, num_workers):
             x = images.to(device).float()
-            z = tokenizer.encode(x)
-            if flip:  # interleave: sample i's latent, then its flipped copy's
-                z = torch.stack([z, tokenizer.encode(x.flip(-1))], dim=1).flatten(0, 1)
-            z = z.float().cpu()
+            z = _encode(tokenizer, x, flip)
             if "latent_shape" not in cache.extra:
                 cache.extra["latent_shape"], cache.extra["image_shape"] = list(z.shape[1:]), list(x.shape[-2:])
             elif list(z.shape[1:]) != cache.extra["latent_shape"]:
                 raise ValueError(f"latent shape {list(z.shape[1:])} differs from the cache's "
                                  f"{cache.extra['latent_shape']} (images of different sizes?)")
-            shard_of = idx // cache.size
-            for k in torch.unique_consecutive(shard_of).tolist():
-                sel = shard_of == k
-                if current is not None and current["k"] != k:
-                    flush()
-                if current is None:
-                    current = {"k": k, "indices": [], "latents": [], "labels": [], "count": 0}
-                rows = sel.repeat_interleave(r)
-                current["indices"].append(idx[sel])
-                current["latents"].append(z[rows])
-                current["labels"].append(labels[sel].repeat_interleave(r))
-                current["count"] += int(sel.sum())
-                if current["count"] == cache.expected_count(k):
-                    flush()
+            buffer.add(idx, z, labels)
             bar.update(len(idx))
-        if current is not None:
-            if n is not None:
-                raise ValueError(f"the dataset yielded only {current['count']} of the "
-                                 f"{cache.expected_count(current['k'])} samples of shard {current['k']}")
-            flush()  # the end of a stream without a length: its last, short shard
+        buffer.finish(stream=n is None)
     finally:
         bar.close()
         tokenizer.train(was_training)
 
-    if cache.num_shards is not None:
-        missing = sorted(set(range(cache.num_shards)) - set(cache.shards))
-        if missing:
-            raise ValueError(f"the dataset did not yield the samples of shard(s) {missing[:10]}")
-    elif cache.shards:
-        ks = sorted(cache.shards)
-        if ks != list(range(len(ks))):
-            raise ValueError(f"the stream ended before shard(s) {sorted(set(range(ks[-1])) - set(ks))[:10]}")
-    if not cache.shards:
-        raise ValueError("the dataset yielded no samples")
+    _check_complete(cache)
     meta = cache.write_meta(complete=True)
     return {
         "out_dir": str(out), "num_samples": meta["num_samples"], "num_latents": meta["num_latents"],
         "num_shards": len(cache.shards), "latent_shape": meta["latent_shape"], "num_classes": meta["num_classes"],
-        "mean": meta["mean"], "std": meta["std"], "resumed_shards": len(resumed), "encoded_shards": len(encoded),
+        "class_names": meta.get("class_names", []), "mean": meta["mean"], "std": meta["std"],
+        "resumed_shards": len(resumed), "encoded_shards": len(buffer.written),
     }
 
 
@@ -424,8 +475,8 @@ class LatentDataset(Dataset):
     memory-mapped (opened lazily in each DataLoader worker), so the cache need not fit in memory.
     include_flipped=False serves only latents of un-flipped images. Unlabelled samples (label -1) are
     served as class 0.
-    Attributes: `stats` {"mean", "std"} float32 (c,) tensors, `num_classes`, `latent_shape` (c, h, w),
-    `meta` (meta.json).
+    Attributes: `stats` {"mean", "std"} float32 (c,) tensors, `num_classes`, `class_names` (label -> name;
+    [] when the cache records none), `latent_shape` (c, h, w), `meta` (meta.json).
     """
 
     def __init__(self, root: str | os.PathLike, normalize: bool = True, include_flipped: bool = True) -> None:
@@ -436,6 +487,7 @@ class LatentDataset(Dataset):
         self.normalize = normalize
         self.latent_shape = tuple(meta["latent_shape"])
         self.num_classes = int(meta.get("num_classes", 0))
+        self.class_names: list[str] = [str(n) for n in meta.get("class_names") or []]
         norm = meta.get("normalization") or {"mean": meta["mean"], "std": meta["std"]}  # older caches: their own
         self.stats = {"mean": torch.tensor(norm["mean"], dtype=torch.float32),
                       "std": torch.tensor(norm["std"], dtype=torch.float32)}

@@ -16,11 +16,17 @@ an ``.npz`` holding ``mu`` (D,) and ``sigma`` (D, D).
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import numpy as np
 import torch
 from scipy import linalg
 
 from tcae import dist
+
+logger = logging.getLogger(__name__)
+_said_singular = False  # the singular-covariance note is logged once per process
 
 
 class FeatureStats:
@@ -105,10 +111,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"covariances must both be {(mu1.shape[0],) * 2}, got {sigma1.shape} and {sigma2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    covmean, singular = _sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+        covmean, _ = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if singular:
+        _note_singular(mu1.shape[0])
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"Fréchet distance: imaginary component {np.max(np.abs(covmean.imag)):.3g} "
@@ -116,6 +124,30 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                              "(too few samples for the feature dimension?)")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """scipy's sqrtm, and whether it found `a` singular; its LinAlgWarning (a raw warnings line with a source
+    path) is caught here and said once, plainly, by :func:`_note_singular`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        root = linalg.sqrtm(a)
+    singular = False
+    for w in caught:
+        if issubclass(w.category, linalg.LinAlgWarning):
+            singular = True
+        else:  # not ours to hide
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return root, singular
+
+
+def _note_singular(dim: int) -> None:
+    global _said_singular
+    if not _said_singular:
+        logger.info("Fréchet distance: the product of the two %d-d feature covariances is singular (fewer images "
+                    "than feature dimensions?); the distance is computed as pytorch-fid does, and is comparable "
+                    "only between runs with the same number of images", dim)
+        _said_singular = True
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020

@@ -68,8 +68,15 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join([title, "-" * max(len(title), w + 12)] + [f"{k:<{w}}  {v}" for k, v in rows])
 
 
+def _shape_cells(result: dict[str, Any]) -> list[str]:
+    """The model's compression f and latent channels (from its config), "-" where unknown."""
+    config = result.get("model", {}).get("config") or {}
+    return [str(config.get("compression", "-")), str(config.get("latent_channels", "-"))]
+
+
 def comparison_markdown(results: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
-    """One Markdown table: a row per model, a column per metric (union over results, first-seen order)."""
+    """One Markdown table: a row per model with its compression f and latent channels, a column per metric
+    (union over results, first-seen order)."""
     if len(results) != len(names):
         raise ValueError(f"{len(results)} results but {len(names)} names")
     keys: list[str] = []
@@ -79,10 +86,10 @@ def comparison_markdown(results: Sequence[dict[str, Any]], names: Sequence[str])
             if k not in keys:
                 keys.append(k)
                 labels[k] = r.get("labels", {}).get(k, k)
-    head = ["model"] + [labels[k] for k in keys] + ["images"]
+    head = ["model", "f", "channels"] + [labels[k] for k in keys] + ["images"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in zip(names, results):
-        cells = [name] + [_fmt(r["metrics"][k]) if k in r["metrics"] else "-" for k in keys]
+        cells = [name, *_shape_cells(r)] + [_fmt(r["metrics"][k]) if k in r["metrics"] else "-" for k in keys]
         lines.append("| " + " | ".join(cells + [str(r.get("num_images", "?"))]) + " |")
     data = {r.get("data") for r in results}
     if len(data) == 1:

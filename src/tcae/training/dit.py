@@ -63,6 +63,8 @@ class DiTTrainer(TrainLoop):
         overrides.setdefault("input_size", h)
         overrides.setdefault("in_channels", c)
         overrides.setdefault("num_classes", max(self.dataset.num_classes, 1))
+        if len(self.dataset.class_names) == overrides["num_classes"]:  # names travel: `tcae sample --classes NAME`
+            overrides.setdefault("class_names", self.dataset.class_names)
         self.model = create_dit(cfg.model.name, **overrides).to(self.device)
         if (c, h) != (self.model.config.in_channels, self.model.config.input_size):
             raise ValueError(f"latents are {c}x{h}x{w} but the DiT expects {self.model.config.in_channels} "
