@@ -367,6 +367,77 @@ def load_config(schema: type, config: str | None, overrides: list[str] = (),
     return merged
 
 
+def explicit_keys(config: str | None, overrides: list[str], aliases: dict[str, str] | None = None) -> set[str]:
+    """Dotted keys the user set: on the command line (`overrides`, aliases resolved) or in their own YAML
+    `config` (a shipped config's values are defaults, not the user's choice)."""
+    aliases = aliases or {}
+    keys = {aliases.get(k, k) for k, sep, _ in (item.partition("=") for item in overrides) if sep}
+    if config is not None:
+        path = resolve_config_path(config)
+        if path.resolve().parent != CONFIG_DIR.resolve():
+            keys |= set(_flat_keys(OmegaConf.load(path)))
+    return keys
+
+
+def _flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else [f"{prefix}{k}"]
+    return out
+
+
+# the data settings phase 2 takes from the phase-1 run it starts from (unless the user set them)
+INHERITED_DATA_KEYS = ("data.spec", "data.val_spec", "data.image_size")
+
+
+def init_data(init: str) -> tuple[dict[str, Any], str] | None:
+    """({dotted key: value} of INHERITED_DATA_KEYS, where they come from) for the run or model `init` names:
+    a run directory's config.yaml, else a model directory's model card (`training_data`, `image_size`);
+    None when it records neither (a Hub id, a hand-made model directory)."""
+    from tcae.models.card import read_card_info
+
+    path = Path(init)
+    for run in (path, path.parent if path.name == "model" else None):
+        if run is not None and (run / "config.yaml").is_file() and (run / "model").is_dir():
+            saved = OmegaConf.load(run / "config.yaml")
+            values = {k: OmegaConf.select(saved, k) for k in INHERITED_DATA_KEYS}
+            if values["data.spec"] is not None:
+                return {k: v for k, v in values.items() if v is not None or k == "data.val_spec"}, \
+                    f"the run {run} (its config.yaml)"
+    card = read_card_info(path / "README.md") if path.is_dir() else {}
+    if card.get("training_data"):
+        values = {"data.spec": card["training_data"], "data.val_spec": None}
+        if card.get("image_size"):
+            values["data.image_size"] = int(card["image_size"])
+        return values, f"the model card of {path}"
+    return None
+
+
+def inherit_init_data(cfg: DictConfig, explicit: set[str]) -> str:
+    """Phase 2: set the data spec, val spec and image size of `cfg` to those of the run `cfg.init` starts
+    from, except the keys in `explicit` (set by the user). Returns a sentence saying which data is used and
+    where each setting comes from (for the log)."""
+    found = init_data(str(cfg.init)) if cfg.init else None
+    taken = []
+    if found is not None:
+        values, source = found
+        for key, value in values.items():
+            if key not in explicit:
+                OmegaConf.update(cfg, key, value, merge=False)
+                taken.append(key)
+    d = cfg.data
+    parts = [f"{', '.join(k.split('.')[1] for k in taken)} from {found[1]} that init= starts from"] if taken else []
+    given = sorted(explicit & set(INHERITED_DATA_KEYS))
+    if given:
+        parts.append(f"{', '.join(given)} as given")
+    if found is None:
+        parts.append(f"from the config: init={cfg.init} records no training data")
+    elif taken:
+        parts.append("data= and image_size= choose others")
+    val = f", val {d.val_spec}" if d.val_spec else ""
+    return f"data {d.spec} at {d.image_size} px{val} ({'; '.join(parts)})"
+
+
 def save_config(cfg: DictConfig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(cfg))

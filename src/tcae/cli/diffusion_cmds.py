@@ -84,6 +84,21 @@ def _grid_layout(labels: torch.Tensor, num: int, classes: list[int] | None, grid
     return list(range(n)), math.ceil(n / rows)
 
 
+def _check_is_dit(given: str, model_dir: str) -> None:
+    """A local --dit whose config.json is a tokenizer's is named as one (instead of a list of unknown DiT keys)."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        raw = json.loads(config.read_text())
+    except ValueError:
+        return  # DiT.from_pretrained names the unreadable file
+    raw = raw.get("config", raw) if isinstance(raw, dict) else {}
+    if "hidden_size" not in raw and {"latent_channels", "compression"} <= set(raw):
+        raise ValueError(f"--dit {given} is a tokenizer run, not a DiT; pass it as --model (and the train-dit run "
+                         "as --dit)")
+
+
 def _sample(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
@@ -99,6 +114,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     dit_dir = resolve_run_dir(args.dit)
+    _check_is_dit(args.dit, dit_dir)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
     tokenizer = load_model(args.model, device)
     mean, std, stats_source = load_latent_stats(dit, tokenizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,14 @@ def _load(args: argparse.Namespace) -> Any:
         from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
 
         return load_config(DiTTrainConfig, args.config, overrides, DIT_ALIASES)
-    from tcae.config import TRAIN_ALIASES, TrainConfig
+    from tcae.config import TRAIN_ALIASES, TrainConfig, explicit_keys, inherit_init_data
 
-    return load_config(TrainConfig, args.config, overrides, TRAIN_ALIASES)
+    cfg = load_config(TrainConfig, args.config, overrides, TRAIN_ALIASES)
+    if args.command == "finetune-decoder" and cfg.init:
+        # phase 2 trains on the phase-1 run's data unless the user says otherwise
+        where = inherit_init_data(cfg, explicit_keys(args.config, list(args.overrides), TRAIN_ALIASES))
+        logging.getLogger("tcae.train").info("phase 2 %s", where)
+    return cfg
 
 
 def _init_compression(init: str) -> int | None:

@@ -7,6 +7,8 @@ knows comes in as `card_info` (all keys optional):
 - ``name``: display name; ``repo_id``: Hub repo the usage snippet loads (default: a local path)
 - ``training_data``: data spec or description; ``steps``: optimisation steps; ``phase``: ``joint`` / ``decoder``
 - ``image_size``: training resolution
+- ``tokenizer``: (a DiT) the tokenizer whose latents it models; ``class_names``: (a DiT) its classes' names,
+  class id order
 - ``metrics``: {name: value} measured by `tcae eval`; ``metrics_data`` and ``metrics_image_size``: on what
 - ``license``: SPDX-style id for the weights (default ``apache-2.0``, the code's license)
 - ``notes``: free text, one paragraph
@@ -29,8 +31,8 @@ PAPER_URL = "https://arxiv.org/abs/2604.07340"
 PAPER = f"[TC-AE (arXiv 2604.07340)]({PAPER_URL})"
 DEFAULT_LICENSE = "apache-2.0"
 CARD_KEY = "tcae"
-CARD_INFO_KEYS = ("name", "repo_id", "training_data", "steps", "phase", "image_size", "metrics", "metrics_data",
-                  "metrics_image_size", "license", "notes")
+CARD_INFO_KEYS = ("name", "repo_id", "training_data", "steps", "phase", "image_size", "tokenizer", "class_names",
+                  "metrics", "metrics_data", "metrics_image_size", "license", "notes")
 
 
 def read_card_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -63,17 +65,20 @@ def _params_m(model: nn.Module) -> str:
     return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M"
 
 
-def _metrics_section(info: dict[str, Any]) -> list[str]:
+def _metrics_section(info: dict[str, Any], generator: bool = False) -> list[str]:
+    """The Metrics section; `generator`: a DiT, measured on its samples (`tcae sample`, `tcae eval-gen`)."""
     metrics = info.get("metrics") or {}
+    command = "tcae eval-gen" if generator else "tcae eval"
     if not metrics:
-        return ["## Metrics", "", "No measured metrics were given with this model (`tcae eval` measures them; "
-                "`tcae push --eval-json` adds them here).", ""]
+        how = ("`tcae sample` draws samples and `tcae eval-gen` measures gFID / FD on them" if generator
+               else "`tcae eval` measures them; `tcae push --eval-json` adds them here")
+        return ["## Metrics", "", f"No measured metrics were given with this model ({how}).", ""]
     where = []
     if info.get("metrics_data"):
         where.append(f"on `{info['metrics_data']}`")
     if info.get("metrics_image_size"):
         where.append(f"at {info['metrics_image_size']} px")
-    lines = ["## Metrics", "", f"Measured with `tcae eval`{' ' + ' '.join(where) if where else ''}:", "",
+    lines = ["## Metrics", "", f"Measured with `{command}`{' ' + ' '.join(where) if where else ''}:", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
     return [*lines, ""]
@@ -151,10 +156,21 @@ def _generic_body(model: Any, info: dict[str, Any], license_id: str) -> str:
              f"| parameters | {_params_m(model)} |"]
     if info.get("training_data") or info.get("steps"):
         lines.append(f"| training | `{info.get('training_data', 'unknown data')}`, {info.get('steps', '?')} steps |")
+    if info.get("tokenizer"):
+        lines.append(f"| tokenizer | `{info['tokenizer']}` |")
+    if info.get("class_names"):
+        names = list(info["class_names"])
+        shown = ", ".join(f"{i} `{n}`" for i, n in enumerate(names[:20]))
+        lines.append(f"| classes | {len(names)}: {shown}{', ...' if len(names) > 20 else ''} |")
     lines += [f"| license | {license_id} |", "", "Config: " + ", ".join(f"`{k}={v}`" for k, v in config.items()), ""]
-    lines += _metrics_section(info)
+    generator = kind == "DiT"
+    lines += _metrics_section(info, generator)
     lines += ["## Usage", "", "```python", f"from {module} import {cls}", "",
               f'model = {cls}.from_pretrained("{repo}")', "```", ""]
+    if generator:
+        tok = info.get("tokenizer") or "TOKENIZER"
+        lines += ["```bash", f"tcae sample --dit {repo} --model {tok} --num 64 --out samples/",
+                  "tcae eval-gen --samples samples/samples.npz --ref REFERENCE --out eval-gen/", "```", ""]
     return "\n".join(lines)
 
 

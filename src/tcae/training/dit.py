@@ -24,7 +24,7 @@ from tcae.config import (
 )
 from tcae.data import build_loader
 from tcae.diffusion import DiTConfig, LatentDataset, create_dit, flow_matching_loss
-from tcae.training.ema import EMA
+from tcae.training.ema import EMA, warmup_decay
 from tcae.training.loop import TrainLoop
 
 DiTModelSection = _optional_fields(DiTConfig, "DiTModelSection", [("name", str, field(default="dit-tiny"))])
@@ -55,6 +55,8 @@ DIT_ALIASES = {"latents": "data.latents", "model": "model.name", "batch_size": "
 
 
 class DiTTrainer(TrainLoop):
+    data_noun = "latents"
+
     def build(self) -> None:
         cfg = self.cfg
         self.dataset = LatentDataset(cfg.data.latents)
@@ -97,7 +99,7 @@ class DiTTrainer(TrainLoop):
         return {"loss": loss}
 
     def after_step(self, ok: torch.Tensor) -> None:
-        self.ema.update(self.model, self.cfg.ema_decay, ok)
+        self.ema.update(self.model, warmup_decay(self.step, self.cfg.ema_decay), ok)
 
     def model_signature(self) -> dict:
         return {"dit": self.model.config.to_dict()}
@@ -110,8 +112,27 @@ class DiTTrainer(TrainLoop):
         self.ema.load_state_dict(state["ema"])
 
     def export(self) -> None:
-        """runs/NAME/model/: the EMA DiT, its latent statistics inside its weights."""
-        self.ema.module.save_pretrained(str(self.run_dir / "model"))
+        """runs/NAME/model/: the EMA DiT, its latent statistics inside its weights; the model card names the
+        latent cache (and the images it encodes), the steps, the tokenizer and the class names."""
+        meta = self.dataset.meta
+        data = f"latent cache {self.cfg.data.latents}" + (f" of {meta['data']}" if meta.get("data") else "")
+        info = {"name": self.cfg.name, "training_data": data, "steps": self.step, "tokenizer": _tokenizer_name(meta)}
+        if meta.get("class_names"):
+            info["class_names"] = [str(n) for n in meta["class_names"]]
+        self.ema.module.save_pretrained(str(self.run_dir / "model"), card_info=info)
+
+
+def _tokenizer_name(meta: dict) -> str:
+    """The tokenizer a latent cache was encoded with: its path where the cache records one, else its shape
+    and the fingerprint of its encoder weights."""
+    for key in ("tokenizer_path", "model"):
+        if isinstance(meta.get(key), str):
+            return meta[key]
+    tok = meta.get("tokenizer") or {}
+    kind = f"TC-AE f={tok['compression']}" if "compression" in tok else "a tokenizer"
+    shape = "x".join(str(v) for v in meta.get("latent_shape", []))
+    fingerprint = str(meta.get("tokenizer_fingerprint", ""))[:12]
+    return f"{kind}, latents {shape}" + (f", encoder sha256 {fingerprint}" if fingerprint else "")
 
 
 def train_dit(cfg: DictConfig):

@@ -1,4 +1,5 @@
-"""Exponential moving averages of weights: the autoencoder's EMA and the iBOT teacher."""
+"""Exponential moving averages of weights: the autoencoder's and the DiT's EMA (with warm-up) and the iBOT
+teacher (its own cosine momentum schedule)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,20 @@ class EMA(nn.Module):
         model_bufs = dict(model.named_buffers())
         for n, b in self.module.named_buffers():
             b.copy_(model_bufs[n])
+
+
+def warmup_decay(step: int, decay: float) -> float:
+    """EMA decay for the update after optimisation step `step` (0-based): min(decay, (1 + step) / (10 + step)),
+    and 0 for the first update (the EMA starts as a copy of the trained weights).
+
+    diffusers' `EMAModel.get_decay` with its defaults (use_ema_warmup=False, update_after_step=0), where
+    `step` is its optimization_step - 1: the average covers about the last (10 + step) / 9 steps early on,
+    so a short run exports weights close to what it trained instead of a mix dominated by its random
+    initialisation (a fixed 0.999 keeps 96% of the init weights after 40 steps). Full decay is reached at
+    step (10 * decay - 1) / (1 - decay): 890 for 0.99, 8990 for 0.999."""
+    if step <= 0:
+        return 0.0
+    return min(decay, (1 + step) / (10 + step))
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import sys
 import time
 from contextlib import ExitStack, nullcontext
@@ -36,12 +37,61 @@ from tcae.data import set_loader_epoch
 from tcae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from tcae.training.loggers import build_logger
 from tcae.training.schedule import warmup_cosine
+from tcae.util import LockBusy, file_lock
 
 log = logging.getLogger("tcae.train")
+
+# Config keys a resumed run may change: how long it runs (`steps` extends it), how it is logged and
+# checkpointed, and where and how fast it executes (device, compile, workers, gradient accumulation, which
+# splits the same global batch). Every other key (data, model, loss, optimiser, schedule, EMA, seed,
+# precision, phase, init) shapes the weights: resuming a checkpoint with a different value is refused.
+RESUMABLE_KEYS = frozenset({
+    "name", "run_dir", "steps", "resume", "progress", "logger", "log_every", "image_every", "checkpoint_every",
+    "keep_last", "device", "compile", "grad_accum", "data.num_workers", "latent_stats_images",
+})
+# what `resume=never` deletes before starting over: everything the loop itself writes into a run directory
+RUN_OUTPUTS = ("checkpoints", "model", "tb", "scalars.jsonl")
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss or gradient became NaN/inf; the run stops and the last good checkpoint is left as it was."""
+
+
+class RunDirectoryBusy(ValueError):
+    """Another process is training in this run directory."""
+
+
+class RunConfigChanged(ValueError):
+    """The run directory's checkpoint was trained with a config that differs in keys that shape the weights."""
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> plain value of a (nested) config."""
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    out: dict[str, Any] = {}
+    for k, v in container.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_changes(saved_yaml: str, cfg: DictConfig) -> list[str]:
+    """`key: old -> new` for every key outside :data:`RESUMABLE_KEYS` where the config saved in a checkpoint
+    (YAML text) and `cfg` differ. Keys added to the schema since the checkpoint was written take their
+    defaults (what that older run used)."""
+    saved = OmegaConf.create(saved_yaml)
+    schema = OmegaConf.get_type(cfg)
+    if schema is not None and schema is not dict:
+        try:
+            saved = OmegaConf.merge(OmegaConf.structured(schema), saved)
+        except Exception:  # a key the schema no longer has: compare what was saved as it is
+            pass
+    old, new = _flat(saved), _flat(cfg)
+    absent = "(absent)"
+    return [f"{k}: {old.get(k, absent)} -> {new.get(k, absent)}" for k in sorted(old.keys() | new.keys())
+            if k not in RESUMABLE_KEYS and old.get(k, absent) != new.get(k, absent)]
 
 
 def seed_everything(seed: int) -> None:
@@ -74,6 +124,8 @@ def set_rng_state(state: dict) -> None:
 class TrainLoop:
     """Shared loop. Subclasses set `self.loader`, add optimizers with `add_optimizer` (each stepped with the
     same warm-up + cosine schedule) and implement the hooks below."""
+
+    data_noun = "training images"  # what one sample of `self.loader` is, for messages
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -296,8 +348,11 @@ class TrainLoop:
         return path
 
     def resume(self) -> None:
+        """Load the checkpoint `resume` names (auto: the run directory's latest) if it was trained with this
+        config up to :data:`RESUMABLE_KEYS`; `resume=never` deletes the directory's earlier run outputs."""
         mode = str(self.cfg.resume)
         if mode == "never":
+            self._start_over()
             return
         path = latest_checkpoint(self.ckpt_dir) if mode == "auto" else Path(mode)
         if path is None:
@@ -309,7 +364,16 @@ class TrainLoop:
             raise CheckpointError(
                 f"checkpoint {path} was written by a different model config and cannot be resumed:\n"
                 f"  checkpoint: {state.get('signature')}\n  this run:   {self.model_signature()}\n"
-                "(use a new name=, or resume=never to start over in a fresh run directory)"
+                f"(use a new name= for a new run, or resume=never to start over in {self.run_dir})"
+            )
+        changed = config_changes(state.get("config", ""), self.cfg) if state.get("config") else []
+        if changed:
+            raise RunConfigChanged(
+                f"{self.run_dir} holds a run whose checkpoint {path.name} was trained with other settings "
+                f"({'; '.join(changed)}); resuming would train those weights on with the new settings, and its "
+                f"config.yaml would describe weights it did not produce. Use a new name= for a new run, or "
+                f"resume=never to start over in {self.run_dir} (deleting its checkpoints and model). "
+                f"Keys a resume may change: {', '.join(sorted(RESUMABLE_KEYS - {'name', 'run_dir', 'resume'}))}."
             )
         self.load_extra(state)
         for k, opt in self.optimizers.items():
@@ -324,6 +388,19 @@ class TrainLoop:
         if self.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
+    def _start_over(self) -> None:
+        """resume=never: remove what an earlier run wrote here, so that no checkpoint, model or log of it is
+        taken for this run's (rank 0; the others wait)."""
+        if self.is_main:
+            gone = [name for name in RUN_OUTPUTS if (self.run_dir / name).exists()]
+            for name in gone:
+                target = self.run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            if gone:
+                log.warning("resume=never: deleted the earlier run's %s in %s to start over", ", ".join(gone),
+                            self.run_dir)
+        dist.barrier()
+
     # ------------------------------------------------------------------ the loop
     @property
     def grad_accum(self) -> int:
@@ -331,9 +408,8 @@ class TrainLoop:
 
     def batches(self):
         """Endless micro-batches in a data order fixed by (seed, epoch); resumes mid-epoch at self.step."""
+        self.check_data()
         per_epoch = len(self.loader)
-        if per_epoch == 0:
-            raise ValueError("the training data yields no full batch: lower batch_size or add data")
         epoch, offset = divmod(self.step * self.grad_accum, per_epoch)
         while True:
             skip = set_loader_epoch(self.loader, epoch, offset)  # streams cannot seek: skip by hand
@@ -342,11 +418,40 @@ class TrainLoop:
                     yield batch
             epoch, offset = epoch + 1, 0
 
+    def check_data(self) -> None:
+        """Raise ValueError when the data yields no full batch (before the run directory is made)."""
+        if len(self.loader) == 0:
+            try:
+                n = len(self.loader.dataset)
+            except TypeError:  # a stream that knows its batches but not its samples
+                n = "too few"
+            raise ValueError(f"{n} {self.data_noun}, batch_size {self.cfg.data.batch_size}: no full batch; lower "
+                             f"batch_size= to at most {n}, or add data")
+
     def fit(self) -> Path:
-        cfg = self.cfg
+        """Train to `steps` in the run directory (resuming it) and export; returns the run directory. Rank 0
+        holds the directory's lock (`.lock`, an flock the kernel drops if the process dies) throughout."""
+        self.check_data()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            if self.is_main:
+                try:
+                    stack.enter_context(file_lock(self.run_dir / ".lock", wait=False, record_pid=True))
+                except LockBusy as e:
+                    who = f"process {e.holder}" if e.holder else "another process"
+                    raise RunDirectoryBusy(f"run directory {self.run_dir} is in use by {who} (another tcae training "
+                                           "run); wait for it to end, or use another name=") from None
+            return self._fit()
+
+    def _fit(self) -> Path:
+        cfg = self.cfg
         self.resume()
         start = self.step
+        o = cfg.optim
+        if self.is_main and o.warmup_steps > cfg.steps:
+            log.warning("the learning-rate warm-up (optim.warmup_steps=%d) is longer than the run (steps=%d): the "
+                        "learning rate only reaches %.3g of lr=%g; lower optim.warmup_steps or train longer",
+                        o.warmup_steps, cfg.steps, warmup_cosine(cfg.steps - 1, cfg.steps, o.warmup_steps), o.lr)
         interactive = bool(cfg.progress) and sys.stderr.isatty()
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")

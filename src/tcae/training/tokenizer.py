@@ -8,7 +8,9 @@ Phase `decoder` (`tcae finetune-decoder`): encoder frozen, decoder (and discrimi
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -40,10 +42,17 @@ from tcae.losses import (
     teacher_temperature,
 )
 from tcae.models import TCAE, EncoderTokens, create_model
-from tcae.training.ema import EMA, cosine_momentum
+from tcae.training.ema import EMA, cosine_momentum, warmup_decay
 from tcae.training.loop import TrainLoop
 
 log = logging.getLogger("tcae.train")
+
+
+def iter_samples(dataset) -> Iterator[dict]:
+    """The samples of a map-style dataset in index order, or of an iterable one in its order."""
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        return (dataset[i] for i in range(len(dataset)))
+    return iter(dataset)
 
 
 def ssl_heads(cls_head: nn.Module, patch_head: nn.Module, enc: EncoderTokens,
@@ -208,13 +217,25 @@ class TokenizerTrainer(TrainLoop):
                            epoch_size=d.epoch_size, channels=channels)
         self.loader = build_loader(ds, per_rank, train=True, num_workers=d.num_workers,
                                    collate_fn=collate, seed=cfg.seed)
-        # the val split of a built-in set serves the reconstruction grids; other data: data.val_spec
-        val_spec = d.val_spec or (f"builtin:{d.spec.split(':')[1]}:val" if d.spec.startswith("builtin:") else None)
-        self.val_images = None
-        if val_spec:
-            val = build_dataset(val_spec, d.image_size, train=False, channels=channels)
-            n = min(8, len(val))
-            self.val_images = torch.stack([val[i]["image"] for i in range(n)]).to(self.device)
+        self.val_tag, self.val_images = self._grid_images(channels)
+
+    def _grid_images(self, channels: int, n: int = 8) -> tuple[str, torch.Tensor | None]:
+        """(TensorBoard tag prefix, (n, C, H, W) in [-1, 1]) of the fixed images the reconstruction grids show:
+        the first n of data.val_spec, else of the training data's val split where it has one (built-ins, a
+        folder with train/ and val/), else of the training data itself ("train_fixed": a fixed handful of
+        training images, evaluation crops, the same at every step)."""
+        d = self.cfg.data
+        val_spec, tag = d.val_spec, "val"
+        if not val_spec:
+            if d.spec.startswith("builtin:"):
+                val_spec = f"builtin:{d.spec.split(':')[1]}:val"
+            else:
+                val_spec = split_spec(d.spec, "val")
+                if val_spec == d.spec:  # no val split: the training data's own first images
+                    val_spec, tag = split_spec(d.spec, "train"), "train_fixed"
+        ds = build_dataset(val_spec, d.image_size, train=False, channels=channels)
+        images = [sample["image"] for sample in itertools.islice(iter_samples(ds), n)]
+        return tag, (torch.stack(images).to(self.device) if images else None)
 
     # ------------------------------------------------------------------ one step
     def forward_backward(self, batch: dict, loss_scale: float) -> dict[str, torch.Tensor]:
@@ -288,7 +309,7 @@ class TokenizerTrainer(TrainLoop):
 
     def after_step(self, ok: torch.Tensor) -> None:
         with torch.no_grad():
-            self.ema.update(self.model, self.cfg.ema_decay, ok)
+            self.ema.update(self.model, warmup_decay(self.step, self.cfg.ema_decay), ok)
             if self.teacher is not None:
                 self.teacher.update(self.ssl_modules, cosine_momentum(self.step, self.cfg.steps,
                                                                       self.cfg.ssl.momentum), ok)
@@ -327,9 +348,9 @@ class TokenizerTrainer(TrainLoop):
         ema = self.ema.module
         rec = ema(self.val_images).sample.clamp(-1, 1)
         grid = make_grid(torch.cat([self.val_images, rec]) * 0.5 + 0.5, nrow=len(self.val_images))
-        self.logger.image("val/reconstruction", grid, self.step)
+        self.logger.image(f"{self.val_tag}/reconstruction", grid, self.step)
         mse = ((rec - self.val_images) / 2).pow(2).flatten(1).mean(1)
-        self.logger.log({"val/psnr_ema": float((-10 * torch.log10(mse)).mean())}, self.step)
+        self.logger.log({f"{self.val_tag}/psnr_ema": float((-10 * torch.log10(mse)).mean())}, self.step)
 
     @torch.no_grad()
     def measure_latent_stats(self, model: TCAE) -> None:
