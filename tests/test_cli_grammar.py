@@ -218,8 +218,7 @@ def test_every_documented_command_parses():
 
 
 def test_shipped_configs_pass_the_value_rules():
-    from tcae.config import list_configs
-    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
+    from tcae.config import DIT_ALIASES, DiTTrainConfig, list_configs
 
     for name in list_configs():
         if name.startswith("dit"):

@@ -19,9 +19,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from tcae.configs import CONFIG_DIR, list_configs
+from tcae.diffusion.dit import DiTConfig
 from tcae.models.tcae import TCAEConfig
-
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -163,6 +163,29 @@ class TrainConfig(LoopConfig):
     latent_stats_images: int = 1024  # training images whose latents set the exported model's mean/std (0: none)
 
 
+DiTModelSection = _optional_fields(DiTConfig, "DiTModelSection", [("name", str, field(default="dit-tiny"))])
+
+
+@dataclass
+class LatentDataConfig:
+    latents: str = "latents"  # a directory written by `tcae cache-latents`
+    batch_size: int = 64  # global
+    num_workers: int = 0
+
+
+@dataclass
+class DiTTrainConfig(LoopConfig):
+    """Diffusion-transformer training (`tcae train-dit`) on a latent cache."""
+
+    name: str = "dit"
+    model: DiTModelSection = field(default_factory=DiTModelSection)  # type: ignore[valid-type]
+    data: LatentDataConfig = field(default_factory=LatentDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=0,
+                                                                   min_lr_ratio=1.0, betas=(0.9, 0.95)))
+    timesteps: str = "logit_normal"  # or "uniform"
+    ema_decay: float = 0.9999
+
+
 # ---------------------------------------------------------------------- value rules
 @dataclass(frozen=True)
 class Rule:
@@ -223,6 +246,8 @@ FIELD_RULES: dict[type, dict[str, Rule]] = {
                                                                     "must be two values in [0, 1)"),
         "warmup_steps": NON_NEGATIVE, "min_lr_ratio": UNIT, "grad_clip": NON_NEGATIVE,
     },
+    LatentDataConfig: {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE},
+    DiTTrainConfig: {"timesteps": one_of("logit_normal", "uniform")},
 }
 
 
@@ -261,6 +286,7 @@ TRAIN_ALIASES = {
     "data": "data.spec", "model": "model.name", "image_size": "data.image_size", "batch_size": "data.batch_size",
     "lr": "optim.lr", "ssl": "ssl.enabled", "perceptual": "loss.perceptual", "gan": "loss.gan",
 }
+DIT_ALIASES = {"latents": "data.latents", "model": "model.name", "batch_size": "data.batch_size", "lr": "optim.lr"}
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -275,10 +301,6 @@ def resolve_config_path(name_or_path: str) -> Path:
         return shipped
     raise ConfigError(f"unknown config {name_or_path!r}: not a file and not a shipped config "
                       f"({', '.join(list_configs())})")
-
-
-def list_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def _unknown_key(err: Exception, schema: type, where: str) -> ConfigError:
@@ -441,3 +463,64 @@ def inherit_init_data(cfg: DictConfig, explicit: set[str]) -> str:
 def save_config(cfg: DictConfig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(cfg))
+
+
+# ---------------------------------------------------------------------- checks beyond the schema
+def _init_compression(init: str) -> int | None:
+    """The compression f of the phase-1 model `init` names, read from its config.json (None for a Hub id:
+    the trainer checks it once downloaded)."""
+    from tcae.models.checkpoint_io import (
+        CONFIG_NAME,
+        check_local_model_path,
+        dataclass_from_dict,
+        read_config_json,
+        resolve_run_dir,
+    )
+
+    path = Path(resolve_run_dir(init))
+    try:
+        check_local_model_path(str(path), "TC-AE")  # a path that cannot be a Hub id must exist
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"init={init}: {e}") from None
+    if not path.is_dir():
+        return None
+    config = path / CONFIG_NAME
+    if not config.is_file():
+        raise FileNotFoundError(f"init={init}: {config} not found (a model directory holds {CONFIG_NAME}; a "
+                                "training run directory holds one in model/)")
+    return dataclass_from_dict(TCAEConfig, read_config_json(config, "TC-AE"), "TC-AE", str(config)).compression
+
+
+def check_tokenizer_inputs(cfg: Any) -> None:
+    """The checks a tokenizer config needs beyond its schema and FIELD_RULES: the data specs name data that is
+    there, and data.image_size suits the model (its compression f). Run by the CLI before anything is printed."""
+    from tcae.data import check_spec
+    from tcae.models import preset_config
+
+    check_spec(cfg.data.spec, train=True)
+    if cfg.data.val_spec:
+        check_spec(cfg.data.val_spec, train=False)
+    size = cfg.data.image_size
+    if cfg.phase == "decoder":
+        if not cfg.init:
+            raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
+        f = _init_compression(cfg.init)
+    else:
+        overrides = model_overrides(cfg.model)
+        nominal = overrides.pop("image_size", None)
+        f = preset_config(cfg.model.name, **overrides).compression  # also checks the architecture
+    if f is not None and size % f:
+        lo = max(f, size // f * f)
+        raise ValueError(f"data.image_size={size} is not divisible by the model's compression f={f} "
+                         f"(nearest valid: {lo} or {lo + f})")
+    if cfg.phase != "decoder":
+        preset_config(cfg.model.name, **overrides, image_size=nominal or size)
+
+
+def check_dit_inputs(cfg: Any) -> None:
+    """The latent cache a DiT config names is there and complete."""
+    from tcae.diffusion.latents import read_latent_meta
+
+    meta = read_latent_meta(cfg.data.latents)  # FileNotFoundError naming meta.json
+    if not meta.get("complete"):
+        raise ValueError(f"{cfg.data.latents} is an incomplete latent cache; rerun `tcae cache-latents` to finish it")

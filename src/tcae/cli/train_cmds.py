@@ -8,14 +8,10 @@ checked before anything is printed or trained; `--print-config` prints the resol
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from tcae.cli._common import add_command
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # tcae/configs (tcae.config.CONFIG_DIR)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -28,7 +24,7 @@ def _load(args: argparse.Namespace) -> Any:
     if args.no_progress:
         overrides.append("progress=false")
     if args.command == "train-dit":
-        from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
+        from tcae.config import DIT_ALIASES, DiTTrainConfig
 
         return load_config(DiTTrainConfig, args.config, overrides, DIT_ALIASES)
     from tcae.config import TRAIN_ALIASES, TrainConfig, explicit_keys, inherit_init_data
@@ -41,64 +37,12 @@ def _load(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def _init_compression(init: str) -> int | None:
-    """The compression f of the phase-1 model `init` names, read from its config.json (None for a Hub id:
-    the trainer checks it once downloaded)."""
-    from tcae.models import TCAEConfig
-    from tcae.models.checkpoint_io import CONFIG_NAME, check_local_model_path, dataclass_from_dict, resolve_run_dir
-
-    path = Path(resolve_run_dir(init))
-    try:
-        check_local_model_path(str(path), "TC-AE")  # a path that cannot be a Hub id must exist
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"init={init}: {e}") from None
-    if not path.is_dir():
-        return None
-    config = path / CONFIG_NAME
-    if not config.is_file():
-        raise FileNotFoundError(f"init={init}: {config} not found (a model directory holds {CONFIG_NAME}; a "
-                                "training run directory holds one in model/)")
-    return dataclass_from_dict(TCAEConfig, json.loads(config.read_text()), "TC-AE", str(config)).compression
-
-
-def check_tokenizer_inputs(cfg: Any) -> None:
-    """The data specs name data that is there, and data.image_size suits the model (its compression f)."""
-    from tcae.config import model_overrides
-    from tcae.data import check_spec
-    from tcae.models import preset_config
-
-    check_spec(cfg.data.spec, train=True)
-    if cfg.data.val_spec:
-        check_spec(cfg.data.val_spec, train=False)
-    size = cfg.data.image_size
-    if cfg.phase == "decoder":
-        if not cfg.init:
-            raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
-        f = _init_compression(cfg.init)
-    else:
-        overrides = model_overrides(cfg.model)
-        nominal = overrides.pop("image_size", None)
-        f = preset_config(cfg.model.name, **overrides).compression  # also checks the architecture
-    if f is not None and size % f:
-        lo = max(f, size // f * f)
-        raise ValueError(f"data.image_size={size} is not divisible by the model's compression f={f} "
-                         f"(nearest valid: {lo} or {lo + f})")
-    if cfg.phase != "decoder":
-        preset_config(cfg.model.name, **overrides, image_size=nominal or size)
-
-
-def check_dit_inputs(cfg: Any) -> None:
-    from tcae.diffusion.latents import read_latent_meta
-
-    meta = read_latent_meta(cfg.data.latents)  # FileNotFoundError naming meta.json
-    if not meta.get("complete"):
-        raise ValueError(f"{cfg.data.latents} is an incomplete latent cache; rerun `tcae cache-latents` to finish it")
-
-
 def _train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     cfg = _load(args)
+    from tcae.config import check_dit_inputs, check_tokenizer_inputs
+
     (check_dit_inputs if args.command == "train-dit" else check_tokenizer_inputs)(cfg)
     if args.print_config:
         print(OmegaConf.to_yaml(cfg), end="")
@@ -113,7 +57,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    from tcae.configs import list_configs
+
+    shipped = ", ".join(list_configs())
     for name, helptext in (
         ("train", "phase 1: joint reconstruction + iBOT training of a tokenizer"),
         ("finetune-decoder", "phase 2: decoder fine-tuning, encoder frozen (needs init=RUN_OR_MODEL_DIR)"),

@@ -69,9 +69,16 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     configs (run names and folders aside), the image size and the data. Equal keys = the same run."""
     from omegaconf import OmegaConf
 
-    from tcae.config import DEFAULT_MODEL, TRAIN_ALIASES, TrainConfig, load_config, model_overrides
+    from tcae.config import (
+        DEFAULT_MODEL,
+        DIT_ALIASES,
+        TRAIN_ALIASES,
+        DiTTrainConfig,
+        TrainConfig,
+        load_config,
+        model_overrides,
+    )
     from tcae.models.presets import preset_config
-    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
 
     cfg = load_config(TrainConfig, scale.tokenizer_config, tokenizer_overrides(overrides, scale, data, seed),
                       TRAIN_ALIASES)

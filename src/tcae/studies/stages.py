@@ -76,7 +76,8 @@ def latents_stage(model_dir: Path | str, data_spec: str, image_size: int, out_di
 
 
 def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = "dit-tiny") -> Path:
-    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig, train_dit
+    from tcae.config import DIT_ALIASES, DiTTrainConfig
+    from tcae.training.dit import train_dit
 
     cfg = load_config(DiTTrainConfig, config, [f"run_dir={run_dir}", f"latents={latents}", *overrides],
                       DIT_ALIASES)

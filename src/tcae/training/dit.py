@@ -7,51 +7,14 @@ buffers of the DiT, saved in its weights, so sampling never guesses the latent s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from omegaconf import DictConfig
 
-from tcae.config import (
-    FIELD_RULES,
-    NON_NEGATIVE,
-    POSITIVE,
-    LoopConfig,
-    OptimConfig,
-    _optional_fields,
-    model_overrides,
-    one_of,
-)
+from tcae.config import model_overrides
 from tcae.data import build_loader
-from tcae.diffusion import DiTConfig, LatentDataset, create_dit, flow_matching_loss
+from tcae.diffusion import LatentDataset, create_dit, flow_matching_loss
 from tcae.training.ema import EMA, warmup_decay
 from tcae.training.loop import TrainLoop
-
-DiTModelSection = _optional_fields(DiTConfig, "DiTModelSection", [("name", str, field(default="dit-tiny"))])
-
-
-@dataclass
-class LatentDataConfig:
-    latents: str = "latents"  # a directory written by `tcae cache-latents`
-    batch_size: int = 64  # global
-    num_workers: int = 0
-
-
-@dataclass
-class DiTTrainConfig(LoopConfig):
-    name: str = "dit"
-    model: DiTModelSection = field(default_factory=DiTModelSection)  # type: ignore[valid-type]
-    data: LatentDataConfig = field(default_factory=LatentDataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=0,
-                                                                   min_lr_ratio=1.0, betas=(0.9, 0.95)))
-    timesteps: str = "logit_normal"  # or "uniform"
-    ema_decay: float = 0.9999
-
-
-FIELD_RULES[LatentDataConfig] = {"batch_size": POSITIVE, "num_workers": NON_NEGATIVE}
-FIELD_RULES[DiTTrainConfig] = {"timesteps": one_of("logit_normal", "uniform")}
-
-DIT_ALIASES = {"latents": "data.latents", "model": "model.name", "batch_size": "data.batch_size", "lr": "optim.lr"}
 
 
 class DiTTrainer(TrainLoop):
