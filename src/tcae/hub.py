@@ -43,15 +43,15 @@ def stage_model(model_id: str, folder: str | os.PathLike, repo_id: str,
     """Write into `folder` what `push_model` uploads; returns the relative file names, sorted."""
     from huggingface_hub.utils import validate_repo_id
 
-    from tcae.inference import load_model
     from tcae.models.card import read_card_info
     from tcae.models.checkpoint_io import resolve_run_dir
+    from tcae.tokenizers import load_tokenizer
 
     validate_repo_id(repo_id)  # HFValidationError (a ValueError) names what is wrong with it
     if str(model_id).startswith("diffusers:"):
         raise ValueError(f"{model_id}: tcae push uploads tcae models; a diffusers folder goes up with its own "
                          "push_to_hub (or huggingface_hub.upload_folder)")
-    model = load_model(model_id)
+    model = load_tokenizer(model_id)
     local = Path(resolve_run_dir(model_id))
     info = read_card_info(local / "README.md") if local.is_dir() else {}
     info.update(card_info or {})

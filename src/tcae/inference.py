@@ -52,15 +52,6 @@ PAD_MODES = ("reflect", "edge")
 FORMAT = "tcae-latent-v1"
 
 
-def load_model(model: str, device: torch.device | str = "cpu") -> TCAE:
-    """The tokenizer named by `model` (model directory, training run directory, Hub repo id, or
-    ``diffusers:PATH_OR_HUB_ID``: :func:`tcae.tokenizers.load_tokenizer`), in eval mode on `device`. The one
-    place the commands load a tokenizer."""
-    from tcae.tokenizers import load_tokenizer
-
-    return load_tokenizer(model).to(device).eval()
-
-
 # ---------------------------------------------------------------------- inputs
 @dataclass
 class ImageSource:

@@ -59,14 +59,16 @@ def is_diffusers_spec(spec: str) -> bool:
     return str(spec).startswith(DIFFUSERS_PREFIX)
 
 
-def load_tokenizer(spec: str | Path) -> Tokenizer:
-    """The tokenizer a spec names (module docstring), on the CPU in eval mode."""
+def load_tokenizer(spec: str | Path, device: torch.device | str = "cpu") -> Tokenizer:
+    """The tokenizer a spec names (module docstring: a model directory, a training run directory, a Hub
+    repo id, or ``diffusers:PATH_OR_HUB_ID``), in eval mode on `device`. The one place tcae loads a
+    tokenizer."""
     spec = str(spec)
     if is_diffusers_spec(spec):
-        return load_diffusers_tokenizer(spec[len(DIFFUSERS_PREFIX):], source=spec)
+        return load_diffusers_tokenizer(spec[len(DIFFUSERS_PREFIX):], source=spec).to(device).eval()
     from tcae.models import TCAE
 
-    return TCAE.from_pretrained(spec).eval()
+    return TCAE.from_pretrained(spec).to(device).eval()
 
 
 # ---------------------------------------------------------------------- diffusers autoencoders

@@ -38,9 +38,9 @@ def _cache_latents(args: argparse.Namespace) -> int:
     from tcae.data import build_dataset
     from tcae.device import resolve_device
     from tcae.diffusion.latents import cache_latents
-    from tcae.inference import load_model
+    from tcae.tokenizers import load_tokenizer
 
-    tokenizer = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
     size = args.image_size or tokenizer.config.image_size
     tokenizer.check_image_size(size)  # before anything is written to --out
     dataset = build_dataset(args.data, size, train=False)
@@ -108,15 +108,15 @@ def _sample(args: argparse.Namespace) -> int:
     from tcae.diffusion.dit import DiT
     from tcae.diffusion.generate import class_ids, class_labels, generate_images, load_latent_stats
     from tcae.evaluation.npz import NpzSampleWriter
-    from tcae.inference import load_model
     from tcae.models.checkpoint_io import resolve_run_dir
+    from tcae.tokenizers import load_tokenizer
     from tcae.util import to_uint8_hwc
 
     device = resolve_device(args.device)
     dit_dir = resolve_run_dir(args.dit)
     _check_is_dit(args.dit, dit_dir)
     dit = DiT.from_pretrained(dit_dir).to(device).eval()
-    tokenizer = load_model(args.model, device)
+    tokenizer = load_tokenizer(args.model, device)
     mean, std, stats_source = load_latent_stats(dit, tokenizer)
     classes = class_ids(args.classes, dit.config.num_classes, dit.config.class_names) if args.classes else None
     labels = class_labels(args.num, dit.config.num_classes, classes)

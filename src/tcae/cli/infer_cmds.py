@@ -43,12 +43,13 @@ TILE_HELP = ("auto: images larger than the model's training size go through in t
 def _sources_and_model(args: argparse.Namespace):
     """(images, model, device): the data is checked before the model is loaded."""
     from tcae.device import resolve_device
-    from tcae.inference import list_images, load_model
+    from tcae.inference import list_images
+    from tcae.tokenizers import load_tokenizer
 
     builtin = args.data.startswith("builtin:")
     sources = None if builtin else list_images(args.data, max_images=args.max_images)
     device = resolve_device(args.device)
-    model = load_model(args.model, device)
+    model = load_tokenizer(args.model, device)
     if builtin:
         size = args.image_size or model.config.image_size
         model.check_image_size(size)
@@ -81,11 +82,12 @@ def _encode(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace) -> int:
     from tcae.device import resolve_device
-    from tcae.inference import decode_latents, list_latents, load_model
+    from tcae.inference import decode_latents, list_latents
+    from tcae.tokenizers import load_tokenizer
 
     files = list_latents(args.latents)  # checked before the model is loaded
     device = resolve_device(args.device)
-    model = load_model(args.model, device)
+    model = load_tokenizer(args.model, device)
     summary = decode_latents(model, files, args.out, batch_size=args.batch_size, device=device,
                              progress=not args.no_progress, tile=args.tile)
     print(f"wrote {_count(summary['images'], 'image')} (PNG, original sizes{_tiled(summary)}) to {summary['out']}")
