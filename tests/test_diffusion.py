@@ -26,8 +26,8 @@ from tcae.diffusion import (
     sample_timesteps,
 )
 from tcae.evaluation.npz import NpzSampleWriter, load_samples_npz, save_samples_npz
-from tcae.util import to_uint8_hwc as to_uint8
 from tcae.models import create_model
+from tcae.util import to_uint8_hwc as to_uint8
 
 # ---------------------------------------------------------------------- toy 2D flow matching
 MEANS = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])

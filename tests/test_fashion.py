@@ -12,8 +12,8 @@ import torch
 
 from tcae.data import build_dataset, dataset_num_classes, parse_spec, read_idx
 from tcae.data import fashion as fm
-from tcae.data.transforms import MultiCropTransform
 from tcae.data.spec import split_spec
+from tcae.data.transforms import MultiCropTransform
 
 PER_CLASS_TRAIN, PER_CLASS_TEST = 12, 2
 

@@ -10,8 +10,6 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from tcae.cli.main import main as cli
-from tcae.evaluation.gen_eval import evaluate_samples
-from tcae.evaluation.npz import save_samples_npz
 from tcae.evaluation import frechet_distance
 from tcae.evaluation.features import FeatureNetwork, InceptionFeatures
 from tcae.evaluation.fid_protocol import (
@@ -21,6 +19,8 @@ from tcae.evaluation.fid_protocol import (
     reference_statistics,
     save_reference,
 )
+from tcae.evaluation.gen_eval import evaluate_samples
+from tcae.evaluation.npz import save_samples_npz
 
 ODD_SIZES = [(517, 333), (333, 517), (65, 64), (97, 130), (255, 129), (64, 31), (1001, 999)]
 

@@ -11,9 +11,9 @@ import torch
 
 from tcae.cli.main import main as cli
 from tcae.data import build_dataset
-from tcae.evaluation.npz import save_samples_npz
 from tcae.evaluation import DigitsJudge, FashionJudge, build_feature_network, frechet_distance
 from tcae.evaluation import judges as jd
+from tcae.evaluation.npz import save_samples_npz
 from tcae.studies.stages import judge_samples
 
 
