@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py --model tcae-tiny --image-size 64 --batch-size 16 --steps 10
     python benchmarks/bench_training.py --model tcae-s --image-size 256 --batch-size 2 --steps 1 --warmup 0
+    python benchmarks/bench_training.py --ref af9b27c~1 --objective paper --steps 8   # before/after a change
 
 Peak memory (ru_maxrss) comes from each setting run alone in its own subprocess. Speed comes from both
 trainers built in one process and stepped alternately (recon, joint, recon, ...), so whatever else the
@@ -14,18 +15,32 @@ attention), whose ratio is the floor any kernel-level speed-up leaves the time r
 L_rec = L1 + LPIPS + GAN, as phase 1 runs once the GAN has started: LPIPS's VGG16 from torch hub's cache if
 it is there, else a VGG16 with random weights -- *for cost only*: the benchmark reports time, never the
 loss value, and cost does not depend on weights -- and the PatchGAN with its adaptive weight from step 0.
+
+`--ref GIT_REF` measures a change instead: the same two settings with the package as it is at GIT_REF (its
+`src/`, exported with `git archive` into a temporary folder) and as it is in this working tree, in two worker
+processes stepped alternately (ref, tree, ref, tree, ...) so other load slows both alike, side by side with
+the speed and FLOPs ratios (no peak memory). The ref must have the trainer API this script drives
+(`TokenizerTrainer`, the config keys above).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import io
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("recon", "joint")
 
 
 def build(args: argparse.Namespace, ssl: bool, tmp: str):
@@ -72,20 +87,25 @@ def perceptual_for_timing():
     return MeanLPIPS()
 
 
+def train_step(trainer, batch) -> None:
+    """One optimizer step on `batch` (trainers older than gradient accumulation took one batch, not a list)."""
+    takes_list = "micro_batches" in inspect.signature(trainer.train_step).parameters
+    trainer.train_step([batch] if takes_list else batch)
+    trainer.step += 1
+
+
 def step_flops(trainer, batch) -> int:
     """FLOPs of one training step (forward, backward, optimizer), counted on a warm-up step."""
     from tcae.models.flops import flop_counter
 
     with flop_counter() as counter:
-        trainer.train_step([batch])
-    trainer.step += 1
+        train_step(trainer, batch)
     return int(counter.get_total_flops())
 
 
 def timed_step(trainer, batch) -> float:
     t = time.perf_counter()
-    trainer.train_step([batch])
-    trainer.step += 1
+    train_step(trainer, batch)
     return time.perf_counter() - t
 
 
@@ -123,6 +143,103 @@ def measure_interleaved(args: argparse.Namespace) -> dict:
     return {kind: {**summary(t, args.batch_size), "step_gflops": flops[kind] / 1e9} for kind, t in times.items()}
 
 
+# ---------------------------------------------------------------------------- --ref: before/after a change
+def serve(args: argparse.Namespace) -> None:
+    """Worker of --ref (the `tcae` on PYTHONPATH): build both settings, print their step FLOPs as JSON, then
+    for each line "recon"/"joint" on stdin time one step of that setting and print its seconds."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {kind: build(args, kind == "joint", tmp) for kind in KINDS}
+        counts = {kind: step_flops(trainer, batches[0]) for kind, (trainer, batches) in runs.items()}
+        print(json.dumps(counts), flush=True)
+        next_batch = dict.fromkeys(KINDS, 1)  # batch 0 counted the FLOPs
+        for line in sys.stdin:
+            kind = line.strip()
+            trainer, batches = runs[kind]
+            print(timed_step(trainer, batches[next_batch[kind] % len(batches)]), flush=True)
+            next_batch[kind] += 1
+
+
+def fail(message: str) -> None:
+    """Stop with `message` and exit code 2 (bad input: a wrong --ref, a worker that cannot run)."""
+    print(f"bench_training.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def export_src(ref: str, dest: Path) -> Path:
+    """`src/` of the repository at git revision `ref`, written under `dest`; returns its path."""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        fail(f"--ref {ref}: not a git revision of {ROOT}")
+    archive = subprocess.run(["git", "archive", "--format=tar", found.stdout.strip(), "src"], cwd=ROOT,
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"
+
+
+class Worker:
+    """One side of --ref: this script's `serve` in a process importing `tcae` from `src`."""
+
+    def __init__(self, src: Path, argv: list[str], threads: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
+        self.src = src
+        self.proc = subprocess.Popen([sys.executable, __file__, *argv, "--serve"], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.flops = json.loads(self._read())
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:  # its traceback went to stderr, above
+            fail(f"the worker importing tcae from {self.src} stopped (its error is above)")
+        return line
+
+    def step(self, kind: str) -> float:
+        self.proc.stdin.write(kind + "\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def measure_against_ref(args: argparse.Namespace) -> dict:
+    """{"recon"|"joint": {"ref"|"tree": summary + step_gflops}}, the two trees stepped alternately."""
+    argv = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in
+            ("model", "config", "image_size", "batch_size", "num_local", "steps", "warmup", "objective", "threads",
+             "precision")]
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = {"ref": Worker(export_src(args.ref, Path(tmp)), argv, args.threads),
+                 "tree": Worker(ROOT / "src", argv, args.threads)}
+        times = {kind: {side: [] for side in sides} for kind in KINDS}
+        for i in range(1, args.steps + args.warmup):
+            for kind in KINDS:
+                for side, worker in sides.items():
+                    dt = worker.step(kind)
+                    if i >= args.warmup:
+                        times[kind][side].append(dt)
+        for worker in sides.values():
+            worker.close()
+    return {kind: {side: {**summary(t, args.batch_size), "step_gflops": sides[side].flops[kind] / 1e9}
+                   for side, t in by_side.items()} for kind, by_side in times.items()}
+
+
+def ref_table(rows: dict, ref: str) -> str:
+    """Markdown: per setting, images/s and step GFLOPs at the ref and in the tree, and their ratios."""
+    lines = [f"| setting | {ref} img/s | tree img/s | speed tree / {ref} | {ref} GFLOPs | tree GFLOPs | "
+             f"FLOPs {ref} / tree |", "|---|---|---|---|---|---|---|"]
+    for kind, r in rows.items():
+        old, new = r["ref"], r["tree"]
+        lines.append(f"| {kind} | {old['images_per_s']:.2f} | {new['images_per_s']:.2f} | "
+                     f"{new['images_per_s'] / old['images_per_s']:.3f}x | {old['step_gflops']:.1f} | "
+                     f"{new['step_gflops']:.1f} | {old['step_gflops'] / new['step_gflops']:.3f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tcae-tiny")
@@ -136,9 +253,21 @@ def main() -> None:
                    help="L_rec: L1 only, or L1 + LPIPS + GAN (PAPER.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--only", choices=["recon", "joint"], help=argparse.SUPPRESS)
+    p.add_argument("--ref", metavar="GIT_REF", help="measure the same at this git revision and in the working "
+                   "tree, stepped alternately, side by side with ratios (a before/after check of a change)")
+    p.add_argument("--only", choices=KINDS, help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.warmup = max(args.warmup, 1)
+    if args.serve:
+        serve(args)
+        return
+    if args.ref:
+        rows = measure_against_ref(args)
+        print(f"command: python {' '.join(sys.argv)}")
+        print(ref_table(rows, args.ref))
+        print(json.dumps({"args": vars(args), "rows": rows}))
+        return
     if args.only:
         print(json.dumps(measure_alone(args, args.only == "joint")))
         return

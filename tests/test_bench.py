@@ -120,13 +120,13 @@ def test_cli_registers_and_runs(tmp_path, capsys):
     assert "| tcae-tiny |" in capsys.readouterr().out
 
 
+TRAINING_SCRIPT = ROOT / "benchmarks" / "bench_training.py"
+
+
+@pytest.mark.slow
 def test_training_benchmark_script_runs_both_objectives():
     """benchmarks/bench_training.py end to end at 32 px: both settings, FLOPs and the ratio in its JSON."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_training.py"
+    script = TRAINING_SCRIPT
     recon_gflops = {}
     for objective in ("l1", "paper"):
         res = subprocess.run([sys.executable, str(script), "--image-size", "32", "--batch-size", "2", "--steps", "1",
@@ -143,6 +143,31 @@ def test_training_benchmark_script_runs_both_objectives():
         assert f"({objective} L_rec; 2 global + 4 local crops)" in res.stdout
         recon_gflops[objective] = recon["step_gflops"]
     assert recon_gflops["paper"] > recon_gflops["l1"]  # LPIPS's VGG16 and the PatchGAN really ran
+
+
+def test_training_benchmark_ref_that_is_not_a_revision_exits_2():
+    r = subprocess.run([sys.executable, str(TRAINING_SCRIPT), "--ref", "no-such-ref"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "--ref no-such-ref: not a git revision" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_training_benchmark_against_a_ref_side_by_side():
+    """--ref HEAD: both settings measured with HEAD's `src/` (exported) and with the working tree's, side by side.
+    The model code is the same on both sides here, so the FLOPs of a step must agree exactly."""
+    r = subprocess.run([sys.executable, str(TRAINING_SCRIPT), "--ref", "HEAD", "--image-size", "32", "--batch-size",
+                        "2", "--steps", "2", "--warmup", "1", "--threads", "1"], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["args"]["ref"] == "HEAD" and set(out["rows"]) == {"recon", "joint"}
+    for kind, sides in out["rows"].items():
+        assert sides["ref"]["step_gflops"] == sides["tree"]["step_gflops"] > 0, kind
+        assert all(s["images_per_s"] > 0 and s["step_s_min"] <= s["step_s_max"] for s in sides.values())
+        speed = sides["tree"]["images_per_s"] / sides["ref"]["images_per_s"]
+        assert f"| {kind} | {sides['ref']['images_per_s']:.2f} | {sides['tree']['images_per_s']:.2f} | " \
+               f"{speed:.3f}x |" in r.stdout
+    assert out["rows"]["joint"]["tree"]["step_gflops"] > out["rows"]["recon"]["tree"]["step_gflops"]
 
 
 @pytest.mark.slow

@@ -79,11 +79,11 @@ def test_one_spelling_per_concept():
 
 def test_parser_constants_match_the_library():
     """The parser spells a few lists itself (to build without torch); they must be the library's."""
-    from tcae import repro
     from tcae.bench.run import DEFAULT_MODELS
+    from tcae.studies import paper
 
     assert tuple(bench_cmd.DEFAULT_MODELS) == tuple(DEFAULT_MODELS)
-    assert set(repro_cmd.EXPERIMENTS) == set(repro.PAPER) and set(repro_cmd.SCALES) == set(repro.SCALES)
+    assert set(repro_cmd.EXPERIMENTS) == set(paper.PAPER) and set(repro_cmd.SCALES) == set(paper.SCALES)
 
 
 # ---------------------------------------------------------------------------- bad input: exit 2

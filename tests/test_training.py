@@ -72,6 +72,7 @@ def _train_cmd(tmp_path, name, steps, *extra):
             f"name={name}", f"steps={steps}", "checkpoint_every=3", "keep_last=10", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_cmd(tmp_path, "straight", 9), check=True, env=env, capture_output=True)

@@ -54,7 +54,8 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
     """
     from tcae.data.spec import dataset_num_classes, split_spec
     from tcae.evaluation import build_feature_network, judge_for_data
-    from tcae.studies.cells import _inception_available, eval_dir_name, resolve_scale, score_tokenizer
+    from tcae.studies.cells import eval_dir_name, inception_available, score_tokenizer
+    from tcae.studies.paper import resolve_scale
     from tcae.studies.stages import write_json
     from tcae.tokenizers import load_tokenizer
 
@@ -70,7 +71,7 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
         raise ValueError(f"need one unique name per --model, got {names}")
     for m in models:  # every tokenizer loads and takes the image size before anything trains
         load_tokenizer(m).check_image_size(scale.image_size)
-    inception, judge_name = _inception_available(), judge_for_data(data)
+    inception, judge_name = inception_available(), judge_for_data(data)
     if judge_name is None and not inception:
         raise ValueError(f"no generation metric for {data}: gFID needs the InceptionV3 weights "
                          "(weights-inception-2015-12-05-6726825d.pth in $TORCH_HOME/hub/checkpoints/); only "

@@ -1,0 +1,609 @@
+"""The research harness (`tcae.studies`, `tcae repro`, `tcae demo`) through its public API and the CLI:
+the scales and their mapping onto the paper's regime, the experiments' cells, cell keys (identical runs
+shared across cells, experiments and sessions), running and resuming a (cell, seed), several workers on one
+grid (locks, --no-wait, --report-only, --only), the report's spread and verdict rule, the demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tcae.cli.main import main as cli
+from tcae.config import TRAIN_ALIASES, TrainConfig, load_config, model_overrides
+from tcae.models import create_model
+from tcae.studies import paper
+from tcae.studies.cells import cell_key, eval_dir_name, run_cell
+from tcae.studies.experiments import run_experiment
+from tcae.studies.paper import DATA_SCALES, PAPER, SCALES, SSL_ALPHAS, experiment_cells, resolve_scale
+from tcae.studies.report import METRICS, claims, compare, speedup, steps_to_reach, summarize, write_report
+from tcae.studies.stages import split_spec
+from tcae.util import LockBusy, file_lock, write_json_atomic
+
+FASHION = DATA_SCALES[("tiny", "fashion")]
+DIGITS = "builtin:digits"
+
+
+def files_under(root: Path) -> dict[str, int]:
+    """Relative path -> mtime_ns of every file under `root`."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _model(overrides: list[str], scale: paper.Scale = FASHION):
+    cfg = load_config(TrainConfig, scale.tokenizer_config, overrides, TRAIN_ALIASES)
+    over = model_overrides(cfg.model)
+    over.setdefault("image_size", cfg.data.image_size)
+    return create_model(cfg.model.name, **over)
+
+
+# ---------------------------------------------------------------------------- scales and cells
+def test_scale_chosen_by_data():
+    assert resolve_scale("tiny", None) == (SCALES["tiny"], DIGITS)
+    assert resolve_scale("tiny", DIGITS)[0] is SCALES["tiny"]
+    assert resolve_scale("tiny", "builtin:fashion")[0] is FASHION
+    assert resolve_scale("tiny", "builtin:fashion@/x")[0] is FASHION
+    with pytest.raises(ValueError, match="needs --data"):
+        resolve_scale("small", None)
+
+
+def test_fashion_tiny_scale_mirrors_the_papers_ratios():
+    """f_tok->lat 4 (staged) / 16 (single-stage), latent numbers per real pixel value ~1/24, p/f of the
+    token-scaling cells 1/8, 1/4, 1/2, channels c vs 2c: measured on the models the cells build."""
+    real_values = 28 * 28 * 1
+    for staged, f_tok_lat in ((True, 4), (False, 16)):
+        model = _model([] if staged else ["model.staged=false"])
+        cfg = model.config
+        tokens = (32 // cfg.patch_size) ** 2
+        coarse = (32 // cfg.token_stride) ** 2
+        z = model.encode(torch.zeros(1, 3, 32, 32))
+        assert z.shape == (1, 8, 2, 2) and tokens == 64
+        assert coarse // (z.shape[2] * z.shape[3]) == f_tok_lat
+        assert real_values / z.numel() == pytest.approx(24.5)  # the paper: 256*256*3 / (8*8*128) = 24
+    assert 256 * 256 * 3 / (8 * 8 * 128) == 24
+    cells = experiment_cells("token-scaling", FASHION)
+    ratios = sorted({_model(o).config.patch_size / _model(o).config.compression for o in cells.values()})
+    assert ratios == [1 / 8, 1 / 4, 1 / 2]  # the paper: p in 4, 8, 16 at f=32
+    assert list(experiment_cells("channels", FASHION)) == ["c=8", "c=16"]
+    assert "1/24.5" in FASHION.mapping and "4 / 16" in FASHION.mapping
+
+
+EXPECTED_CELLS = {
+    "stc-ssl": {"single-stage, no SSL", "staged, no SSL", "single-stage, SSL", "staged, SSL"},
+    "ssl-method": {"iBOT", "DINO", "none"},
+    "ssl-causes": {"staged, no SSL", "staged, SSL, alpha=1", "staged, SSL, alpha=10",
+                   "staged, SSL, alpha=1, full-image recon", "staged, SSL, alpha=10, full-image recon"},
+}
+
+
+@pytest.mark.parametrize("scale_name", list(SCALES))
+@pytest.mark.parametrize("experiment", list(PAPER))
+def test_experiment_cells(experiment, scale_name):
+    scale = SCALES[scale_name]
+    cells = experiment_cells(experiment, scale)
+    c = scale.base_channels
+    expected = EXPECTED_CELLS.get(experiment) or {
+        "channels": {f"c={c}", f"c={2 * c}"},
+        "token-scaling": {f"p={p}, {st}" for st in ("staged", "single-stage")
+                          for p in ((2, 4, 8) if scale.image_size <= 64 else (4, 8, 16))},
+    }[experiment]
+    assert set(cells) == expected
+    if experiment in ("stc-ssl", "ssl-method"):  # the report sets the paper's rows beside these cells
+        assert set(cells) == set(PAPER[experiment])
+    for cell, overrides in cells.items():
+        # every override is a valid key of the scale's tokenizer config ...
+        cfg = load_config(TrainConfig, scale.tokenizer_config, [*scale.extra, *overrides], TRAIN_ALIASES)
+        # ... and sets what the cell's name says
+        if "no SSL" in cell or cell == "none":
+            assert cfg.ssl.enabled is False
+        if "single-stage" in cell:
+            assert cfg.model.staged is False
+        elif "staged" in cell:
+            assert cfg.model.staged in (None, True)
+        if cell == "DINO":  # DINO: no patch loss and no masked views
+            assert cfg.ssl.patch_weight == 0 and cfg.ssl.mask_sample_prob == 0
+        if cell.startswith("c="):
+            assert cfg.model.latent_channels == int(cell[2:])
+        if cell.startswith("p="):
+            assert cfg.model.patch_size == int(cell[2:cell.index(",")])
+        if scale_name == "tiny":  # the tiny cells also build and encode at the scale's image size
+            model = _model(overrides, scale)
+            size = scale.image_size
+            assert model.config.image_size == size
+            latent = model.encode(torch.zeros(1, 3, size, size))
+            assert latent.shape[1] == model.config.latent_channels
+
+
+def test_unknown_experiment_and_scale():
+    with pytest.raises(ValueError, match="unknown experiment"):
+        experiment_cells("nope", SCALES["tiny"])
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        resolve_scale("huge", None)
+
+
+def test_dino_cell_has_no_masks_and_no_patch_loss(tmp_path):
+    """The ssl-method experiment's DINO cell: no masked global crops and no patch (MIM) loss, in a real step."""
+    from tcae.training.tokenizer import TokenizerTrainer
+
+    dino = experiment_cells("ssl-method", SCALES["tiny"])["DINO"]
+    cfg = load_config(TrainConfig, "digits", [f"run_dir={tmp_path}", "steps=1", "batch_size=4", "progress=false",
+                                              "model.fine_depth=1", "model.coarse_depth=1", *dino], TRAIN_ALIASES)
+    assert cfg.ssl.enabled and cfg.ssl.mask_sample_prob == 0 and cfg.ssl.patch_weight == 0
+    trainer = TokenizerTrainer(cfg)
+    batch = next(iter(trainer.loader))
+    assert batch["masks"].shape[0] == 2 * 4 and not batch["masks"].any()  # no global view is masked
+    terms = trainer.train_step([batch])
+    assert float(terms["ibot_mim"]) == 0.0
+    assert float(terms["loss"]) == pytest.approx(float(terms["l1"] + terms["ibot_cls"]), rel=1e-6)
+    ibot = experiment_cells("ssl-method", SCALES["tiny"])["iBOT"]
+    cfg_ibot = load_config(TrainConfig, "digits", ibot, TRAIN_ALIASES)
+    assert cfg_ibot.ssl.mask_sample_prob > 0 and cfg_ibot.ssl.patch_weight > 0
+
+
+# ---------------------------------------------------------------------------- cell keys
+def test_cell_key_same_config_same_key():
+    key = cell_key
+    data = "builtin:fashion"
+    tcae = key([], FASHION, data, 0)
+    assert key(["model.latent_channels=8"], FASHION, data, 0) == tcae  # channels' c=8 cell is TC-AE
+    assert key(["model.patch_size=4", "model.staged=true"], FASHION, data, 0) == tcae  # token-scaling p=4
+    assert key(["ssl=false"], FASHION, data, 0) == key(["ssl.enabled=false"], FASHION, data, 0)
+    # keys of runs made before a setting existed do not move (the grid spans sessions): pinned values
+    assert tcae == "b3afc6b73b3c625f" and key(["ssl=false"], FASHION, data, 0) == "8bfc788e6fd482a9"
+    # a setting added later is left out of the key at its default (neutral), not at another value
+    assert key(["ssl.recon_view=crop"], FASHION, data, 0) == tcae != key(["ssl.recon_view=full"], FASHION, data, 0)
+    assert key([], FASHION, data, 1) != tcae  # seeds are distinct runs
+    assert key(["model.latent_channels=16"], FASHION, data, 0) != tcae
+    assert key([], dataclasses.replace(FASHION, dit_steps=7), data, 0) != tcae
+    assert key([], FASHION, DIGITS, 0) != tcae  # other data, other run
+    # sample counts do not retrain: they select another evaluation folder of the same run
+    assert eval_dir_name(FASHION, "test", "judge:fashion") != eval_dir_name(
+        dataclasses.replace(FASHION, per_class=3), "test", "judge:fashion")
+    # across the paper's four experiments, 10 of the 15 cells are distinct runs
+    grid = ("stc-ssl", "ssl-method", "channels", "token-scaling")
+    cells = {key(o, FASHION, data, 0) for e in grid for o in experiment_cells(e, FASHION).values()}
+    assert len(cells) == 10
+    # ssl-causes reuses stc-ssl's staged cells and adds one run per alpha != 1 and the recon view
+    extra = {c: key(o, FASHION, data, 0) for c, o in experiment_cells("ssl-causes", FASHION).items()}
+    assert extra["staged, SSL, alpha=1"] == tcae and extra["staged, no SSL"] == key(["ssl=false"], FASHION, data, 0)
+    assert len(set(extra.values()) - cells) == len(SSL_ALPHAS) + 1
+
+
+# ---------------------------------------------------------------------------- the report
+def _verdict_rows(report: str) -> dict[str, str]:
+    """Statement -> outcome of the report's verdict table."""
+    table = report.split("## Verdicts")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| claim")]
+    return {r[1]: r[-1] for r in rows}
+
+
+def test_spread_and_verdict_rule(tmp_path):
+    """summarize/compare on seed values, and the outcome the report draws from a verdict and the claim."""
+    a, b = summarize([10.0, 11.0, 12.0]), summarize([13.0, 13.5, 14.0])
+    assert a == {"n": 3, "mean": 11.0, "std": 1.0, "min": 10.0, "max": 12.0}
+    assert summarize([None, None]) is None and summarize([2.0, None])["n"] == 1
+    # FD (lower better): a beats b by 2.5 > spread 1.0
+    assert compare(a, b, higher_better=False) == ("better", -2.5, 1.0)
+    assert compare(a, b, higher_better=True)[0] == "worse"
+    c = summarize([11.5, 12.0, 12.5])
+    assert compare(a, c, False)[0] == "no difference"  # |11 - 12| = 1 <= max(1, 0.5)
+    assert compare(summarize([1.0]), summarize([2.0]), False)[0].startswith("n/a")
+    assert compare(a, None, False)[0] == "n/a"
+
+    # the report's outcome column, on stc-ssl cells with these seed values (FD, and A2 for the probe claims)
+    fd = {"staged, no SSL": [10.0, 11.0, 12.0], "single-stage, no SSL": [13.0, 13.5, 14.0],
+          "staged, SSL": [11.5, 12.0, 12.5], "single-stage, SSL": [10.0, 11.0, 12.0]}
+    a2 = {"staged, no SSL": 0.5, "single-stage, no SSL": 0.4, "staged, SSL": 0.6, "single-stage, SSL": 0.1}
+    results = {cell: {s: {"seed": s, "key": f"{cell}-{s}", "generation": {"fd_judge": v},
+                          "diagnostics": {"probe_acc_latents": a2[cell]}} for s, v in enumerate(values)}
+               for cell, values in fd.items()}
+    report = write_report(tmp_path, "stc-ssl", "tiny", SCALES["tiny"], DIGITS, "val", results, None, 3)
+    outcome = _verdict_rows(report.read_text())
+    assert outcome["STC improves generation (no SSL)"] == "reproduced"  # 11 vs 13.5, spread 1: better
+    assert outcome["SSL improves generation (staged)"] == "no difference"  # 12 vs 11, spread 1
+    assert outcome["SSL improves generation (single-stage)"] == "reproduced"
+    # the same A2 on every seed: no spread, so any difference counts; 0.1 < 0.4 is the opposite of the claim
+    assert outcome["SSL improves the latents' linear probe (single-stage)"] == "not reproduced (opposite)"
+    summary = json.loads((tmp_path / "summary.json").read_text())["summaries"]
+    assert summary["staged, no SSL"]["fd"] == summarize(fd["staged, no SSL"])
+
+    one_seed = {cell: {0: r[0]} for cell, r in results.items()}
+    report = write_report(tmp_path / "one", "stc-ssl", "tiny", SCALES["tiny"], DIGITS, "val", one_seed, None, 1)
+    outcome = _verdict_rows(report.read_text())
+    assert outcome["STC improves generation (no SSL)"] == outcome["SSL improves generation (staged)"] == \
+        "n/a (one seed: no spread)"
+    # a metric no result has (no convergence snapshots here): n/a, not a verdict
+    assert outcome["STC: early samples closer to the tokenizer's reconstructions (no SSL)"] == "n/a"
+
+
+def test_speedup_interpolates_between_snapshots():
+    base = [{"convergence": [{"step": s, "fd_judge": f} for s, f in ((100, 9.0), (200, 6.0), (300, 5.0))]}]
+    fast = [{"convergence": [{"step": s, "fd_judge": f} for s, f in ((100, 7.0), (200, 4.0), (300, 3.0))]}]
+    sp = speedup(fast, base)["mean_curve"]
+    # target 5.0 reached between (100, 7) and (200, 4): 100 + 2/3 * 100 steps
+    assert sp["steps"] == pytest.approx(166.667, rel=1e-4) and sp["ratio"] == pytest.approx(1.8)
+    assert not sp["upper_bound"]
+    assert steps_to_reach([(100, 4.0)], 5.0) == (100.0, True)
+    assert steps_to_reach([(100, 6.0), (200, 5.5)], 5.0) == (None, False)
+
+
+def test_every_experiment_has_verdicts_on_its_own_cells_including_the_dits_share():
+    """Each experiment's claims compare two of its own cells on a known metric; since the final FD at the
+    tiny scale measures the decoder (docs/repro-fashion-tiny.md), every paper experiment that claims
+    something about generation also has a verdict on the DiT's share (FD vs rec. at the first snapshot)."""
+    for name in PAPER:
+        cells = experiment_cells(name, FASHION)
+        rows = claims(name, FASHION)
+        assert rows, name
+        for _, _, x, y, key, expected in rows:
+            assert x in cells and y in cells and x != y, (name, x, y)
+            assert key in METRICS and expected in ("better", "worse", "not better"), (name, key)
+        if any(key == "fd" for *_, key, _ in rows):
+            assert any(key == "gap1" for *_, key, _ in rows), name
+
+
+# ---------------------------------------------------------------------------- one (cell, seed), for real
+@pytest.fixture
+def tiny_scale(monkeypatch) -> paper.Scale:
+    """The tiny scale in seconds: 3 tokenizer and 3 DiT steps, 2 samples per class."""
+    scale = dataclasses.replace(SCALES["tiny"], tokenizer_steps=3, dit_steps=3, per_class=2)
+    monkeypatch.setitem(SCALES, "tiny", scale)
+    return scale
+
+
+def test_run_cell_is_resumable(tiny_scale, tmp_path):
+    from tcae.evaluation import DigitsJudge
+
+    cell = tmp_path / "cell"
+    judge = DigitsJudge()  # as run_experiment passes for digits (without it nor Inception: no samples)
+    result = run_cell(cell, ["ssl=false"], tiny_scale, DIGITS, judge=judge)
+    assert result["overrides"] == ["ssl=false"] and math.isfinite(result["reconstruction"]["metrics"]["psnr"])
+    assert {"tokenizer", "evaluate", "latents", "dit", "sample", "judge"} <= set(result["timings_s"])
+    assert "class_agreement" in result["generation"] and result["split"] == "val"
+    done = cell / eval_dir_name(tiny_scale, "val", judge.name) / "result.json"
+    assert json.loads(done.read_text()) == json.loads(json.dumps(result, default=float))
+    tok = load_config(TrainConfig, str(cell / "runs" / "tokenizer" / "config.yaml"))
+    assert tok.steps == 3 and tok.ssl.enabled is False and tok.data.spec == "builtin:digits:train"
+    trained = files_under(cell / "runs")
+    tok_weights = load_file(cell / "runs" / "tokenizer" / "model" / "model.safetensors")
+
+    # a finished cell: result.json is read back, nothing runs or is written
+    before = files_under(cell)
+    assert run_cell(cell, ["ssl=false"], tiny_scale, DIGITS, judge=judge) == json.loads(done.read_text())
+    assert files_under(cell) == before
+
+    # a cell interrupted after training (no result.json): evaluated again, trained models reused as they are
+    done.unlink()
+    again = run_cell(cell, ["ssl=false"], tiny_scale, DIGITS, judge=judge)
+    assert done.is_file()
+    assert again["reconstruction"]["metrics"]["psnr"] == pytest.approx(result["reconstruction"]["metrics"]["psnr"])
+    now = files_under(cell / "runs")
+    for path in ("tokenizer/checkpoints/step-00000003.pt", "dit/checkpoints/step-00000003.pt",
+                 "dit/model/model.safetensors", "tokenizer/model/model.safetensors"):
+        assert now[path] == trained[path], f"{path} was rewritten: the cell retrained"
+    reloaded = load_file(cell / "runs" / "tokenizer" / "model" / "model.safetensors")
+    assert set(reloaded) == set(tok_weights) and all(torch.equal(reloaded[k], tok_weights[k]) for k in reloaded)
+
+    # another process holds the cell: refused at once without waiting (a finished cell needs no lock)
+    done.unlink()
+    with file_lock(cell / ".lock"), pytest.raises(LockBusy):
+        run_cell(cell, ["ssl=false"], tiny_scale, DIGITS, judge=judge, wait=False)
+
+
+def _image_folder(root: Path, splits: bool, classes: int = 2, per_class: int = 1) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val") if splits else ("",):
+        for cls in range(classes):
+            d = root / split / f"c{cls}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_split_spec(tmp_path):
+    split_root = _image_folder(tmp_path / "split", splits=True)
+    flat = _image_folder(tmp_path / "flat", splits=False)
+    assert split_spec(DIGITS, "train") == "builtin:digits:train"
+    assert split_spec("builtin:digits:val", "train") == "builtin:digits:val"  # an explicit split wins
+    assert split_spec(str(split_root), "train") == f"{split_root}:train"
+    assert split_spec(str(split_root), "val") == f"{split_root}:val"
+    assert split_spec(str(flat), "train") == str(flat)  # no split folders: the whole folder
+    assert split_spec(str(tmp_path / "s-{000..003}.tar"), "train") == str(tmp_path / "s-{000..003}.tar")
+
+
+def test_run_cell_on_a_folder_trains_on_train_and_evaluates_on_val(tiny_scale, tmp_path, monkeypatch):
+    """A folder with train/ and val/ and no judge: the tokenizer and the DiT's latents use train/, evaluation
+    val/; without the Inception weights (an empty torch hub here) no samples are drawn only to be thrown away."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    data = _image_folder(tmp_path / "data", splits=True, classes=10, per_class=2)
+    scale = dataclasses.replace(tiny_scale, dit_extra=["batch_size=8"])  # 20 training images
+    cell = tmp_path / "cell"
+    result = run_cell(cell, ["ssl=false", "batch_size=8"], scale, str(data), judge=None)
+    tok = load_config(TrainConfig, str(cell / "runs" / "tokenizer" / "config.yaml"))
+    assert tok.data.spec == f"{data}:train"
+    latents_meta = json.loads((cell / "latents" / "meta.json").read_text())
+    assert f"{data}:train" in json.dumps(latents_meta)  # the DiT trains on the train split's latents
+    assert result["eval_spec"] == f"{data}:val" and result["split"] == "val"
+    assert math.isfinite(result["reconstruction"]["metrics"]["psnr"])
+    assert result["generation"] == {} and result["convergence"] == []
+    assert not list(cell.rglob("samples.*")) and "sample" not in result["timings_s"]
+
+
+# ---------------------------------------------------------------------------- several workers on one grid
+def _finished_elsewhere(cells_dir: Path, overrides: list[str], scale: paper.Scale, seed: int = 0,
+                        psnr: float = 20.0) -> Path:
+    """The result another worker (or experiment) left for this (cell, seed) in the shared cells folder."""
+    cell_dir = cells_dir / cell_key(overrides, scale, DIGITS, seed)
+    write_json_atomic(cell_dir / eval_dir_name(scale, scale.eval_split, "judge:digits") / "result.json",
+                      {"cell_dir": str(cell_dir), "seed": seed, "overrides": overrides,
+                       "reconstruction": {"metrics": {"psnr": psnr}}})
+    return cell_dir
+
+
+def _experiment_results(out: Path, seed: int = 0) -> dict[str, dict]:
+    """Cell name -> its result in the experiment folder `out`."""
+    found = [json.loads(p.read_text()) for p in out.glob(f"*/seed-{seed}/result.json")]
+    return {r["cell"]: r for r in found}
+
+
+def test_a_held_cell_is_skipped_then_waited_for(tiny_scale, tmp_path):
+    """Two workers on one grid: while another process holds a (cell, seed), this one goes on with the rest and
+    comes back to it at the end, taking the result the holder wrote (nothing trains here)."""
+    cells = experiment_cells("stc-ssl", tiny_scale)
+    held, *others = cells
+    cells_dir, out = tmp_path / "cells", tmp_path / "out"
+    for cell in others:
+        _finished_elsewhere(cells_dir, cells[cell], tiny_scale)
+    held_dir = cells_dir / cell_key(cells[held], tiny_scale, DIGITS, 0)
+    holding, went_on = threading.Event(), threading.Event()
+
+    def other_worker() -> None:
+        with file_lock(held_dir / ".lock"):
+            holding.set()
+            deadline = time.monotonic() + 120
+            while len(_experiment_results(out)) < len(others) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if len(_experiment_results(out)) == len(others):
+                went_on.set()
+            _finished_elsewhere(cells_dir, cells[held], tiny_scale, psnr=30.0)
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    assert holding.wait(30)
+    report = run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir)
+    thread.join()
+    assert went_on.is_set(), "the worker waited on the held cell before doing the others"
+    results = _experiment_results(out)
+    assert set(results) == set(cells)
+    assert results[held]["reconstruction"]["metrics"]["psnr"] == 30.0  # the holder's result
+    assert results[held]["key"] == held_dir.name
+    dirs = {p.parent.parent.name for p in out.glob("*/seed-0/result.json")}  # one folder per cell, plain names
+    assert len(dirs) == len(cells) and all(" " not in d and "," not in d for d in dirs)
+    assert "Interim report" not in report.read_text()
+
+
+def test_no_wait_report_only_and_only(tiny_scale, tmp_path, capsys):
+    """--no-wait leaves a held (cell, seed) to its holder and names it; --report-only trains nothing and names
+    what is missing; --only computes just the named cells (nothing trains: results come from the cells folder)."""
+    cells = experiment_cells("stc-ssl", tiny_scale)
+    held, *others = cells
+    cells_dir, out = tmp_path / "cells", tmp_path / "out"
+    for cell in others:
+        _finished_elsewhere(cells_dir, cells[cell], tiny_scale)
+    held_dir = cells_dir / cell_key(cells[held], tiny_scale, DIGITS, 0)
+    with file_lock(held_dir / ".lock"):
+        report = run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, wait=False)
+        text = report.read_text()
+        assert "Interim report: 1 (cell, seed) run(s)" in text
+        assert f"{held}, seed 0 (another process holds it)" in text
+        assert set(_experiment_results(out)) == set(others)
+        capsys.readouterr()
+        assert cli(["repro", "stc-ssl", "--no-wait", "--out", str(out), "--cells", str(cells_dir),
+                    "--no-progress"]) == 0
+        assert f"report: {report}" in capsys.readouterr().out
+        assert f"{held}, seed 0 (another process holds it)" in report.read_text()
+
+    # --report-only (an interim report while the grid spans sessions): trains nothing, names what is missing
+    before = files_under(cells_dir)
+    report = run_experiment("stc-ssl", "tiny", out=out, seeds=2, report_only=True)
+    text = report.read_text()
+    assert "Interim report: 5 (cell, seed) run(s) not finished yet" in text and f"{held}, seed 0" in text
+    measured = text.split("## Measured")[1].split("## Verdicts")[0]
+    assert f"| {held} |" not in measured and all(f"| {cell} | 1 |" in measured for cell in others)
+    assert files_under(cells_dir) == before
+    assert cli(["repro", "stc-ssl", "--report-only", "--out", str(tmp_path / "empty")]) == 2
+    assert "no finished (cell, seed) result" in capsys.readouterr().err
+
+    # --only: just this cell's seeds are computed (seed 1 finished elsewhere), the rest reported if finished
+    _finished_elsewhere(cells_dir, cells[others[0]], tiny_scale, seed=1)
+    report = run_experiment("stc-ssl", "tiny", out=out, seeds=2, only=[others[0]], cells_dir=cells_dir)
+    assert set(_experiment_results(out, seed=1)) == {others[0]}
+    assert "Interim report: 4 (cell, seed) run(s)" in report.read_text()
+
+    capsys.readouterr()
+    assert cli(["repro", "stc-ssl", "--only", f"{others[0]};nope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--only nope: not a cell of stc-ssl" in err and "(its cells: single-stage, no SSL;" in err
+    assert cli(["repro", "stc-ssl", "--only", f"{others[0]};", "--out", str(tmp_path / "x")]) == 2
+    assert "an empty cell name" in capsys.readouterr().err
+    assert cli(["repro", "stc-ssl", "--only", others[0], "--report-only", "--out", str(tmp_path / "x")]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------- whole experiments (slow)
+def _trained_runs(cells_dir: Path) -> dict[str, int]:
+    """Trained model file -> mtime_ns, for every run under the shared cells folder."""
+    return {str(p.relative_to(cells_dir)): p.stat().st_mtime_ns
+            for p in cells_dir.glob("*/runs/*/model/model.safetensors")}
+
+
+@pytest.mark.slow
+def test_repro_stc_ssl_tiny_report_and_resume(tiny_scale, tmp_path, capsys):
+    out, cells_dir = tmp_path / "repro", tmp_path / "cells"
+    report = run_experiment("stc-ssl", "tiny", out=out)
+    assert report == out / "report.md"
+    text = report.read_text()
+    assert "## Paper (ImageNet 256x256)" in text and "## Measured" in text and (out / "plots.png").is_file()
+    paper_part, measured = text.split("## Measured")
+    for cell, values in PAPER["stc-ssl"].items():
+        assert f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in values.items()) + " |" in paper_part
+    table = measured.split("\n\n")[1].splitlines()
+    assert table[0].startswith("| cell | seeds | PSNR |")
+    rows = table[2:]
+    assert [r.split("|")[1].strip() for r in rows] == list(experiment_cells("stc-ssl", tiny_scale))
+    for r in rows:
+        cols = [c.strip() for c in r.strip("|").split("|")]
+        assert len(cols) == len(table[0].strip("|").split("|")) and cols[1] == "1"
+        assert float(cols[2]) > 0  # PSNR measured, not n/a (one seed: the value itself)
+    results = _experiment_results(out)
+    assert set(results) == set(PAPER["stc-ssl"])
+    assert all("class_agreement" in r["generation"] for r in results.values())
+    assert len(_trained_runs(cells_dir)) == 2 * 4  # a tokenizer and a DiT per cell, in the default cells folder
+    assert "n/a (one seed: no spread)" in text  # one seed: no verdict
+
+    # again through the CLI: every cell is read back from its result.json, nothing retrains or is rewritten
+    cells_before, seeds_before = files_under(cells_dir), {c: r for c, r in results.items()}
+    capsys.readouterr()
+    assert cli(["repro", "stc-ssl", "--scale", "tiny", "--out", str(out)]) == 0
+    assert f"report: {report}" in capsys.readouterr().out
+    assert files_under(cells_dir) == cells_before and _experiment_results(out) == seeds_before
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path, monkeypatch) -> paper.Scale:
+    from test_fashion import make_fashion
+
+    from tcae.data import fashion as fm
+    from tcae.evaluation import judges
+
+    make_fashion(tmp_path / "fm", per_class=24)
+    monkeypatch.setenv(fm.ENV_FOLDER, str(tmp_path / "fm"))
+    monkeypatch.setenv(judges.ENV_CACHE, str(tmp_path / "cache"))
+    scale = dataclasses.replace(FASHION, tokenizer_steps=2, dit_steps=4, convergence_every=2, per_class=3,
+                                sample_steps=4)
+    monkeypatch.setitem(DATA_SCALES, ("tiny", "fashion"), scale)
+    return scale
+
+
+@pytest.mark.slow
+def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_path):
+    out, cells_dir = tmp_path / "repro", tmp_path / "repro" / "cells"
+    report = run_experiment("channels", "tiny", out=out / "channels", data="builtin:fashion", seeds=2)
+    assert len(_trained_runs(cells_dir)) == 2 * 4  # 2 cells x 2 seeds, a tokenizer and a DiT each
+    text = report.read_text()
+    for part in ("## The scale against the paper's regime", "## Paper (ImageNet 256x256)", "## Verdicts",
+                 "## Per-seed values", "## Cost and wall time", "![convergence](convergence.png)", "FD-fashion",
+                 "vs the split's reconstructions"):
+        assert part in text, part
+    for name in ("plots.png", "convergence.png", "floor.json", "summary.json"):
+        assert (out / "channels" / name).is_file()
+    seeds = [_experiment_results(out / "channels", seed) for seed in (0, 1)]
+    r0, r1 = seeds[0]["c=8"], seeds[1]["c=8"]
+    assert (r0["seed"], r1["seed"], r0["split"]) == (0, 1, "test") and r0["key"] != r1["key"]
+    assert [p["step"] for p in r0["convergence"]] == [2, 4]  # a snapshot at 2, the final model at 4
+    assert r0["convergence"][-1]["fd_judge"] == r0["generation"]["fd_judge"]
+    assert r0["convergence"][-1]["fd_judge_vs_rec"] == r0["generation"]["fd_judge_vs_rec"]
+    assert math.isfinite(r0["generation"]["class_agreement"]) and r0["diagnostics"]["probe"]["split"] == "train/test"
+    # the decoder's share of the FD: reconstructions vs real, samples vs reconstructions
+    gen0 = r0["generation"]
+    assert gen0["rfd_judge"] >= 0 and gen0["fd_judge_vs_rec"] >= 0 and 0 <= gen0["rec_class_agreement"] <= 1
+    # the summary's mean and std are those of the per-seed values, and the per-seed table shows them
+    summary = json.loads((out / "channels" / "summary.json").read_text())["summaries"]["c=8"]["psnr"]
+    psnrs = [r["reconstruction"]["metrics"]["psnr"] for r in (r0, r1)]
+    assert summary["mean"] == pytest.approx(np.mean(psnrs)) and summary["std"] == pytest.approx(np.std(psnrs, ddof=1))
+    row = next(line for line in text.splitlines() if line.startswith("| c=8 | 0 |"))
+    assert f"{psnrs[0]:.4g}" in row
+
+    # ssl-method: its iBOT cell is channels' c=8 cell (the same resolved config): only DINO and none train
+    trained = _trained_runs(cells_dir)
+    run_experiment("ssl-method", "tiny", out=out / "ssl-method", data="builtin:fashion", seeds=1)
+    now = _trained_runs(cells_dir)
+    assert len(now) == len(trained) + 2 * 2 and all(now[p] == t for p, t in trained.items())
+    ibot = _experiment_results(out / "ssl-method")["iBOT"]
+    assert ibot["key"] == r0["key"] and ibot["generation"] == r0["generation"]
+
+    # a run killed after training (no result anywhere): evaluated again from the shared run, not retrained
+    r16 = seeds[1]["c=16"]
+    cell_dir = Path(r16["cell_dir"])
+    assert cell_dir.parent == cells_dir
+    copy = next(p for p in (out / "channels").glob("*/seed-1/result.json")
+                if json.loads(p.read_text())["cell"] == "c=16")
+    for p in [copy, *cell_dir.glob("eval-*/result.json")]:
+        p.unlink()
+    trained = _trained_runs(cells_dir)
+    run_experiment("channels", "tiny", out=out / "channels", data="builtin:fashion", seeds=2)
+    assert _trained_runs(cells_dir) == trained
+    again = _experiment_results(out / "channels", 1)["c=16"]
+    assert again["reconstruction"]["metrics"]["psnr"] == pytest.approx(r16["reconstruction"]["metrics"]["psnr"])
+
+    # the val split is another evaluation of the same runs (for choosing settings): nothing retrains
+    report_val = run_experiment("channels", "tiny", out=out / "channels-val", data="builtin:fashion", seeds=1,
+                                split="val")
+    assert _trained_runs(cells_dir) == trained and "evaluated on val" in report_val.read_text()
+    rv = _experiment_results(out / "channels-val")["c=8"]
+    assert rv["eval_spec"] == "builtin:fashion:val" and rv["key"] == r0["key"]
+
+
+# ---------------------------------------------------------------------------- tcae demo (slow)
+@pytest.mark.slow
+def test_demo_writes_report(tmp_path, capsys):
+    from tcae.evaluation import build_feature_network
+    from tcae.studies.stages import judge_samples
+
+    out = tmp_path / "demo"
+    assert cli(["demo", "--out", str(out), "--tokenizer-steps", "10", "--dit-steps", "20", "--per-class", "2"]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    for name in ("samples.png", "reconstructions.png", "loss_tokenizer.png", "loss_dit.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG", name
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["tokenizer_steps"] == 10 and results["settings"]["dit_steps"] == 20
+    assert math.isfinite(results["reconstruction"]["metrics"]["psnr"])
+    gen = results["generation"]
+    assert gen["per_class_total"] == {str(c): 2 for c in range(10)}
+    assert set(gen["class_agreement_per_class"]) == {str(c) for c in range(10)}
+    assert gen["class_agreement"] == pytest.approx(sum(gen["class_agreement_per_class"].values()) / 20)
+    assert math.isfinite(gen["fd_judge"]) and gen["fd_name"] == "FD-digits" and gen["judge"]["accuracy"] > 0.9
+    assert gen["reference"] == "builtin:digits:val (360 images at 32 px, ADM center crop)"
+    # the reported judgement is that of the saved samples and labels
+    with np.load(out / "samples.npz") as npz:
+        images, labels = npz["arr_0"], npz["arr_1"]
+    assert images.shape == (20, 32, 32, 3) and labels.tolist() == list(np.repeat(range(10), 2))
+    again = judge_samples(images, labels, build_feature_network("judge:digits"), "builtin:digits:val", 32)
+    assert again["class_agreement"] == pytest.approx(gen["class_agreement"])
+    assert again["fd_judge"] == pytest.approx(gen["fd_judge"])
+    report = (out / "report.md").read_text()
+    assert "# tcae demo report" in report and "10 steps" in report and "20 steps" in report
+    for name in ("samples.png", "reconstructions.png", "loss_tokenizer.png", "loss_dit.png"):
+        assert f"({name})" in report
+
+
+@pytest.mark.slow
+def test_demo_on_fashion(tiny_fashion, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli(["demo", "--data", "builtin:fashion", "--out", str(out), "--tokenizer-steps", "3", "--dit-steps", "4",
+                "--per-class", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["data"] == "builtin:fashion" and results["settings"]["tokenizer_config"] == "fashion"
+    gen = results["generation"]
+    assert gen["fd_name"] == "FD-fashion"
+    assert gen["reference"] == "builtin:fashion:val (20 images at 32 px, ADM center crop)"
+    assert gen["per_class_total"] == {str(c): 2 for c in range(10)} and gen["judge"]["network"] == "judge:fashion"
+    report = (out / "report.md").read_text()
+    assert "Fashion-MNIST, 28x28 padded to 32x32" in report and "--data builtin:fashion" in report
+    assert "FD-fashion" in report and "(samples.png)" in report
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].shape == (20, 32, 32, 3)
+    assert cli(["demo", "--data", "builtin:fashion:test", "--out", str(out)]) == 2
+    assert "no split" in capsys.readouterr().err
