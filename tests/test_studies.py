@@ -607,3 +607,55 @@ def test_demo_on_fashion(tiny_fashion, tmp_path, capsys):
         assert npz["arr_0"].shape == (20, 32, 32, 3)
     assert cli(["demo", "--data", "builtin:fashion:test", "--out", str(out)]) == 2
     assert "no split" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the whole recipe: phase 2, curves
+def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypatch):
+    """A scale with a phase 2 trains it from the cell's phase-1 run (encoder frozen), evaluates the
+    fine-tuned tokenizer, reports phase 1's PSNR beside it, and keys the cell by both phases."""
+    from tcae.evaluation import DigitsJudge
+
+    two = dataclasses.replace(tiny_scale, decoder_config="tiny-decoder", decoder_steps=2)
+    assert cell_key(["ssl=false"], two, DIGITS, 0) != cell_key(["ssl=false"], tiny_scale, DIGITS, 0)
+    longer = dataclasses.replace(two, decoder_steps=3)
+    assert cell_key(["ssl=false"], longer, DIGITS, 0) != cell_key(["ssl=false"], two, DIGITS, 0)
+    cell = tmp_path / "cell"
+    result = run_cell(cell, ["ssl=false"], two, DIGITS, judge=DigitsJudge())
+    p1, p2 = cell / "runs" / "tokenizer", cell / "runs" / "decoder"
+    cfg2 = load_config(TrainConfig, str(p2 / "config.yaml"))
+    assert cfg2.phase == "decoder" and cfg2.steps == 2 and cfg2.init == str(p1)
+    assert cfg2.data.spec == "builtin:digits:train" and cfg2.data.image_size == 32
+    enc = [k for k in load_file(p1 / "model" / "model.safetensors") if k.startswith("encoder.")]
+    w1, w2 = load_file(p1 / "model" / "model.safetensors"), load_file(p2 / "model" / "model.safetensors")
+    assert enc and all(torch.equal(w1[k], w2[k]) for k in enc)  # the encoder is phase 1's, frozen
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1 if k.startswith("decoder."))  # the decoder trained
+    assert {"tokenizer", "decoder"} <= set(result["timings_s"])
+    assert result["settings"]["decoder_steps"] == 2 and "psnr" in result["reconstruction_phase1"]["metrics"]
+    assert result["cost"]  # the shipped (phase-2) tokenizer's cost
+
+
+def test_choose_steps_takes_the_first_budget_whose_doubling_is_flat():
+    from tcae.studies.curves import choose_steps
+
+    a = {1000: 18.0, 2000: 19.0, 4000: 19.5, 8000: 19.6}
+    b = {1000: 17.0, 2000: 18.5, 4000: 18.7, 8000: 18.75}
+    assert choose_steps({"a": a, "b": b}) == (4000, True)  # 2000->4000: +0.5 for a; 4000->8000 under 0.3 for both
+    assert choose_steps({"a": a, "b": {**b, 8000: 19.2}}) == (8000, False)  # b still climbs: the largest, no plateau
+
+
+def test_curves_cli_trains_both_phases_and_writes_the_report(tmp_path, monkeypatch):
+    scale = dataclasses.replace(SCALES["tiny"], decoder_config="tiny-decoder", curve_steps=(1, 2),
+                                curve_decoder_steps=(1, 2))
+    monkeypatch.setitem(SCALES, "tiny", scale)
+    out = tmp_path / "curves"
+    assert cli(["repro", "curves", "--scale", "tiny", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "curves.json").read_text())
+    assert set(summary["phase1"]) == set(summary["phase2"]) == {"baseline (single-stage, no SSL)",
+                                                               "TC-AE (staged, SSL)"}
+    assert summary["chosen"]["phase1_steps"] in (1, 2) and (out / "curves.png").is_file()
+    chosen = summary["chosen"]["phase1_steps"]
+    runs = sorted(p.name for p in (tmp_path / "cells").iterdir())
+    assert f"curve-baseline-single-stage-no-SSL-p1-{chosen}-p2-2" in runs and len(runs) == 8
+    text = (out / "report.md").read_text()
+    assert "## Phase 1 (joint training)" in text and "## Phase 2" in text
+    assert cli(["repro", "curves", "--scale", "tiny", "--eval-split", "test", "--out", str(out)]) == 2

@@ -9,6 +9,7 @@ from tcae.cli._common import add_command, add_no_progress, out_dir_arg
 
 # tcae.studies.paper's PAPER and SCALES keys, spelt here so that building the parser does not import torch
 EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes")
+CURVES = "curves"  # not a paper table: the learning curves that choose both phases' steps (tcae.studies.curves)
 SCALES = ("tiny", "small", "base")
 
 
@@ -22,6 +23,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _repro(args: argparse.Namespace) -> int:
+    if args.experiment == CURVES:
+        from tcae.studies.curves import run_curves
+
+        if args.eval_split == "test":
+            raise ValueError("curves choose settings: they are evaluated on val, never on test")
+        print(f"report: {run_curves(args.scale, args.data, args.out, args.cells)}")
+        return 0
     from tcae.studies.experiments import run_experiment
 
     only = [c.strip() for c in args.only.split(";")] if args.only is not None else None
@@ -48,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_no_progress(p)
 
     p = add_command(sub, "repro", _repro, "re-run one of the paper's ablations: " + ", ".join(EXPERIMENTS))
-    p.add_argument("experiment", choices=EXPERIMENTS)
+    p.add_argument("experiment", choices=(*EXPERIMENTS, CURVES),
+                   help=f"a paper ablation, or {CURVES}: the learning curves (val) that choose both phases' steps")
     p.add_argument("--scale", choices=SCALES, default="tiny")
     p.add_argument("--data", default=None, help="data spec (default: builtin:digits at --scale tiny; "
                    "builtin:fashion[@DIR] picks the tiny scale that mirrors the paper's regime)")

@@ -54,6 +54,13 @@ def tokenizer_overrides(overrides: list[str], scale: Scale, data: str, seed: int
             f"seed={seed}", "progress=false", *scale.extra, *overrides]
 
 
+def decoder_overrides(scale: Scale, data: str, seed: int, init: Path | str) -> list[str]:
+    """Phase 2 of a cell: the scale's decoder config from the cell's phase-1 run `init` (its architecture
+    comes from there: the cell's model overrides are phase 1's), on the same training data."""
+    return ["name=decoder", f"steps={scale.decoder_steps}", f"data={split_spec(data, 'train')}",
+            f"image_size={scale.image_size}", f"seed={seed}", "progress=false", f"init={init}"]
+
+
 def dit_overrides(scale: Scale, seed: int) -> list[str]:
     conv = [f"checkpoint_every={scale.convergence_every}", "keep_last=0"] if scale.convergence_every else []
     return ["name=dit", f"steps={scale.dit_steps}", f"seed={seed}", "progress=false", *conv, *scale.dit_extra]
@@ -89,14 +96,18 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     tok["model"] = preset_config(cfg.model.name or DEFAULT_MODEL, **model).to_dict()
     dit = OmegaConf.to_container(load_config(DiTTrainConfig, scale.dit_config, dit_overrides(scale, seed),
                                              DIT_ALIASES))
-    for cfg in (tok, dit):
+    phases = {"tokenizer": tok, "dit": dit}
+    if scale.decoder_steps:  # phase 2 joins the key only where a scale has one: phase-1-only keys stay as they were
+        phases["decoder"] = OmegaConf.to_container(load_config(
+            TrainConfig, scale.decoder_config, decoder_overrides(scale, data, seed, "PHASE-1"), TRAIN_ALIASES))
+    for cfg in phases.values():
         for k in ("name", "run_dir", "progress", "resume"):
             cfg.pop(k, None)
     dit["data"].pop("latents", None)
     for section, name, default in KEY_NEUTRAL_DEFAULTS:  # settings added later: at their default, no new key
         if tok.get(section, {}).get(name) == default:
             tok[section].pop(name)
-    blob = json.dumps({"tokenizer": tok, "dit": dit, "image_size": scale.image_size}, sort_keys=True)
+    blob = json.dumps({**phases, "image_size": scale.image_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -143,10 +154,32 @@ def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale
     with _timed(cell_dir / "train_timings.json", "tokenizer"):
         tok = train_tokenizer_stage(cell_dir / "runs", scale.tokenizer_config,
                                     tokenizer_overrides(overrides, scale, data, seed))
-    result = {"overrides": overrides,
+    phase1 = {}
+    if scale.decoder_steps:  # the paper's phase 2: what a user would ship is the fine-tuned decoder
+        with _timed(cell_dir / "train_timings.json", "decoder"):
+            phase1_run, tok = tok.parent, train_tokenizer_stage(
+                cell_dir / "runs", scale.decoder_config, decoder_overrides(scale, data, seed, tok.parent))
+        phase1 = {"reconstruction_phase1": _phase1_reconstruction(phase1_run / "model", split_spec(data, split),
+                                                                  scale.image_size, eval_dir)}
+    result = {"overrides": overrides, **phase1,
               **score_tokenizer(cell_dir, eval_dir, tok, scale, data, judge, seed, split, reference_cache)}
     write_json(eval_dir / "result.json", result)
     return result
+
+
+def _phase1_reconstruction(model_dir: Path, eval_spec: str, image_size: int, eval_dir: Path) -> dict:
+    """PSNR/SSIM of the phase-1 model on the evaluation split (what phase 2 starts from), computed once."""
+    from tcae.evaluation import evaluate
+    from tcae.tokenizers import load_tokenizer
+
+    path = eval_dir / "phase1_reconstruction.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rec = evaluate(load_tokenizer(model_dir), eval_spec, image_size=image_size, metrics=("psnr", "ssim"),
+                   progress=False)
+    rec = {"metrics": rec["metrics"], "num_images": rec["num_images"], "data": rec["data"]}
+    write_json(path, rec)
+    return rec
 
 
 def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scale, data: str, judge=None,
@@ -198,7 +231,10 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
             "cost": tokenizer_cost(tok, scale.image_size), "cell_dir": str(cell_dir),
             "settings": {"tokenizer_steps": scale.tokenizer_steps, "dit_steps": scale.dit_steps,
                          "per_class": scale.per_class, "sample_steps": scale.sample_steps,
-                         "convergence_every": scale.convergence_every}}
+                         "convergence_every": scale.convergence_every,
+                         **({"decoder_config": scale.decoder_config, "decoder_steps": scale.decoder_steps}
+                            if scale.decoder_steps else {}),
+                         **({"dit_limited_step": scale.dit_limited_step} if scale.dit_limited_step else {})}}
 
 
 def decoder_gap(tok: Path | str, images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork, eval_spec: str,

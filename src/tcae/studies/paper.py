@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 class Scale:
     """Everything a scale fixes: configs, steps, sample counts, the evaluation split.
 
-    `convergence_every`: DiT steps between the checkpoints sampled for the convergence curve (0: none);
+    `decoder_config` / `decoder_steps`: phase 2 (decoder fine-tuning, encoder frozen, no SSL) after phase 1,
+    the same budget for every cell (0 steps: phase 1 only); `convergence_every`: DiT steps between the
+    checkpoints sampled for the convergence curve (0: none); `dit_limited_step`: the DiT budget (a snapshot
+    step) at which generation is limited by the DiT rather than the decoder, chosen on val (0: not chosen);
+    `curve_steps` / `curve_decoder_steps`: the phase-1 / phase-2 budgets `tcae repro curves` tries;
     `extra` / `dit_extra`: overrides of every cell's tokenizer / DiT; `mapping`: markdown table of how
     the scale maps onto the paper's regime (for the report)."""
 
@@ -34,6 +38,11 @@ class Scale:
     sample_steps: int = 50
     convergence_every: int = 0
     mapping: str = ""
+    decoder_config: str = ""
+    decoder_steps: int = 0
+    dit_limited_step: int = 0
+    curve_steps: tuple[int, ...] = ()
+    curve_decoder_steps: tuple[int, ...] = ()
 
 
 FASHION_MAPPING = """\
@@ -62,7 +71,9 @@ SCALES = {
 DATA_SCALES = {
     ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=700,
                                dit_steps=1600, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
-                               eval_split="test", convergence_every=320, mapping=FASHION_MAPPING),
+                               eval_split="test", convergence_every=320, mapping=FASHION_MAPPING,
+                               decoder_config="fashion-decoder", curve_steps=(1000, 2000, 4000, 8000),
+                               curve_decoder_steps=(500, 1000, 2000, 4000)),
 }
 
 
@@ -126,11 +137,11 @@ def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
     if name == "ssl-method":
         # DINO: [CLS] self-distillation on global + local crops only: no masked views, no patch (MIM) loss
         return {"iBOT": [], "DINO": ["ssl.patch_weight=0", "ssl.mask_sample_prob=0"], "none": ["ssl=false"]}
-    if name == "ssl-causes":
+    if name == "ssl-causes":  # every cell names both settings: the configs' defaults differ (fashion: 10, full)
         return {"staged, no SSL": ["ssl=false"],
-                **{f"staged, SSL, alpha={a}": [] if a == 1 else [f"loss.alpha={a}"] for a in SSL_ALPHAS},
-                "staged, SSL, alpha=1, full-image recon": ["ssl.recon_view=full"],
-                "staged, SSL, alpha=10, full-image recon": ["ssl.recon_view=full", "loss.alpha=10"]}
+                **{f"staged, SSL, alpha={a}": [f"loss.alpha={a}", "ssl.recon_view=crop"] for a in SSL_ALPHAS},
+                **{f"staged, SSL, alpha={a}, full-image recon": [f"loss.alpha={a}", "ssl.recon_view=full"]
+                   for a in SSL_ALPHAS}}
     if name == "channels":
         return {f"c={c}": [f"model.latent_channels={c}"], f"c={2 * c}": [f"model.latent_channels={2 * c}"]}
     if name == "token-scaling":
