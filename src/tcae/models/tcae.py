@@ -278,6 +278,7 @@ class TCAE(
 
     config_class = TCAEConfig
     model_kind = "TC-AE"
+    has_tokens = True  # [CLS] + patch tokens for iBOT's heads (tcae.tokenizers.TrainableAutoencoder)
 
     def __init__(self, config: TCAEConfig) -> None:
         super().__init__()
@@ -303,6 +304,13 @@ class TCAE(
                     nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
         nn.init.trunc_normal_(self.encoder.mask_token, std=0.02)
+
+    def describe(self) -> str:
+        """One line for the training log: the architecture and its size."""
+        c = self.config
+        params = sum(p.numel() for p in self.parameters()) / 1e6
+        return (f"{'staged' if c.staged else 'single-stage'} TC-AE p={c.patch_size} f={c.compression} "
+                f"c={c.latent_channels} ({params:.1f}M params)")
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         for m in self.modules():
