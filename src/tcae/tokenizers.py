@@ -213,7 +213,8 @@ class DiffusersTokenizer(nn.Module):
         mean, std = torch.as_tensor(mean).float().flatten(), torch.as_tensor(std).float().flatten()
         c = self.config.latent_channels
         if mean.shape != (c,) or std.shape != (c,):
-            raise ValueError(f"latent stats must have shape ({c},), got mean {tuple(mean.shape)}, std {tuple(std.shape)}")
+            raise ValueError(f"latent stats must have shape ({c},), got mean {tuple(mean.shape)}, "
+                             f"std {tuple(std.shape)}")
         rms = float((std.pow(2) + mean.pow(2)).mean().sqrt())
         if not rms > 0:
             raise ValueError("the latent is zero everywhere: no scaling_factor can normalise it")
