@@ -133,3 +133,35 @@ def test_dcae_resume_after_sigkill_equals_uninterrupted(run):
         for i, st in a["optimizers"][name]["state"].items():
             for k, v in st.items():
                 assert torch.equal(v, b["optimizers"][name]["state"][i][k]), f"{name}.{i}.{k}"
+
+
+def test_tiny_dcae_costs_what_its_preset_states_beside_the_fashion_tcae():
+    """dc-ae-tiny has the Fashion-MNIST TC-AE's latent shape (2x2x8 at 32 px) at about 1/0.27 its FLOPs."""
+    from tcae.models import create_model, flops
+
+    tcae = create_model("tcae-tiny", patch_size=4, compression=16, latent_channels=8, image_size=32)
+    dcae = create_dcae("dc-ae-tiny", image_size=32)
+    x = torch.zeros(1, 3, 32, 32)
+    assert tcae.encode(x).shape == dcae.encode(x).shape == (1, 8, 2, 2)
+    t, d = flops(tcae, 32).total, flops(dcae, 32).total
+    assert d == pytest.approx(273.0e6, rel=0.01) and t / d == pytest.approx(0.26, abs=0.01)
+
+
+@pytest.mark.slow
+def test_the_dcae_repro_cell_trains_and_scores(tmp_path):
+    """`tcae repro dcae`'s DC-AE cell at the digits scale, a few steps of everything: same latent shape as the
+    TC-AE cell, scored with its cost."""
+    import dataclasses
+    import math
+
+    from tcae.evaluation import DigitsJudge
+    from tcae.studies.cells import run_cell
+    from tcae.studies.paper import SCALES, experiment_cells
+
+    scale = dataclasses.replace(SCALES["tiny"], tokenizer_steps=2, dit_steps=2, per_class=1)
+    cells = experiment_cells("dcae", scale)
+    result = run_cell(tmp_path / "cell", cells["DC-AE"], scale, "builtin:digits", judge=DigitsJudge())
+    assert math.isfinite(result["reconstruction"]["metrics"]["psnr"]) and "fd_judge" in result["generation"]
+    config = json.loads((tmp_path / "cell" / "runs" / "tokenizer" / "model" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderDC" and config["latent_channels"] == 32  # tcae-tiny's c at 32 px
+    assert result["cost"]["total_gflops"] > 0
