@@ -158,8 +158,12 @@ def test_the_dcae_repro_cell_trains_and_scores(tmp_path):
     from tcae.studies.cells import run_cell
     from tcae.studies.paper import SCALES, experiment_cells
 
+    from tcae.studies.cells import cell_key
+
     scale = dataclasses.replace(SCALES["tiny"], tokenizer_steps=2, dit_steps=2, per_class=1)
     cells = experiment_cells("dcae", scale)
+    keys = {cell: cell_key(o, scale, "builtin:digits", 0) for cell, o in cells.items()}
+    assert len(set(keys.values())) == 2  # the two cells are two runs
     result = run_cell(tmp_path / "cell", cells["DC-AE"], scale, "builtin:digits", judge=DigitsJudge())
     assert math.isfinite(result["reconstruction"]["metrics"]["psnr"]) and "fd_judge" in result["generation"]
     config = json.loads((tmp_path / "cell" / "runs" / "tokenizer" / "model" / "config.json").read_text())

@@ -85,6 +85,7 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
         load_config,
         model_overrides,
     )
+    from tcae.models.dcae import dcae_preset_config, is_dcae_name
     from tcae.models.presets import preset_config
 
     cfg = load_config(TrainConfig, scale.tokenizer_config, tokenizer_overrides(overrides, scale, data, seed),
@@ -93,7 +94,8 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     # the model as the trainer builds it (preset + overrides): `model.staged=true` on a staged preset is no change
     model = model_overrides(cfg.model)
     model.setdefault("image_size", cfg.data.image_size)
-    tok["model"] = preset_config(cfg.model.name or DEFAULT_MODEL, **model).to_dict()
+    tok["model"] = dcae_preset_config(cfg.model.name, **model) if is_dcae_name(cfg.model.name) else \
+        preset_config(cfg.model.name or DEFAULT_MODEL, **model).to_dict()
     dit = OmegaConf.to_container(load_config(DiTTrainConfig, scale.dit_config, dit_overrides(scale, seed),
                                              DIT_ALIASES))
     phases = {"tokenizer": tok, "dit": dit}
