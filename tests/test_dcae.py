@@ -155,10 +155,8 @@ def test_the_dcae_repro_cell_trains_and_scores(tmp_path):
     import math
 
     from tcae.evaluation import DigitsJudge
-    from tcae.studies.cells import run_cell
+    from tcae.studies.cells import cell_key, run_cell
     from tcae.studies.paper import SCALES, experiment_cells
-
-    from tcae.studies.cells import cell_key
 
     scale = dataclasses.replace(SCALES["tiny"], tokenizer_steps=2, dit_steps=2, per_class=1)
     cells = experiment_cells("dcae", scale)
@@ -169,3 +167,18 @@ def test_the_dcae_repro_cell_trains_and_scores(tmp_path):
     config = json.loads((tmp_path / "cell" / "runs" / "tokenizer" / "model" / "config.json").read_text())
     assert config["_class_name"] == "AutoencoderDC" and config["latent_channels"] == 32  # tcae-tiny's c at 32 px
     assert result["cost"]["total_gflops"] > 0
+
+
+def test_decoder_part_head_refines_only_the_dcae_decoder_head(run, tmp_path):
+    """DC-AE's local refinement: phase 2 with decoder_part=head (and the GAN) trains the decoder head alone."""
+    assert cli(["finetune-decoder", "digits", f"init={run.dir}", "batch_size=4", "steps=2", "decoder_part=head",
+                "gan=true", "loss.gan_start=0", "loss.disc_channels=16", "loss.disc_layers=2",
+                "optim.warmup_steps=1", "image_every=0", "progress=false", "latent_stats_images=8",
+                f"run_dir={tmp_path}", "name=head"]) == 0
+    b = AutoencoderDC.from_pretrained(run.model).state_dict()
+    a = AutoencoderDC.from_pretrained(tmp_path / "head" / "model").state_dict()
+    head = ("decoder.up_blocks.0.", "decoder.norm_out.", "decoder.conv_out.")
+    changed = {k for k in b if not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith(head) for k in changed), sorted(changed - {k for k in b if k.startswith(head)})
+    assert cli(["train", "digits", "model.name=dc-ae-tiny", "ssl=false", "decoder_part=head",
+                f"run_dir={tmp_path}", "name=x", "steps=1"]) == 2

@@ -161,6 +161,9 @@ class TrainConfig(LoopConfig):
     image_every: int = 200
     checkpoint_every: int = 200
     latent_stats_images: int = 1024  # training images whose latents set the exported model's mean/std (0: none)
+    # phase 2 only: "all" trains the whole decoder; "head" only its last stage and output layers (DC-AE's local
+    # refinement: a GAN on the head, the latent space and the rest of the decoder left as phase 1 made them)
+    decoder_part: str = "all"
 
 
 DiTModelSection = _optional_fields(DiTConfig, "DiTModelSection", [("name", str, field(default="dit-tiny"))])
@@ -224,7 +227,7 @@ FIELD_RULES: dict[type, dict[str, Rule]] = {
         "steps": POSITIVE, "log_every": POSITIVE, "image_every": NON_NEGATIVE, "checkpoint_every": POSITIVE,
         "keep_last": NON_NEGATIVE, "ema_decay": UNIT, "precision": one_of("auto", "bf16", "fp16", "fp32"),
     },
-    TrainConfig: {"phase": one_of("joint", "decoder")},
+    TrainConfig: {"phase": one_of("joint", "decoder"), "decoder_part": one_of("all", "head")},
     DataConfig: {"image_size": POSITIVE, "batch_size": POSITIVE, "num_workers": NON_NEGATIVE,
                  "epoch_size": POSITIVE},
     SSLConfig: {

@@ -72,6 +72,8 @@ class TrainableAutoencoder(Tokenizer, Protocol):
 
     @property
     def decoder_last_layer(self) -> torch.Tensor: ...
+    @property
+    def decoder_head(self) -> nn.Module: ...
     def describe(self) -> str: ...
     def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor, count: int = 1) -> None: ...
     def save_pretrained(self, directory: str | Path, card_info: dict | None = None) -> Any: ...
@@ -199,6 +201,14 @@ class DiffusersTokenizer(nn.Module):
         c = self.config
         params = sum(p.numel() for p in self.parameters()) / 1e6
         return f"{c.class_name} {c.source} f={c.compression} c={c.latent_channels} ({params:.1f}M params)"
+
+    @property
+    def decoder_head(self) -> nn.Module:
+        """The decoder's highest-resolution stage and output layers (AutoencoderDC: ``up_blocks[0]``, applied
+        last, ``norm_out``, ``conv_out``): DC-AE's "head", what `decoder_part=head` trains."""
+        dec = self.autoencoder.decoder
+        parts = [dec.up_blocks[0], getattr(dec, "norm_out", None), getattr(dec, "conv_out", None)]
+        return nn.ModuleList([m for m in parts if isinstance(m, nn.Module)])
 
     @property
     def decoder_last_layer(self) -> torch.Tensor:

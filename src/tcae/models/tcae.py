@@ -318,6 +318,12 @@ class TCAE(
                 m.grad_checkpointing = enabled
 
     @property
+    def decoder_head(self) -> nn.Module:
+        """The decoder's last stage and output layers (fine blocks, norm, unpatchify): what
+        `decoder_part=head` trains."""
+        return nn.ModuleList([self.decoder.fine, self.decoder.norm, self.decoder.to_pixels])
+
+    @property
     def decoder_last_layer(self) -> torch.Tensor:
         """Weight of the last decoder layer (for the GAN loss's adaptive weight)."""
         return self.decoder.to_pixels.weight

@@ -68,7 +68,9 @@ def dit_overrides(scale: Scale, seed: int) -> list[str]:
 
 # Tokenizer settings added after runs were keyed: left out of the key while at their default (the
 # behaviour those runs had), so finished and resumable runs keep their keys.
-KEY_NEUTRAL_DEFAULTS = (("ssl", "recon_view", "crop"),)
+# (the phases whose configs had keys without it, section ("" top level), setting, default)
+KEY_NEUTRAL_DEFAULTS = ((("tokenizer",), "ssl", "recon_view", "crop"),
+                        (("tokenizer", "decoder"), "", "decoder_part", "all"))
 
 
 def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
@@ -106,9 +108,11 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
         for k in ("name", "run_dir", "progress", "resume"):
             cfg.pop(k, None)
     dit["data"].pop("latents", None)
-    for section, name, default in KEY_NEUTRAL_DEFAULTS:  # settings added later: at their default, no new key
-        if tok.get(section, {}).get(name) == default:
-            tok[section].pop(name)
+    for which, section, name, default in KEY_NEUTRAL_DEFAULTS:  # added later: at their default, no new key
+        for phase in (phases[p] for p in which if p in phases):
+            where = phase.get(section, {}) if section else phase
+            if where.get(name) == default:
+                where.pop(name)
     blob = json.dumps({**phases, "image_size": scale.image_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -157,6 +157,12 @@ class TokenizerTrainer(TrainLoop):
             raise ValueError(f"data.image_size={cfg.data.image_size} is not divisible by the model's "
                              f"compression f={model.config.compression}")
         model.to(self.device).train()  # (a loaded model comes in eval mode; DC-AE's BatchNorm must train)
+        if cfg.decoder_part == "head":
+            if not self.decoder_phase:
+                raise ConfigError("decoder_part=head is for phase 2 (tcae finetune-decoder); phase 1 trains the "
+                                  "whole autoencoder")
+            model.requires_grad_(False)
+            model.decoder_head.requires_grad_(True)
         if self.decoder_phase:
             model.encoder.requires_grad_(False)
         elif not self.ssl and model.has_tokens:
