@@ -21,12 +21,14 @@ from safetensors.torch import load_file
 from tcae.cli.main import main as cli
 from tcae.config import TRAIN_ALIASES, TrainConfig, load_config, model_overrides
 from tcae.models import create_model
+from tcae.models.dcae import is_dcae_name
 from tcae.studies import paper
 from tcae.studies.cells import cell_key, eval_dir_name, run_cell
 from tcae.studies.experiments import run_experiment
 from tcae.studies.paper import DATA_SCALES, PAPER, SCALES, SSL_ALPHAS, experiment_cells, resolve_scale
 from tcae.studies.report import METRICS, claims, compare, speedup, steps_to_reach, summarize, write_report
 from tcae.studies.stages import split_spec
+from tcae.tokenizers import create_dcae
 from tcae.util import LockBusy, file_lock, write_json_atomic
 
 FASHION = DATA_SCALES[("tiny", "fashion")]
@@ -42,6 +44,8 @@ def _model(overrides: list[str], scale: paper.Scale = FASHION):
     cfg = load_config(TrainConfig, scale.tokenizer_config, overrides, TRAIN_ALIASES)
     over = model_overrides(cfg.model)
     over.setdefault("image_size", cfg.data.image_size)
+    if is_dcae_name(cfg.model.name):
+        return create_dcae(cfg.model.name, **over)
     return create_model(cfg.model.name, **over)
 
 
@@ -81,6 +85,7 @@ EXPECTED_CELLS = {
     "ssl-method": {"iBOT", "DINO", "none"},
     "ssl-causes": {"staged, no SSL", "staged, SSL, alpha=1", "staged, SSL, alpha=10",
                    "staged, SSL, alpha=1, full-image recon", "staged, SSL, alpha=10, full-image recon"},
+    "dcae": {"TC-AE", "DC-AE"},
 }
 
 
@@ -96,7 +101,7 @@ def test_experiment_cells(experiment, scale_name):
                           for p in ((2, 4, 8) if scale.image_size <= 64 else (4, 8, 16))},
     }[experiment]
     assert set(cells) == expected
-    if experiment in ("stc-ssl", "ssl-method"):  # the report sets the paper's rows beside these cells
+    if experiment in ("stc-ssl", "ssl-method", "dcae"):  # the report sets the paper's rows beside these cells
         assert set(cells) == set(PAPER[experiment])
     for cell, overrides in cells.items():
         # every override is a valid key of the scale's tokenizer config ...
@@ -114,6 +119,8 @@ def test_experiment_cells(experiment, scale_name):
             assert cfg.model.latent_channels == int(cell[2:])
         if cell.startswith("p="):
             assert cfg.model.patch_size == int(cell[2:cell.index(",")])
+        if cell == "DC-AE":  # the same latent channels as the TC-AE cells, no iBOT
+            assert cfg.model.name.startswith("dc-ae") and cfg.model.latent_channels == c and not cfg.ssl.enabled
         if scale_name == "tiny":  # the tiny cells also build and encode at the scale's image size
             model = _model(overrides, scale)
             size = scale.image_size

@@ -161,6 +161,9 @@ class TrainConfig(LoopConfig):
     image_every: int = 200
     checkpoint_every: int = 200
     latent_stats_images: int = 1024  # training images whose latents set the exported model's mean/std (0: none)
+    # phase 2 only: "all" trains the whole decoder; "head" only its last stage and output layers (DC-AE's local
+    # refinement: a GAN on the head, the latent space and the rest of the decoder left as phase 1 made them)
+    decoder_part: str = "all"
 
 
 DiTModelSection = _optional_fields(DiTConfig, "DiTModelSection", [("name", str, field(default="dit-tiny"))])
@@ -224,7 +227,7 @@ FIELD_RULES: dict[type, dict[str, Rule]] = {
         "steps": POSITIVE, "log_every": POSITIVE, "image_every": NON_NEGATIVE, "checkpoint_every": POSITIVE,
         "keep_last": NON_NEGATIVE, "ema_decay": UNIT, "precision": one_of("auto", "bf16", "fp16", "fp32"),
     },
-    TrainConfig: {"phase": one_of("joint", "decoder")},
+    TrainConfig: {"phase": one_of("joint", "decoder"), "decoder_part": one_of("all", "head")},
     DataConfig: {"image_size": POSITIVE, "batch_size": POSITIVE, "num_workers": NON_NEGATIVE,
                  "epoch_size": POSITIVE},
     SSLConfig: {
@@ -466,6 +469,12 @@ def save_config(cfg: DictConfig, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- checks beyond the schema
+def ssl_refusal(model: str) -> str:
+    """Why iBOT cannot train `model` (a model without a token sequence), in one sentence."""
+    return (f"ssl=true cannot train {model}: iBOT's [CLS] and patch heads read the encoder's token sequence, and a "
+            "convolutional autoencoder such as DC-AE has none (it encodes to a feature map); set ssl=false")
+
+
 def _init_compression(init: str) -> int | None:
     """The compression f of the phase-1 model `init` names, read from its config.json (None for a Hub id:
     the trainer checks it once downloaded)."""
@@ -488,7 +497,12 @@ def _init_compression(init: str) -> int | None:
     if not config.is_file():
         raise FileNotFoundError(f"init={init}: {config} not found (a model directory holds {CONFIG_NAME}; a "
                                 "training run directory holds one in model/)")
-    return dataclass_from_dict(TCAEConfig, read_config_json(config, "TC-AE"), "TC-AE", str(config)).compression
+    raw = read_config_json(config, "TC-AE")
+    if raw.get("_class_name"):  # a diffusers folder (a DC-AE that tcae trained): the trainer checks the rest
+        from tcae.models.dcae import dcae_compression
+
+        return dcae_compression(raw) if "encoder_block_out_channels" in raw else None
+    return dataclass_from_dict(TCAEConfig, raw, "TC-AE", str(config)).compression
 
 
 def check_tokenizer_inputs(cfg: Any) -> None:
@@ -496,6 +510,7 @@ def check_tokenizer_inputs(cfg: Any) -> None:
     there, and data.image_size suits the model (its compression f). Run by the CLI before anything is printed."""
     from tcae.data import check_spec
     from tcae.models import preset_config
+    from tcae.models.dcae import dcae_compression, dcae_preset_config, is_dcae_name
 
     check_spec(cfg.data.spec, train=True)
     if cfg.data.val_spec:
@@ -505,6 +520,12 @@ def check_tokenizer_inputs(cfg: Any) -> None:
         if not cfg.init:
             raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
         f = _init_compression(cfg.init)
+    elif is_dcae_name(cfg.model.name):
+        overrides = model_overrides(cfg.model)
+        overrides.pop("image_size", None)
+        f = dcae_compression(dcae_preset_config(cfg.model.name, **overrides))  # also checks the overrides
+        if cfg.ssl.enabled:
+            raise ConfigError(ssl_refusal(f"the DC-AE model.name={cfg.model.name}"))
     else:
         overrides = model_overrides(cfg.model)
         nominal = overrides.pop("image_size", None)
@@ -513,7 +534,7 @@ def check_tokenizer_inputs(cfg: Any) -> None:
         lo = max(f, size // f * f)
         raise ValueError(f"data.image_size={size} is not divisible by the model's compression f={f} "
                          f"(nearest valid: {lo} or {lo + f})")
-    if cfg.phase != "decoder":
+    if cfg.phase != "decoder" and not is_dcae_name(cfg.model.name):
         preset_config(cfg.model.name, **overrides, image_size=nominal or size)
 
 

@@ -55,6 +55,30 @@ class Tokenizer(Protocol):
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
 
 
+@runtime_checkable
+class TrainableAutoencoder(Tokenizer, Protocol):
+    """What `tcae train` / `tcae finetune-decoder` need of an autoencoder (a TCAE is one; so is a
+    DiffusersTokenizer around an ``AutoencoderDC``): the trainer takes any model through this, nothing else.
+
+    `encoder`: the modules `encode` uses (frozen in phase 2); `decoder_last_layer`: the weight the adaptive GAN
+    weight differentiates; `has_tokens`: whether the encoder has a token sequence ([CLS] + patch tokens, with
+    ``encode_tokens``/``tokens_to_latent``/``encoder.tokens``) for iBOT's heads; `set_latent_stats` stores the
+    measured per-channel latent mean/std (c,) in the model's own convention; `save_pretrained` writes the
+    exported model folder."""
+
+    encoder: nn.Module
+    has_tokens: bool
+    latent_stats_count: Any
+
+    @property
+    def decoder_last_layer(self) -> torch.Tensor: ...
+    @property
+    def decoder_head(self) -> nn.Module: ...
+    def describe(self) -> str: ...
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor, count: int = 1) -> None: ...
+    def save_pretrained(self, directory: str | Path, card_info: dict | None = None) -> Any: ...
+
+
 def is_diffusers_spec(spec: str) -> bool:
     return str(spec).startswith(DIFFUSERS_PREFIX)
 
@@ -66,9 +90,28 @@ def load_tokenizer(spec: str | Path, device: torch.device | str = "cpu") -> Toke
     spec = str(spec)
     if is_diffusers_spec(spec):
         return load_diffusers_tokenizer(spec[len(DIFFUSERS_PREFIX):], source=spec).to(device).eval()
+    folder = diffusers_folder(spec)
+    if folder is not None:  # a DC-AE trained by tcae: its run directory or model/ holds a diffusers folder
+        return load_diffusers_tokenizer(folder, source=f"{DIFFUSERS_PREFIX}{folder}").to(device).eval()
     from tcae.models import TCAE
 
     return TCAE.from_pretrained(spec).to(device).eval()
+
+
+def diffusers_folder(spec: str | Path) -> str | None:
+    """The diffusers autoencoder folder a local run or model directory holds (its config.json names a
+    ``_class_name``: a DC-AE that `tcae train` exported), else None."""
+    from tcae.models.checkpoint_io import resolve_run_dir
+
+    path = Path(resolve_run_dir(str(spec)))
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        raw = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # TCAE.from_pretrained reports the damaged file
+    return str(path) if isinstance(raw, dict) and raw.get("_class_name") else None
 
 
 # ---------------------------------------------------------------------- diffusers autoencoders
@@ -94,12 +137,12 @@ class DiffusersTokenizerConfig:
 class DiffusersTokenizer(nn.Module):
     """A diffusers autoencoder (``.autoencoder``) as a tcae :class:`Tokenizer` (module docstring)."""
 
-    def __init__(self, autoencoder: nn.Module, source: str = "") -> None:
+    def __init__(self, autoencoder: nn.Module, source: str = "", image_size: int | None = None) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         cfg = dict(autoencoder.config)
         c = int(cfg["latent_channels"])
-        size = cfg.get("sample_size")
+        size = cfg.get("sample_size") or image_size  # AutoencoderDC has no sample_size: tcae's model card's
         size = size[0] if isinstance(size, (list, tuple)) else size
         mean, std, how = _own_scaling(cfg, c)
         self.config = DiffusersTokenizerConfig(
@@ -110,6 +153,12 @@ class DiffusersTokenizer(nn.Module):
         self.register_buffer("latent_std", std, persistent=False)
 
     has_latent_stats = True  # the autoencoder's own scaling (its config) is always defined
+    has_tokens = False  # no token sequence: no iBOT heads, no A1 probe
+    latent_stats_count = 0  # images the scaling was measured on by tcae (0: the config's own)
+
+    @property
+    def model_kind(self) -> str:
+        return self.config.class_name
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> raw latent (B, c, H/f, W/f) (a KL posterior's mode)."""
@@ -146,6 +195,67 @@ class DiffusersTokenizer(nn.Module):
         fingerprints a latent cache (a view, not registered: the weights stay under `autoencoder.`)."""
         parts = [getattr(self.autoencoder, n, None) for n in ("encoder", "quant_conv")]
         return nn.ModuleList([m for m in parts if isinstance(m, nn.Module)])
+
+    # ------------------------------------------------------------------ training (tcae.training.tokenizer)
+    def describe(self) -> str:
+        c = self.config
+        params = sum(p.numel() for p in self.parameters()) / 1e6
+        return f"{c.class_name} {c.source} f={c.compression} c={c.latent_channels} ({params:.1f}M params)"
+
+    @property
+    def decoder_head(self) -> nn.Module:
+        """The decoder's highest-resolution stage and output layers (AutoencoderDC: ``up_blocks[0]``, applied
+        last, ``norm_out``, ``conv_out``): DC-AE's "head", what `decoder_part=head` trains."""
+        dec = self.autoencoder.decoder
+        parts = [dec.up_blocks[0], getattr(dec, "norm_out", None), getattr(dec, "conv_out", None)]
+        return nn.ModuleList([m for m in parts if isinstance(m, nn.Module)])
+
+    @property
+    def decoder_last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's last layer (the GAN loss's adaptive weight): its last matrix or kernel."""
+        return [p for p in self.autoencoder.decoder.parameters() if p.ndim > 1][-1]
+
+    @torch.no_grad()
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor, count: int = 1) -> None:
+        """Store measured per-channel latent statistics (each (c,)) as the autoencoder's own convention, a
+        single ``scaling_factor`` (DC-AE's, used by diffusers' pipelines as ``z * scaling_factor``, no shift):
+        1 / the latent's RMS over all channels, so the scaled latent has unit second moment."""
+        mean, std = torch.as_tensor(mean).float().flatten(), torch.as_tensor(std).float().flatten()
+        c = self.config.latent_channels
+        if mean.shape != (c,) or std.shape != (c,):
+            raise ValueError(f"latent stats must have shape ({c},), got mean {tuple(mean.shape)}, "
+                             f"std {tuple(std.shape)}")
+        rms = float((std.pow(2) + mean.pow(2)).mean().sqrt())
+        if not rms > 0:
+            raise ValueError("the latent is zero everywhere: no scaling_factor can normalise it")
+        self.autoencoder.register_to_config(scaling_factor=1.0 / rms)
+        cfg = dict(self.autoencoder.config)
+        new_mean, new_std, self.config.latent_scaling = _own_scaling(cfg, c)
+        self.latent_mean.copy_(new_mean)
+        self.latent_std.copy_(new_std)
+        self.config.autoencoder = json.loads(json.dumps(cfg, default=str))
+        self.latent_stats_count = int(count)
+
+    def save_pretrained(self, directory: str | Path, card_info: dict | None = None) -> None:
+        """`directory` as a diffusers model folder (config.json, diffusion_pytorch_model.safetensors: what
+        ``AutoencoderDC.from_pretrained`` loads) plus tcae's model card (README.md: training data, steps, image
+        size, read back by :func:`load_tokenizer` for the nominal image size)."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        from tcae.models.card import CARD_KEY, check_card_info
+
+        directory = Path(directory)
+        self.autoencoder.save_pretrained(str(directory))
+        info = check_card_info({"image_size": self.config.image_size, **(card_info or {})})
+        c, cls = self.config, self.config.class_name
+        data = ModelCardData(library_name="diffusers", license="apache-2.0", tags=["tcae", cls.lower()],
+                             **{CARD_KEY: info})
+        body = (f"# {info.get('name') or cls}\n\nA diffusers `{cls}` (f={c.compression}, "
+                f"c={c.latent_channels}) trained with `tcae train` on `{info.get('training_data', '?')}` for "
+                f"{info.get('steps', '?')} steps at {info.get('image_size')} px.\n\n```python\n"
+                f"from diffusers import {cls}\n\nae = {cls}.from_pretrained(\"{directory.name}\")\n```\n\n"
+                f"```bash\ntcae eval --model {directory} --data images/\n```\n")
+        ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(directory / "README.md")
 
 
 def _compression(ae: nn.Module) -> int:
@@ -226,8 +336,28 @@ def load_diffusers_autoencoder(target: str) -> nn.Module:
 
 def load_diffusers_tokenizer(target: str, source: str | None = None) -> Tokenizer:
     """``diffusers:TARGET`` as a tokenizer: a TCAEAutoencoder export as its TC-AE, any other autoencoder
-    through :class:`DiffusersTokenizer`."""
+    through :class:`DiffusersTokenizer` (a local folder's tcae model card gives the nominal image size
+    where the diffusers config has no sample_size)."""
     ae = load_diffusers_autoencoder(target)
     if type(ae).__name__ == "TCAEAutoencoder":
         return ae.tcae.eval()
-    return DiffusersTokenizer(ae, source or f"{DIFFUSERS_PREFIX}{target}").eval()
+    from tcae.models.card import read_card_info
+
+    size = read_card_info(Path(target).expanduser() / "README.md").get("image_size") \
+        if Path(target).expanduser().is_dir() else None
+    return DiffusersTokenizer(ae, source or f"{DIFFUSERS_PREFIX}{target}", image_size=size).eval()
+
+
+def create_dcae(name: str, **overrides: Any) -> DiffusersTokenizer:
+    """A freshly initialised DC-AE (diffusers ``AutoencoderDC``) from a preset of
+    :data:`tcae.models.dcae.DCAE_PRESETS` with model.* overrides (image_size, latent_channels, in_channels), in
+    train mode, as the tokenizer tcae trains."""
+    try:
+        from diffusers import AutoencoderDC
+    except ImportError:
+        raise ValueError(f"model.name={name} is a diffusers AutoencoderDC: pip install 'tcae[diffusers]'") from None
+    from tcae.models.dcae import as_diffusers_kwargs, dcae_preset_config
+
+    cfg = dcae_preset_config(name, **overrides)
+    size = cfg.pop("sample_size")
+    return DiffusersTokenizer(AutoencoderDC(**as_diffusers_kwargs(cfg)), source=name, image_size=size).train()

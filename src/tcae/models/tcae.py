@@ -278,6 +278,7 @@ class TCAE(
 
     config_class = TCAEConfig
     model_kind = "TC-AE"
+    has_tokens = True  # [CLS] + patch tokens for iBOT's heads (tcae.tokenizers.TrainableAutoencoder)
 
     def __init__(self, config: TCAEConfig) -> None:
         super().__init__()
@@ -304,10 +305,23 @@ class TCAE(
         nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
         nn.init.trunc_normal_(self.encoder.mask_token, std=0.02)
 
+    def describe(self) -> str:
+        """One line for the training log: the architecture and its size."""
+        c = self.config
+        params = sum(p.numel() for p in self.parameters()) / 1e6
+        return (f"{'staged' if c.staged else 'single-stage'} TC-AE p={c.patch_size} f={c.compression} "
+                f"c={c.latent_channels} ({params:.1f}M params)")
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         for m in self.modules():
             if isinstance(m, Transformer):
                 m.grad_checkpointing = enabled
+
+    @property
+    def decoder_head(self) -> nn.Module:
+        """The decoder's last stage and output layers (fine blocks, norm, unpatchify): what
+        `decoder_part=head` trains."""
+        return nn.ModuleList([self.decoder.fine, self.decoder.norm, self.decoder.to_pixels])
 
     @property
     def decoder_last_layer(self) -> torch.Tensor:

@@ -68,7 +68,9 @@ def dit_overrides(scale: Scale, seed: int) -> list[str]:
 
 # Tokenizer settings added after runs were keyed: left out of the key while at their default (the
 # behaviour those runs had), so finished and resumable runs keep their keys.
-KEY_NEUTRAL_DEFAULTS = (("ssl", "recon_view", "crop"),)
+# (the phases whose configs had keys without it, section ("" top level), setting, default)
+KEY_NEUTRAL_DEFAULTS = ((("tokenizer",), "ssl", "recon_view", "crop"),
+                        (("tokenizer", "decoder"), "", "decoder_part", "all"))
 
 
 def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
@@ -85,6 +87,7 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
         load_config,
         model_overrides,
     )
+    from tcae.models.dcae import dcae_preset_config, is_dcae_name
     from tcae.models.presets import preset_config
 
     cfg = load_config(TrainConfig, scale.tokenizer_config, tokenizer_overrides(overrides, scale, data, seed),
@@ -93,7 +96,8 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     # the model as the trainer builds it (preset + overrides): `model.staged=true` on a staged preset is no change
     model = model_overrides(cfg.model)
     model.setdefault("image_size", cfg.data.image_size)
-    tok["model"] = preset_config(cfg.model.name or DEFAULT_MODEL, **model).to_dict()
+    tok["model"] = dcae_preset_config(cfg.model.name, **model) if is_dcae_name(cfg.model.name) else \
+        preset_config(cfg.model.name or DEFAULT_MODEL, **model).to_dict()
     dit = OmegaConf.to_container(load_config(DiTTrainConfig, scale.dit_config, dit_overrides(scale, seed),
                                              DIT_ALIASES))
     phases = {"tokenizer": tok, "dit": dit}
@@ -104,9 +108,11 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
         for k in ("name", "run_dir", "progress", "resume"):
             cfg.pop(k, None)
     dit["data"].pop("latents", None)
-    for section, name, default in KEY_NEUTRAL_DEFAULTS:  # settings added later: at their default, no new key
-        if tok.get(section, {}).get(name) == default:
-            tok[section].pop(name)
+    for which, section, name, default in KEY_NEUTRAL_DEFAULTS:  # added later: at their default, no new key
+        for phase in (phases[p] for p in which if p in phases):
+            where = phase.get(section, {}) if section else phase
+            if where.get(name) == default:
+                where.pop(name)
     blob = json.dumps({**phases, "image_size": scale.image_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

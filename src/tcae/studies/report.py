@@ -163,6 +163,16 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
                  "better"),
                 ("3 (DiT)", "DINO: early samples closer to the reconstructions than no SSL's", "DINO", "none", "gap1",
                  "better")]
+    if name == "dcae":  # claim 6: the same latent shape, the same objective, budgets and DiT protocol
+        tc, dc = "TC-AE", "DC-AE"
+        return [("6", "TC-AE reconstructs better than DC-AE (PSNR)", tc, dc, "psnr", "better"),
+                ("6", "TC-AE reconstructs better than DC-AE (SSIM)", tc, dc, "ssim", "better"),
+                ("6", "TC-AE's decoder is closer to real images than DC-AE's (rFD)", tc, dc, "rfd", "better"),
+                ("6", "TC-AE generates better than DC-AE", tc, dc, "fd", "better"),
+                ("6 (DiT-limited)", "TC-AE generates better than DC-AE", tc, dc, "fd_lim", "better"),
+                ("6 (DiT)", "TC-AE: early samples closer to the reconstructions than DC-AE's", tc, dc, "gap1",
+                 "better"),
+                ("6 (cost)", "TC-AE costs fewer FLOPs than DC-AE", tc, dc, "gflops", "better")]
     cells = list(experiment_cells(name, scale))
     if name == "ssl-causes":
         base, *ssl = cells

@@ -4,6 +4,9 @@ Phase `joint` (`tcae train`): L = alpha * L_rec + L_iBOT, with L_rec = L1 + lamb
     The student encoder sees 2 global crops (crop 0 unmasked: it is also the reconstruction input; the
     other global crops block-masked) and the local crops; an EMA teacher sees the unmasked global crops.
 Phase `decoder` (`tcae finetune-decoder`): encoder frozen, decoder (and discriminator) trained, no iBOT.
+
+The trainer takes any autoencoder through :class:`tcae.tokenizers.TrainableAutoencoder`: a TC-AE
+(`model.name=tcae-...`) or a diffusers DC-AE (`model.name=dc-ae-...`, a conv autoencoder: no iBOT).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torchvision.utils import make_grid
 
-from tcae.config import DEFAULT_MODEL, ConfigError, model_overrides
+from tcae.config import DEFAULT_MODEL, ConfigError, model_overrides, ssl_refusal
 from tcae.data import (
     MaskedTokens,
     MultiCropCollate,
@@ -42,6 +45,8 @@ from tcae.losses import (
     teacher_temperature,
 )
 from tcae.models import TCAE, EncoderTokens, create_model
+from tcae.models.dcae import is_dcae_name
+from tcae.tokenizers import TrainableAutoencoder, create_dcae, diffusers_folder, load_diffusers_tokenizer
 from tcae.training.ema import EMA, cosine_momentum, warmup_decay
 from tcae.training.loop import TrainLoop
 
@@ -71,7 +76,7 @@ class TokenizerStudent(nn.Module):
     (M, patch_out_dim) on the M masked tokens.
     """
 
-    def __init__(self, model: TCAE, cls_head: nn.Module | None, patch_head: nn.Module | None,
+    def __init__(self, model: TrainableAutoencoder, cls_head: nn.Module | None, patch_head: nn.Module | None,
                  freeze_encoder: bool = False) -> None:
         super().__init__()
         self.model, self.cls_head, self.patch_head = model, cls_head, patch_head
@@ -101,25 +106,26 @@ class TokenizerTrainer(TrainLoop):
     """`tcae train` / `tcae finetune-decoder`."""
 
     def summary(self) -> str:
-        c = self.model.config
-        params = sum(p.numel() for p in self.model.parameters()) / 1e6
-        return (f"{self.cfg.phase} phase: {'staged' if c.staged else 'single-stage'} TC-AE p={c.patch_size} "
-                f"f={c.compression} c={c.latent_channels} ({params:.1f}M params), ssl={'on' if self.ssl else 'off'}, "
+        return (f"{self.cfg.phase} phase: {self.model.describe()}, ssl={'on' if self.ssl else 'off'}, "
                 f"data {self.cfg.data.spec} at {self.cfg.data.image_size} px, batch {self.cfg.data.batch_size}, "
                 f"{self.cfg.steps} steps")
 
-    def _build_model(self) -> TCAE:
-        """Phase 1: a preset with model.* overrides, or (init=) a warm start from a run or model directory.
-        Phase 2: the phase-1 model (init= is required). A model.* setting that contradicts init= is an error."""
+    def _build_model(self) -> TrainableAutoencoder:
+        """Phase 1: a preset with model.* overrides (`tcae-...`: a TC-AE, `dc-ae-...`: a DC-AE), or (init=) a
+        warm start from a run or model directory. Phase 2: the phase-1 model (init= is required). A model.*
+        setting that contradicts init= is an error."""
         cfg = self.cfg
         overrides = model_overrides(cfg.model)
         if not cfg.init:
             if self.decoder_phase:
                 raise ValueError("finetune-decoder needs init=RUN_OR_MODEL_DIR (the phase-1 run or model)")
             overrides.setdefault("image_size", cfg.data.image_size)
+            if is_dcae_name(cfg.model.name):
+                return create_dcae(cfg.model.name, **overrides)
             return create_model(cfg.model.name or DEFAULT_MODEL, **overrides)
-        try:  # a run directory (its model/) or a model directory
-            model = TCAE.from_pretrained(cfg.init)
+        folder = diffusers_folder(cfg.init)
+        try:  # a run directory (its model/) or a model directory: a TC-AE's, or a diffusers DC-AE folder
+            model = load_diffusers_tokenizer(folder) if folder else TCAE.from_pretrained(cfg.init)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"init={cfg.init}: {e}") from None
         loaded = model.config.to_dict()
@@ -129,6 +135,9 @@ class TokenizerTrainer(TrainLoop):
             raise ConfigError(f"init={cfg.init} gives the model's architecture, so these settings cannot apply: "
                               f"{', '.join(clash)}. Remove them, or drop init= to build a new model.")
         if overrides.get("grad_checkpointing"):
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise ConfigError(f"model.grad_checkpointing=true: the init model ({model.describe()}) does not "
+                                  "support gradient checkpointing")
             model.set_grad_checkpointing(True)
         log.info("init=%s: %s from its weights%s", cfg.init, "decoder phase" if self.decoder_phase else "warm start",
                  f" (model.name={cfg.model.name} is not used: the architecture is the init model's)"
@@ -142,13 +151,21 @@ class TokenizerTrainer(TrainLoop):
         self.decoder_phase = cfg.phase == "decoder"
         self.ssl = bool(cfg.ssl.enabled) and not self.decoder_phase
         model = self._build_model()
+        if self.ssl and not model.has_tokens:
+            raise ConfigError(ssl_refusal(model.describe()))
         if cfg.data.image_size % model.config.compression:
             raise ValueError(f"data.image_size={cfg.data.image_size} is not divisible by the model's "
                              f"compression f={model.config.compression}")
-        model.to(self.device)
+        model.to(self.device).train()  # (a loaded model comes in eval mode; DC-AE's BatchNorm must train)
+        if cfg.decoder_part == "head":
+            if not self.decoder_phase:
+                raise ConfigError("decoder_part=head is for phase 2 (tcae finetune-decoder); phase 1 trains the "
+                                  "whole autoencoder")
+            model.requires_grad_(False)
+            model.decoder_head.requires_grad_(True)
         if self.decoder_phase:
             model.encoder.requires_grad_(False)
-        elif not self.ssl:
+        elif not self.ssl and model.has_tokens:
             model.encoder.mask_token.requires_grad_(False)  # unused without masking; DDP needs every param used
 
         cls_head = patch_head = None
@@ -199,7 +216,7 @@ class TokenizerTrainer(TrainLoop):
         self.add_optimizer("model", self.student, cfg.optim.lr, cfg.optim.weight_decay)
         self._build_data(model)
 
-    def _build_data(self, model: TCAE) -> None:
+    def _build_data(self, model: TrainableAutoencoder) -> None:
         cfg, d = self.cfg, self.cfg.data
         per_rank = self.micro_batch_size
         collate, transform = None, None
@@ -316,8 +333,11 @@ class TokenizerTrainer(TrainLoop):
 
     # ------------------------------------------------------------------ state
     def model_signature(self) -> dict:
-        return {"tcae": self.model.config.to_dict(), "phase": self.cfg.phase, "ssl": self.ssl,
-                "gan": self.disc is not None}
+        arch = self.model.config.to_dict()
+        if not isinstance(self.model, TCAE):  # where it was loaded from and diffusers' bookkeeping do not matter
+            arch = {k: v for k, v in arch.items() if k != "source"}
+            arch["autoencoder"] = {k: v for k, v in arch["autoencoder"].items() if not k.startswith("_")}
+        return {"tcae": arch, "phase": self.cfg.phase, "ssl": self.ssl, "gan": self.disc is not None}
 
     def state_extra(self) -> dict:
         st = {"student": self.student.state_dict(), "ema": self.ema.state_dict()}
@@ -346,14 +366,14 @@ class TokenizerTrainer(TrainLoop):
         if self.val_images is None or self.logger is None:
             return
         ema = self.ema.module
-        rec = ema(self.val_images).sample.clamp(-1, 1)
+        rec = ema.decode(ema.encode(self.val_images)).clamp(-1, 1)
         grid = make_grid(torch.cat([self.val_images, rec]) * 0.5 + 0.5, nrow=len(self.val_images))
         self.logger.image(f"{self.val_tag}/reconstruction", grid, self.step)
         mse = ((rec - self.val_images) / 2).pow(2).flatten(1).mean(1)
         self.logger.log({f"{self.val_tag}/psnr_ema": float((-10 * torch.log10(mse)).mean())}, self.step)
 
     @torch.no_grad()
-    def measure_latent_stats(self, model: TCAE) -> None:
+    def measure_latent_stats(self, model: TrainableAutoencoder) -> None:
         """Per-channel latent mean/std of `model` over the first `latent_stats_images` training images
         (evaluation crops, no augmentation), stored in the model: every exported tokenizer carries the
         normalisation its latent diffusion model will use."""
@@ -370,7 +390,9 @@ class TokenizerTrainer(TrainLoop):
         model.set_latent_stats(mean, std.clamp_min(1e-6), stats.images)
 
     def export(self) -> None:
-        """runs/NAME/model/: the EMA autoencoder with its latent statistics, loadable with TCAE.from_pretrained."""
+        """runs/NAME/model/: the EMA autoencoder with its latent statistics, loadable with TCAE.from_pretrained
+        (a TC-AE) or diffusers' AutoencoderDC.from_pretrained (a DC-AE); `tcae.tokenizers.load_tokenizer` takes
+        either."""
         model = self.ema.module
         if self.cfg.latent_stats_images > 0:
             self.measure_latent_stats(model)
