@@ -66,11 +66,12 @@ def dit_overrides(scale: Scale, seed: int) -> list[str]:
     return ["name=dit", f"steps={scale.dit_steps}", f"seed={seed}", "progress=false", *conv, *scale.dit_extra]
 
 
-# Tokenizer settings added after runs were keyed: left out of the key while at their default (the
+# Settings added after runs were keyed: left out of the key while at their default (the
 # behaviour those runs had), so finished and resumable runs keep their keys.
 # (the phases whose configs had keys without it, section ("" top level), setting, default)
 KEY_NEUTRAL_DEFAULTS = ((("tokenizer",), "ssl", "recon_view", "crop"),
-                        (("tokenizer", "decoder"), "", "decoder_part", "all"))
+                        (("tokenizer", "decoder"), "", "decoder_part", "all"),
+                        (("dit",), "model", "class_names", None))
 
 
 def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:

@@ -26,7 +26,8 @@ from tcae.util import LockBusy, file_lock, slug, write_text_atomic
 log = logging.getLogger("tcae.repro")
 
 TOLERANCE_DB = 0.3  # doubling a phase's steps must change val PSNR by less than this, for both models
-MODELS = {"baseline (single-stage, no SSL)": ["model.staged=false", "ssl=false"], "TC-AE (staged, SSL)": []}
+MODELS = {"baseline (single-stage, no SSL)": ["model.staged=false", "ssl=false", "loss.alpha=1"],
+          "TC-AE (staged, SSL)": []}  # as stc-ssl's cells (tcae.studies.paper.experiment_cells)
 
 
 def choose_steps(curves: dict[str, dict[int, float]], tolerance: float = TOLERANCE_DB) -> tuple[int, bool]:

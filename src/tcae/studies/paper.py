@@ -141,14 +141,17 @@ SSL_ALPHAS = (1, 10)
 def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
     """Cell name -> tokenizer overrides."""
     c = scale.base_channels
+    # without SSL the objective is L_rec itself: alpha (the weight of L_rec against L_iBOT, a default of the SSL
+    # configs) is set back to 1, as every no-SSL cell was measured (with grad clipping, scaling L_rec is not free)
+    no_ssl = ["ssl=false", "loss.alpha=1"]
     if name == "stc-ssl":
-        return {"single-stage, no SSL": ["model.staged=false", "ssl=false"], "staged, no SSL": ["ssl=false"],
+        return {"single-stage, no SSL": ["model.staged=false", *no_ssl], "staged, no SSL": no_ssl,
                 "single-stage, SSL": ["model.staged=false"], "staged, SSL": []}
     if name == "ssl-method":
         # DINO: [CLS] self-distillation on global + local crops only: no masked views, no patch (MIM) loss
-        return {"iBOT": [], "DINO": ["ssl.patch_weight=0", "ssl.mask_sample_prob=0"], "none": ["ssl=false"]}
+        return {"iBOT": [], "DINO": ["ssl.patch_weight=0", "ssl.mask_sample_prob=0"], "none": no_ssl}
     if name == "ssl-causes":  # every cell names both settings: the configs' defaults differ (fashion: 10, full)
-        return {"staged, no SSL": ["ssl=false"],
+        return {"staged, no SSL": no_ssl,
                 **{f"staged, SSL, alpha={a}": [f"loss.alpha={a}", "ssl.recon_view=crop"] for a in SSL_ALPHAS},
                 **{f"staged, SSL, alpha={a}, full-image recon": [f"loss.alpha={a}", "ssl.recon_view=full"]
                    for a in SSL_ALPHAS}}
@@ -164,5 +167,5 @@ def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
         # latent shape (the scale's config sets model.patch_size, which a DC-AE does not take: cleared)
         dcae = "dc-ae-tiny" if scale.image_size <= 64 else "dc-ae-f32c32"
         return {"TC-AE": [], "DC-AE": [f"model.name={dcae}", "model.patch_size=null", f"model.latent_channels={c}",
-                                       "ssl=false"]}
+                                       *no_ssl]}
     raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(PAPER)}")
