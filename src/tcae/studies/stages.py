@@ -67,11 +67,12 @@ def latents_stage(model_dir: Path | str, data_spec: str, image_size: int, out_di
     (no augmentation), so a spec without a split means its val split: pass
     `split_spec(spec, "train")` to cache training latents."""
     from tcae.diffusion import cache_latents
+    from tcae.diffusion.latents import tokenizer_source
 
     model = load_tokenizer(str(model_dir))
     ds = build_dataset(data_spec, image_size, train=False, channels=model.config.in_channels)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
-                  device=resolve_device(device))
+                  device=resolve_device(device), tokenizer_path=tokenizer_source(str(model_dir)))
     return out_dir
 
 
