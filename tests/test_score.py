@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tcae import repro
+from tcae.studies import paper
 from tcae.cli.main import main as cli
 from tcae.models import create_model
 from tcae.studies.score import budget_name, score_markdown
@@ -60,7 +60,7 @@ def test_score_errors_before_training(tokenizers, tmp_path, capsys):
 def test_score_tcae_and_a_diffusers_kl_on_digits(tokenizers, tmp_path, monkeypatch, capsys):
     """`tcae score` on a tcae model and a diffusers AutoencoderKL folder: one table with both, the budget in
     every generation figure, the same PSNR as `tcae eval`, the user's models untouched, resumable."""
-    monkeypatch.setitem(repro.SCALES, "tiny", dataclasses.replace(repro.SCALES["tiny"], per_class=2))
+    monkeypatch.setitem(paper.SCALES, "tiny", dataclasses.replace(paper.SCALES["tiny"], per_class=2))
     tc, kl = str(tokenizers / "tc"), "diffusers:" + str(tokenizers / "kl")
     before = _sha(tokenizers / "tc" / "model.safetensors")
     out = tmp_path / "score"
