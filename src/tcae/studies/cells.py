@@ -32,6 +32,7 @@ from tcae.studies.stages import (
     dit_snapshots,
     dit_stage,
     evaluate_stage,
+    fit_batch,
     judge_samples,
     latents_stage,
     reconstruct_split,
@@ -159,7 +160,8 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
     with _timed(train_times, "latents"):
         lat = latents_stage(tok, train, scale.image_size, cell_dir / "latents")
     with _timed(train_times, "dit"):
-        dit = dit_stage(runs, lat, dit_overrides(scale, seed) + _batch_for(lat, scale), config=scale.dit_config)
+        overrides = dit_overrides(scale, seed)
+        dit = dit_stage(runs, lat, overrides + fit_batch(lat, scale.dit_config, overrides), config=scale.dit_config)
         snapshots = dit_snapshots(runs / "dit", scale.convergence_every) if scale.convergence_every else []
     with _timed(eval_times, "evaluate"):
         ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec,
@@ -297,15 +299,3 @@ def _feature_fd(images: np.ndarray, net: FeatureNetwork, reference: str, image_s
                            reference_cache=reference_cache)
     key = net.metric_key("g")
     return {"fd_features": res["metrics"][key], "fd_features_label": res["labels"][key]}
-
-
-def _batch_for(latents: Path, scale: Scale) -> list[str]:
-    """`data.batch_size=N` when the cache holds fewer latents than the DiT config's batch (a small folder):
-    the largest power of two that fits, so the DiT trains instead of refusing a run with no full batch."""
-    from tcae.config import load_config
-    from tcae.diffusion.latents import read_latent_meta
-    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
-
-    n = int(read_latent_meta(latents)["num_latents"])
-    batch = load_config(DiTTrainConfig, scale.dit_config, scale.dit_extra, DIT_ALIASES).data.batch_size
-    return [] if n >= batch else [f"data.batch_size={2 ** int(np.log2(n))}"]

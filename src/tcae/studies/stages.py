@@ -87,6 +87,17 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
     return model_dir
 
 
+def fit_batch(latents: Path, config: str, overrides: list[str]) -> list[str]:
+    """`data.batch_size=N` when the cache holds fewer latents than the DiT config's batch (a small folder): the
+    largest power of two that fits, so the DiT trains instead of refusing a run with no full batch; else []."""
+    from tcae.diffusion.latents import read_latent_meta
+    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
+
+    n = int(read_latent_meta(latents)["num_latents"])
+    batch = load_config(DiTTrainConfig, config, overrides, DIT_ALIASES).data.batch_size
+    return [] if n >= batch else [f"data.batch_size={2 ** (n.bit_length() - 1)}"]
+
+
 def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], per_class: int, cfg_scale: float,
                  steps: int, seed: int = 0, device: str | torch.device | None = None, dit=None
                  ) -> tuple[np.ndarray, np.ndarray]:
