@@ -5,8 +5,14 @@ diagnostics on the evaluation split (PSNR, SSIM, LPIPS and rFID where their weig
 A2, structural loss), its train latents cached, a DiT of the budget's size trained for the budget's
 steps, ``per_class`` samples of every class drawn (no CFG) and judged: gFID / IS against the evaluation
 split (ADM crop) where the Inception weights are present, and on built-in data by its judge
-(``tcae.evaluation.judges``: FD-<data> in the judge's features, never called FID, and class agreement).
+(``tcae.evaluation.judges``: FD-<data> in the judge's features, never called FID, and class agreement),
+and by a named feature network where one is given (FD-<network>, labelled by the network).
 One code path with ``tcae repro``: :func:`tcae.studies.cells.score_tokenizer`.
+
+Your own folder: with a sub-folder per class, as above; without, an unconditional DiT (one class) and
+``per_class`` unconditional samples, no probes (no labels). A folder without ``train/`` and ``val/``
+sub-folders is evaluated on its own images, the ones the DiT trains on (score.md says so). The DiT's
+batch shrinks to the largest power of two that fits a small cache.
 
 A budget is a repro scale (:func:`tcae.studies.paper.resolve_scale`): ``tiny`` = dit-tiny, 1500 DiT steps, 30
 samples per class at 32 px on ``builtin:digits`` (minutes on a CPU; on ``builtin:fashion`` the fashion
