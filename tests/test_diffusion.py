@@ -457,3 +457,24 @@ def test_evaluate_samples_with_custom_network(tmp_path):
     other = evaluate_samples(tmp_path / "a.npz", tmp_path / "b.npz", feature_network=net, progress=False)
     assert abs(same["metrics"]["gfd_custom"]) < 1e-6 < other["metrics"]["gfd_custom"]
     assert same["num_samples"] == 40 and "gfid" not in same["metrics"]
+
+
+def test_cache_latents_records_the_tokenizer_and_the_dit_card_names_it(tmp_path, tokenizer, monkeypatch):
+    """`tcae cache-latents --model ./tok` records the tokenizer as an absolute path (a DiT trained from another
+    folder still finds it); the DiT's model card names it and its sample command uses it."""
+    from tcae.cli.main import main as cli
+    from tcae.diffusion.latents import read_latent_meta, tokenizer_source
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    assert cli(["cache-latents", "--model", "./tok", "--data", "builtin:digits:val", "--out", "lat",
+                "--device", "cpu", "--no-progress"]) == 0
+    recorded = read_latent_meta(tmp_path / "lat")["tokenizer_path"]
+    assert recorded == str((tmp_path / "tok").resolve())
+    assert cli(["train-dit", "dit-tiny", "latents=lat", "run_dir=runs", "name=d", "steps=1", "batch_size=2",
+                "progress=false", "device=cpu"]) == 0
+    card = (tmp_path / "runs" / "d" / "model" / "README.md").read_text()
+    assert f"| tokenizer | `{recorded}` |" in card and f"--model {recorded} " in card
+    # Hub ids and missing paths are kept as given; a local diffusers folder keeps its prefix
+    assert tokenizer_source("org/tcae-b") == "org/tcae-b"
+    assert tokenizer_source("diffusers:tok") == f"diffusers:{(tmp_path / 'tok').resolve()}"

@@ -37,7 +37,7 @@ def _interval(text: str) -> tuple[float, float]:
 def _cache_latents(args: argparse.Namespace) -> int:
     from tcae.data import build_dataset
     from tcae.device import resolve_device
-    from tcae.diffusion.latents import cache_latents
+    from tcae.diffusion.latents import cache_latents, tokenizer_source
     from tcae.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
@@ -47,7 +47,7 @@ def _cache_latents(args: argparse.Namespace) -> int:
     summary = cache_latents(
         tokenizer, dataset, args.out, batch_size=args.batch_size, flip=args.flip, shard_size=args.shard_size,
         device=resolve_device(args.device), num_workers=args.num_workers, progress=not args.no_progress,
-        data_spec=args.data, image_size=size)
+        data_spec=args.data, image_size=size, tokenizer_path=tokenizer_source(args.model))
     print(_cache_summary(summary))
     return 0
 

@@ -17,7 +17,8 @@ def _demo(args: argparse.Namespace) -> int:
     from tcae.studies.demo import run_demo
 
     report = run_demo(Path(args.out), args.tokenizer_steps, args.dit_steps, args.per_class, args.cfg,
-                      progress=not args.no_progress, data=args.data)
+                      progress=not args.no_progress, data=args.data, feature_network=args.feature_network,
+                      feature_weights=args.feature_weights, inception_weights=args.inception_weights)
     print(f"report: {report}")
     return 0
 
@@ -45,14 +46,22 @@ def _repro(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "demo", _demo, "the whole pipeline on built-in digits (CPU, ~10 min): report.md")
+    p = add_command(sub, "demo", _demo, "the whole pipeline on built-in digits or your folder (CPU, ~10 min): "
+                                        "report.md")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--tokenizer-steps", type=int, default=500)
     p.add_argument("--dit-steps", type=int, default=2000)
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--data", default="builtin:digits",
-                   help="builtin:digits (embedded, the default) or builtin:fashion[@DIR] (Fashion-MNIST idx files)")
+                   help="builtin:digits (embedded, the default), builtin:fashion[@DIR] (Fashion-MNIST idx files) or "
+                        "an image folder (a class per sub-folder: a row per class; else unconditional samples)")
+    p.add_argument("--feature-network", default=None, metavar="NAME",
+                   help="a folder's samples: FD against the folder in this network's features (dinov2, "
+                        "torchvision:NAME); the built-ins are judged by their own judge")
+    p.add_argument("--feature-weights", default=None, metavar="PATH", help="weights file of --feature-network")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="a folder's samples: gFID against the folder with this InceptionV3 file")
     add_no_progress(p)
 
     p = add_command(sub, "repro", _repro, "re-run one of the paper's ablations: " + ", ".join(EXPERIMENTS))

@@ -268,6 +268,15 @@ def _batches(dataset: Any, cache: _Cache, batch_size: int, num_workers: int) -> 
         yield torch.tensor(batch_idx, dtype=torch.int64), images, labels
 
 
+def tokenizer_source(spec: str) -> str:
+    """A tokenizer spec as a latent cache records it: a local folder (``diffusers:`` prefix kept) as an absolute
+    path, so the record still points at it from another working directory; a Hub repo id as given."""
+    path = spec.removeprefix("diffusers:")
+    if not os.path.isdir(path):
+        return spec
+    return spec[: len(spec) - len(path)] + str(Path(path).resolve())
+
+
 def _settings(tokenizer: nn.Module, dataset: Dataset, n: int | None, data_spec: str | None, image_size: int | None,
               flip: bool, shard_size: int, num_workers: int) -> dict[str, Any]:
     """What a cache on disk must match to be resumed (:data:`_MATCHING`)."""
@@ -391,6 +400,7 @@ def cache_latents(
     progress: bool = True,
     data_spec: str | None = None,
     image_size: int | None = None,
+    tokenizer_path: str | None = None,
 ) -> dict[str, Any]:
     """Encode `dataset` in order into `out_dir` (see the module docstring for the layout); resumable.
 
@@ -400,6 +410,9 @@ def cache_latents(
     (`tcae.data.base.class_names_of`) are recorded as meta.json's `class_names`.
     flip: also cache each image's horizontal flip. shard_size: dataset samples per shard.
     data_spec, image_size: recorded in meta.json (and must match when resuming).
+    tokenizer_path: where the tokenizer came from (:func:`tokenizer_source`), recorded as meta.json's
+    `tokenizer_path` so a DiT trained on the cache can name it; not a resume setting (the encoder's
+    fingerprint is: a moved model folder still resumes).
     Returns a summary: out_dir, num_samples, num_latents, num_shards, latent_shape, num_classes, class_names,
     mean, std, resumed_shards (already on disk) and encoded_shards (written by this call).
     """
@@ -412,6 +425,8 @@ def cache_latents(
         raise ValueError("the dataset is empty")
     cache = _open_cache(out, _settings(tokenizer, dataset, n, data_spec, image_size, flip, shard_size, num_workers),
                         n, tokenizer, dataset)
+    if tokenizer_path is not None:
+        cache.extra["tokenizer_path"] = tokenizer_path
     resumed = sorted(cache.shards)
 
     device = torch.device(device)

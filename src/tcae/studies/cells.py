@@ -32,6 +32,7 @@ from tcae.studies.stages import (
     dit_snapshots,
     dit_stage,
     evaluate_stage,
+    fit_batch,
     judge_samples,
     latents_stage,
     reconstruct_split,
@@ -191,11 +192,14 @@ def _phase1_reconstruction(model_dir: Path, eval_spec: str, image_size: int, eva
 
 def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scale, data: str, judge=None,
                     seed: int = 0, split: str | None = None, reference_cache: dict | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, features: FeatureNetwork | None = None,
+                    inception_weights: str | None = None) -> dict:
     """A (cell, seed) after its tokenizer, for any tokenizer spec `tok` (a tcae model or
     ``diffusers:PATH_OR_HUB_ID``; also `tcae score`'s): cache its train latents, train the scale's DiT,
     evaluate and diagnose the tokenizer on `split` (nothing written into it), sample class-balanced sets
-    (and the convergence snapshots) and judge them. Returns the result without the cell's overrides."""
+    (and the convergence snapshots) and judge them. `features`: a network whose FD of the samples vs `split`
+    is added (``fd_features``); `inception_weights`: the InceptionV3 file (gFID / IS; default: torch hub's
+    cache where present). Returns the result without the cell's overrides."""
     split = split or scale.eval_split
     runs = cell_dir / "runs"
     train, eval_spec = split_spec(data, "train"), split_spec(data, split)
@@ -203,14 +207,15 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
     with _timed(train_times, "latents"):
         lat = latents_stage(tok, train, scale.image_size, cell_dir / "latents")
     with _timed(train_times, "dit"):
-        dit = dit_stage(runs, lat, dit_overrides(scale, seed), config=scale.dit_config)
+        overrides = dit_overrides(scale, seed)
+        dit = dit_stage(runs, lat, overrides + fit_batch(lat, scale.dit_config, overrides), config=scale.dit_config)
         snapshots = dit_snapshots(runs / "dit", scale.convergence_every) if scale.convergence_every else []
     with _timed(eval_times, "evaluate"):
         ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec,
                             progress=progress)
     gen, convergence = {}, []
-    inception = inception_available()
-    if judge is not None or inception:
+    inception = inception_weights is not None or inception_available()
+    if judge is not None or inception or features is not None:
         if judge is not None and snapshots:
             with _timed(eval_times, "convergence"):
                 convergence = _convergence(eval_dir, snapshots, dit, tok, scale, judge, eval_spec, seed,
@@ -229,9 +234,13 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
                 convergence.append({"step": scale.dit_steps, "fd_judge": gen["fd_judge"],
                                     "class_agreement": gen["class_agreement"],
                                     "fd_judge_vs_rec": gen["fd_judge_vs_rec"]})
+        if features is not None:
+            with _timed(eval_times, "feature-fd"):
+                gen.update(_feature_fd(images, features, eval_spec, scale.image_size, reference_cache))
         if inception:
             with _timed(eval_times, "gen-eval"):
-                gen.update(_gen_metrics(images, labels, eval_dir / "samples.npz", eval_spec, scale.image_size))
+                gen.update(_gen_metrics(images, labels, eval_dir / "samples.npz", eval_spec, scale.image_size,
+                                        inception_weights))
     timings = {**json.loads(train_times.read_text()), **json.loads(eval_times.read_text())}
     return {"seed": seed, "split": split, "data": data, "eval_spec": eval_spec, **ev,
             "generation": gen, "convergence": convergence, "timings_s": timings,
@@ -317,11 +326,26 @@ def inception_available() -> bool:
     return weights_available("rfid")
 
 
-def _gen_metrics(images, labels, path: Path, reference: str, image_size: int) -> dict:
+def _gen_metrics(images, labels, path: Path, reference: str, image_size: int,
+                 inception_weights: str | None = None) -> dict:
     """gFID and IS of the samples (saved to `path`, ADM layout) against the `reference` data spec."""
     from tcae.evaluation.gen_eval import evaluate_samples
     from tcae.evaluation.npz import save_samples_npz
 
     save_samples_npz(images, path, labels)
-    metrics = evaluate_samples(path, reference, image_size=image_size, progress=False)["metrics"]
+    metrics = evaluate_samples(path, reference, image_size=image_size, progress=False,
+                               inception_weights=inception_weights)["metrics"]
     return {k: metrics[k] for k in ("gfid", "is") if k in metrics}
+
+
+def _feature_fd(images: np.ndarray, net: FeatureNetwork, reference: str, image_size: int,
+                reference_cache: dict | None) -> dict:
+    """{"fd_features": FD of the samples (uint8 (N, H, W, 3)) vs the `reference` spec in `net`'s features,
+    "fd_features_label": what it is (network, sample count, reference)}; never called FID unless `net` is
+    InceptionV3."""
+    from tcae.evaluation.gen_eval import evaluate_samples
+
+    res = evaluate_samples(images, reference, image_size=image_size, feature_network=net, progress=False,
+                           reference_cache=reference_cache)
+    key = net.metric_key("g")
+    return {"fd_features": res["metrics"][key], "fd_features_label": res["labels"][key]}

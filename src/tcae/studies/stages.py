@@ -67,11 +67,12 @@ def latents_stage(model_dir: Path | str, data_spec: str, image_size: int, out_di
     (no augmentation), so a spec without a split means its val split: pass
     `split_spec(spec, "train")` to cache training latents."""
     from tcae.diffusion import cache_latents
+    from tcae.diffusion.latents import tokenizer_source
 
     model = load_tokenizer(str(model_dir))
     ds = build_dataset(data_spec, image_size, train=False, channels=model.config.in_channels)
     cache_latents(model, ds, out_dir, batch_size=256, data_spec=data_spec, progress=False,
-                  device=resolve_device(device))
+                  device=resolve_device(device), tokenizer_path=tokenizer_source(str(model_dir)))
     return out_dir
 
 
@@ -85,6 +86,17 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
     if not (model_dir / "model.safetensors").is_file():
         train_dit(cfg)
     return model_dir
+
+
+def fit_batch(latents: Path, config: str, overrides: list[str]) -> list[str]:
+    """`data.batch_size=N` when the cache holds fewer latents than the DiT config's batch (a small folder): the
+    largest power of two that fits, so the DiT trains instead of refusing a run with no full batch; else []."""
+    from tcae.diffusion.latents import read_latent_meta
+    from tcae.training.dit import DIT_ALIASES, DiTTrainConfig
+
+    n = int(read_latent_meta(latents)["num_latents"])
+    batch = load_config(DiTTrainConfig, config, overrides, DIT_ALIASES).data.batch_size
+    return [] if n >= batch else [f"data.batch_size={2 ** (n.bit_length() - 1)}"]
 
 
 def sample_stage(dit_dir: Path, tokenizer_dir: Path | str, classes: list[int], per_class: int, cfg_scale: float,
