@@ -163,10 +163,15 @@ def test_cell_key_same_config_same_key():
     assert key(["model.latent_channels=8"], FASHION, data, 0) == tcae  # channels' c=8 cell is TC-AE
     assert key(["model.patch_size=4", "model.staged=true"], FASHION, data, 0) == tcae  # token-scaling p=4
     assert key(["ssl=false"], FASHION, data, 0) == key(["ssl.enabled=false"], FASHION, data, 0)
-    # keys of runs made before a setting existed do not move (the grid spans sessions): pinned values
-    assert tcae == "b3afc6b73b3c625f" and key(["ssl=false"], FASHION, data, 0) == "8bfc788e6fd482a9"
-    # a setting added later is left out of the key at its default (neutral), not at another value
-    assert key(["ssl.recon_view=crop"], FASHION, data, 0) == tcae != key(["ssl.recon_view=full"], FASHION, data, 0)
+    # keys of runs made before a setting existed do not move (the grid spans sessions): the issue-12 grid's
+    # TC-AE and no-SSL cells (alpha 1, crop view: that scale's defaults) keep their pinned keys, though settings
+    # were added since (decoder_part, the DiT's class_names) at their defaults
+    old_tcae, old_no_ssl = ["loss.alpha=1", "ssl.recon_view=crop"], ["ssl=false", "loss.alpha=1", "ssl.recon_view=crop"]
+    assert key(old_tcae, FASHION, data, 0) == "b3afc6b73b3c625f"
+    assert key(old_no_ssl, FASHION, data, 0) == "8bfc788e6fd482a9"
+    assert key(["decoder_part=all", *old_tcae], FASHION, data, 0) == "b3afc6b73b3c625f"
+    # a setting at another value than its neutral default is a new run
+    assert key(["ssl.recon_view=full", "loss.alpha=1"], FASHION, data, 0) != key(old_tcae, FASHION, data, 0)
     assert key([], FASHION, data, 1) != tcae  # seeds are distinct runs
     assert key(["model.latent_channels=16"], FASHION, data, 0) != tcae
     assert key([], dataclasses.replace(FASHION, dit_steps=7), data, 0) != tcae
@@ -178,10 +183,13 @@ def test_cell_key_same_config_same_key():
     grid = ("stc-ssl", "ssl-method", "channels", "token-scaling")
     cells = {key(o, FASHION, data, 0) for e in grid for o in experiment_cells(e, FASHION).values()}
     assert len(cells) == 10
-    # ssl-causes reuses stc-ssl's staged cells and adds one run per alpha != 1 and the recon view
+    # ssl-causes: its no-SSL cell and the fashion defaults' TC-AE (alpha=10, full view) are stc-ssl's; the
+    # other alpha/view combinations are one run each
     extra = {c: key(o, FASHION, data, 0) for c, o in experiment_cells("ssl-causes", FASHION).items()}
-    assert extra["staged, SSL, alpha=1"] == tcae and extra["staged, no SSL"] == key(["ssl=false"], FASHION, data, 0)
-    assert len(set(extra.values()) - cells) == len(SSL_ALPHAS) + 1
+    assert extra["staged, SSL, alpha=10, full-image recon"] == tcae
+    assert extra["staged, SSL, alpha=1"] == key(old_tcae, FASHION, data, 0)
+    assert extra["staged, no SSL"] == key(experiment_cells("stc-ssl", FASHION)["staged, no SSL"], FASHION, data, 0)
+    assert len(set(extra.values()) - cells) == 2 * len(SSL_ALPHAS) - 1
 
 
 # ---------------------------------------------------------------------------- the report
