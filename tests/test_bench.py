@@ -105,7 +105,7 @@ def test_dcae_published_config_flops():
 
 
 def test_cli_registers_and_runs(tmp_path, capsys):
-    from tcae.cli import bench_cmd
+    from tcae.cli import bench as bench_cmd
 
     parser = argparse.ArgumentParser()
     bench_cmd.register(parser.add_subparsers(dest="command"))

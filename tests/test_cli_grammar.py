@@ -14,7 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import tcae
-from tcae.cli import bench_cmd, repro_cmd
+from tcae.cli import bench as bench_cmd
+from tcae.cli import studies as studies_cmd
 from tcae.cli.main import build_parser
 from tcae.cli.main import main as cli
 from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
@@ -83,7 +84,7 @@ def test_parser_constants_match_the_library():
     from tcae.studies import paper
 
     assert tuple(bench_cmd.DEFAULT_MODELS) == tuple(DEFAULT_MODELS)
-    assert set(repro_cmd.EXPERIMENTS) == set(paper.PAPER) and set(repro_cmd.SCALES) == set(paper.SCALES)
+    assert set(studies_cmd.EXPERIMENTS) == set(paper.PAPER) and set(studies_cmd.SCALES) == set(paper.SCALES)
 
 
 # ---------------------------------------------------------------------------- bad input: exit 2
@@ -136,7 +137,7 @@ def test_bad_value_in_a_yaml_config_is_refused(tmp_path, capsys):
 
 
 def test_a_missing_extra_names_the_pip_command(monkeypatch, capsys):
-    from tcae.cli import models_cmd
+    from tcae.cli import models as models_cmd
 
     def needs_omegaconf(args):
         raise ModuleNotFoundError("No module named 'omegaconf'", name="omegaconf")
@@ -147,7 +148,7 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch, capsys):
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch):
-    from tcae.cli import models_cmd
+    from tcae.cli import models as models_cmd
 
     def bug(args):
         raise KeyError("internal")

@@ -412,7 +412,7 @@ def test_latent_dataset(tmp_path, tokenizer):
 
 # ---------------------------------------------------------------------- CLI
 def _cli(argv: list[str]) -> int:
-    from tcae.cli import diffusion_cmds
+    from tcae.cli import diffusion as diffusion_cmds
 
     parser = argparse.ArgumentParser()
     diffusion_cmds.register(parser.add_subparsers(dest="command", required=True))

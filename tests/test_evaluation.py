@@ -532,7 +532,7 @@ def test_weights_available_builds_no_network(empty_hub, monkeypatch):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tcae.cli import eval_cmd
+    from tcae.cli import evaluate as eval_cmd
 
     parser = argparse.ArgumentParser(prog="tcae")
     eval_cmd.register(parser.add_subparsers(dest="command", required=True))

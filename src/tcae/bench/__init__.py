@@ -1,7 +1,7 @@
 """Benchmarks of TC-AE tokenizers against DC-AE: FLOPs, throughput, memory, fraction of the matmul peak.
 
 `run_bench(...)` measures everything side by side and returns a JSON-ready dict; `to_markdown` /
-`write_results` render it. `tcae bench` is the command-line front end (tcae.cli.bench_cmd).
+`write_results` render it. `tcae bench` is the command-line front end (tcae.cli.bench).
 """
 
 from tcae.bench.core import autocast_context, matmul_peak, median_and_spread, peak_memory, time_fn

@@ -16,8 +16,10 @@ import sys
 from tcae.cli._common import EXTRA_OF
 
 # each module adds its sub-commands with register(subparsers); none imports torch at module level
-COMMAND_MODULES = ["models_cmd", "train_cmds", "eval_cmd", "infer_cmds", "diffusion_cmds", "hub_cmd", "bench_cmd",
-                   "repro_cmd", "interop_cmds"]
+# (module: its commands) models: models; train: train, finetune-decoder, train-dit; evaluate: eval, diagnose,
+# eval-gen, fid-ref; reconstruct: reconstruct, encode, decode; diffusion: cache-latents, sample; export: push,
+# export-diffusers; bench: bench; studies: demo, repro, score
+COMMAND_MODULES = ["models", "train", "evaluate", "reconstruct", "diffusion", "export", "bench", "studies"]
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 

@@ -1,9 +1,9 @@
-"""`tcae cache-latents`, `tcae sample`, `tcae eval-gen`: the latent diffusion side of the project.
+"""`tcae cache-latents`, `tcae sample`: the latent diffusion side of the project (`tcae train-dit` is with the
+other training commands, `tcae eval-gen` with the evaluation commands).
 
     tcae cache-latents --model runs/b/model --data /data/imagenet --flip --out latents/b
     tcae train-dit dit-b latents=latents/b
     tcae sample --dit runs/dit-b/model --model runs/b/model --num 50000 --cfg 1.5 --out samples/
-    tcae eval-gen --samples samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out eval-gen/
 """
 
 from __future__ import annotations
@@ -163,29 +163,6 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- eval-gen
-def _eval_gen(args: argparse.Namespace) -> int:
-    from tcae.device import resolve_device
-    from tcae.evaluation.gen_eval import evaluate_samples
-
-    network = args.feature_network
-    if args.inception_weights and network != "inception":
-        raise ValueError(f"--inception-weights is for the inception network; pass --feature-weights for {network}")
-    result = evaluate_samples(args.samples, args.ref, image_size=args.image_size, feature_network=network,
-                              inception_weights=args.inception_weights or args.feature_weights,
-                              batch_size=args.batch_size,
-                              device=resolve_device(args.device), max_reference=args.max_ref,
-                              progress=not args.no_progress, allow_unbalanced=args.allow_unbalanced)
-    text = json.dumps(result, indent=2)
-    print(text)
-    print(result["summary"])  # the numbers with the sample count and the reference they belong to
-    if args.out:
-        path = Path(args.out) / "eval_gen.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "cache-latents", _cache_latents,
                     "encode a dataset into sharded latents (+ per-channel stats); resumable",
@@ -233,27 +210,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pngs", action="store_true", help="also write each sample as samples/NNNNNN.png")
     add_no_progress(p)
 
-    p = add_command(sub, "eval-gen", _eval_gen, "gFID and Inception Score of a samples.npz (or FD in another network)",
-                    description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
-                                "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
-                                "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
-                                ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
-                                "samples must be class-balanced; every number names the sample count and "
-                                "reference (docs/fid-protocol.md). --feature-network picks another network: a "
-                                "Fréchet distance in its features (never called FID); a judge (judge:fashion, "
-                                "judge:digits) also reports the class agreement of labelled samples.")
-    p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
-    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0), torch-fidelity .pt or data spec")
-    p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
-    p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
-    p.add_argument("--feature-network", default="inception",
-                   help="inception (gFID, IS), dinov2[:NAME], torchvision:NAME, judge:fashion[@DIR], judge:digits")
-    p.add_argument("--feature-weights", default=None,
-                   help="weights file of --feature-network (default: its cache location; judges: trained once)")
-    p.add_argument("--max-ref", type=int, default=None, help="use the first N reference images only")
-    p.add_argument("--allow-unbalanced", action="store_true",
-                   help="evaluate labelled samples whose classes are not equally represented (not the protocol)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    out_dir_arg(p, required=False, what="also write the result as DIR/eval_gen.json")
-    add_no_progress(p)

@@ -1,9 +1,13 @@
-"""`tcae push`: a tokenizer with its model card to the Hugging Face Hub, or with --dry-run into a folder
-(the work lives in tcae.hub)."""
+"""A tokenizer out of tcae: `tcae push` (with its model card to the Hugging Face Hub, or with --dry-run into a
+folder; the work lives in tcae.hub) and `tcae export-diffusers` (a TC-AE as a diffusers model folder).
+
+    tcae export-diffusers --model runs/b/model --out export/tcae-b
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from tcae.cli._common import add_command, add_no_progress, model_arg, out_dir_arg
 
@@ -28,6 +32,19 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_diffusers(args: argparse.Namespace) -> int:
+    from tcae.integrations.diffusers import export_diffusers
+    from tcae.models import TCAE
+
+    model = TCAE.from_pretrained(args.model)
+    out = export_diffusers(model, args.out)
+    config = json.loads((out / "config.json").read_text())
+    print(f"wrote {out} ({config['_class_name']}: config.json, diffusion_pytorch_model.safetensors); load it with\n"
+          f"  from tcae.integrations.diffusers import TCAEAutoencoder\n"
+          f"  vae = TCAEAutoencoder.from_pretrained({str(out)!r})")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "push", _push, "upload a tokenizer and its model card to the Hugging Face Hub",
                     description="Load the tokenizer (a bad checkpoint fails before any upload), save it with its "
@@ -44,3 +61,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="upload nothing: write the files into --out")
     out_dir_arg(p, required=False, what="with --dry-run: where the files go (must be empty or new)")
     add_no_progress(p, "progress output")
+
+    p = add_command(sub, "export-diffusers", _export_diffusers,
+                    "write a TC-AE as a diffusers model folder (TCAEAutoencoder)",
+                    description="Write a tcae model as a diffusers ModelMixin folder: config.json (_class_name "
+                                "TCAEAutoencoder, the TCAEConfig fields, scaling_factor, latents_mean, latents_std) "
+                                "and diffusion_pytorch_model.safetensors. Load it with "
+                                "tcae.integrations.diffusers.TCAEAutoencoder.from_pretrained (diffusers' loader) or "
+                                "use it in tcae's tools as --model diffusers:DIR.")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="tcae model directory, training run directory or Hub repo id")
+    out_dir_arg(p, what="output folder (diffusers layout)")
+    add_no_progress(p)

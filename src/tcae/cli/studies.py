@@ -1,4 +1,8 @@
-"""`tcae demo` and `tcae repro` parsers (the work lives in tcae.studies.demo and tcae.studies.cells)."""
+"""The research harness's commands (the work lives in tcae.studies): `tcae demo`, `tcae repro` (the paper's
+ablations, and `curves`) and `tcae score` (the generation-proxy score of any tokenizer).
+
+    tcae score --model diffusers:export/tcae-b --data builtin:digits --budget tiny
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,28 @@ def _repro(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    import torch
+
+    from tcae.studies.score import score_models
+
+    # the tiny budget's operations are small (a DiT over 2x2 latents): on a CPU shared with other work, torch's
+    # one-thread-per-core default spends most of its time synchronising threads (measured: 112 s vs 25 s per
+    # tokenizer on builtin:digits on a busy 2-core machine), so one thread unless --threads says otherwise
+    threads = args.threads or (1 if args.budget == "tiny" and not torch.cuda.is_available() else None)
+    if threads:
+        torch.set_num_threads(threads)
+    names = args.names.split(",") if args.names else None
+    payload = score_models(args.model, args.data, args.budget, args.out, names=names, image_size=args.image_size,
+                           dit_steps=args.dit_steps, progress=not args.no_progress,
+                           feature_network=args.feature_network, feature_weights=args.feature_weights,
+                           inception_weights=args.inception_weights)
+    print(payload["markdown"])
+    out = Path(payload["out"])
+    print(f"wrote {out / 'score.json'} and {out / 'score.md'}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "demo", _demo, "the whole pipeline on built-in digits or your folder (CPU, ~10 min): "
                                         "report.md")
@@ -85,4 +111,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="leave a (cell, seed) another process is computing to it (listed as missing) instead "
                         "of waiting for it at the end")
+    add_no_progress(p)
+
+    p = add_command(sub, "score", _score, "generation-proxy score of tokenizers: recon + probes + a budget DiT's gFID",
+                    description="For each --model (a tcae model or diffusers:PATH_OR_HUB_ID): PSNR/SSIM (LPIPS, rFID "
+                                "with their weights), the latent probes (A1, A2, structural loss; labelled data), "
+                                "then its latents cached, a DiT of the budget's size trained for the budget's steps, "
+                                "samples drawn (class-balanced on labelled data, unconditional on an unlabelled "
+                                "folder) and judged: gFID/IS with the Inception weights, FD in --feature-network's "
+                                "features, FD-digits / FD-fashion on the built-ins. "
+                                "One JSON and one Markdown row per tokenizer, the budget named in every generation "
+                                "figure. The same code path as tcae repro; resumable per tokenizer.")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL",
+                   help="tokenizer: tcae model or run directory, Hub repo id or diffusers:PATH_OR_HUB_ID; repeat "
+                        "for one table")
+    p.add_argument("--names", default=None, help="comma-separated names for the table rows")
+    p.add_argument("--data", default=None, help="data spec (default: the budget's, builtin:digits for tiny; "
+                                               "builtin:fashion gets the fashion tiny scale); a folder with a "
+                                               "sub-folder per class, or unlabelled (an unconditional DiT)")
+    p.add_argument("--budget", default="tiny", choices=("tiny", "small", "base"),
+                   help="tiny: dit-tiny, 1500 steps, 30 samples per class, 32 px (CPU minutes); small / base: GPU")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image size (default: the budget's); changes the budget's name, e.g. tiny[image_size=64]")
+    p.add_argument("--dit-steps", type=int, default=None,
+                   help="DiT steps (default: the budget's); changes the budget's name, e.g. tiny[dit_steps=200]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: 1 for the tiny budget on a CPU, whose small operations run slower "
+                        "on several threads of a busy machine; torch's choice otherwise)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="InceptionV3 file weights-inception-2015-12-05-6726825d.pth for gFID / IS (default: torch "
+                        "hub cache, used when present)")
+    p.add_argument("--feature-network", default=None, metavar="NAME",
+                   help="also an FD of the samples in this network's features (never called FID): dinov2, "
+                        "dinov2:<timm name>, torchvision:<name> (e.g. torchvision:resnet50), judge:fashion")
+    p.add_argument("--feature-weights", default=None, metavar="PATH",
+                   help="weights file of --feature-network (default: its library's cache location)")
+    out_dir_arg(p, required=False, what="output directory (default out/score-BUDGET): score.json, score.md, a "
+                                        "folder per tokenizer")
     add_no_progress(p)

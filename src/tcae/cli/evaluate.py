@@ -1,18 +1,24 @@
-"""`tcae eval` (reconstruction metrics of one or several models) and `tcae diagnose` (latent diagnostics).
+"""The evaluation commands: `tcae eval` (reconstruction metrics of one or several models), `tcae diagnose`
+(latent diagnostics), `tcae eval-gen` (gFID / IS of a samples.npz, or an FD in another network) and
+`tcae fid-ref` (reference statistics by the pinned FID protocol, docs/fid-protocol.md).
 
 Missing pretrained weights (InceptionV3 for rFID, VGG16 for LPIPS) raise a FileNotFoundError whose
 message names the file and where it goes; `tcae.cli.main` prints it without a traceback and exits
 with code 2. `--metrics psnr,ssim` needs no pretrained weights at all. Under `torchrun`, `tcae eval`
 splits the images between ranks and rank 0 prints and writes.
+
+    tcae eval-gen --samples samples/samples.npz --ref VIRTUAL_imagenet256_labeled.npz --out eval-gen/
+    tcae fid-ref --data /data/imagenet/train --image-size 256 --out ref/imagenet256.npz
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
-from tcae.cli._common import add_command, add_no_progress, model_arg, out_dir_arg
+from tcae.cli._common import DEVICE_HELP, add_command, add_device, add_no_progress, model_arg, out_dir_arg
 
 
 def _model_name(model_dir: str) -> str:
@@ -155,6 +161,50 @@ def _common(p: argparse.ArgumentParser, out_files: str) -> None:
     add_no_progress(p)
 
 
+def _eval_gen(args: argparse.Namespace) -> int:
+    from tcae.device import resolve_device
+    from tcae.evaluation.gen_eval import evaluate_samples
+
+    network = args.feature_network
+    if args.inception_weights and network != "inception":
+        raise ValueError(f"--inception-weights is for the inception network; pass --feature-weights for {network}")
+    result = evaluate_samples(args.samples, args.ref, image_size=args.image_size, feature_network=network,
+                              inception_weights=args.inception_weights or args.feature_weights,
+                              batch_size=args.batch_size,
+                              device=resolve_device(args.device), max_reference=args.max_ref,
+                              progress=not args.no_progress, allow_unbalanced=args.allow_unbalanced)
+    text = json.dumps(result, indent=2)
+    print(text)
+    print(result["summary"])  # the numbers with the sample count and the reference they belong to
+    if args.out:
+        path = Path(args.out) / "eval_gen.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
+def _fid_ref(args: argparse.Namespace) -> int:
+    from tcae.evaluation.fid_protocol import PROTOCOL, load_reference, reference_statistics, save_reference
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; --out is a directory (fid_stats.npz and fid_stats.pt go in it)")
+    batch = out / "reference_batch.npz" if args.images else None
+    mu, sigma, count = reference_statistics(args.data, args.image_size, weights=args.inception_weights,
+                                            batch_size=args.batch_size, device=args.device,
+                                            max_images=args.max_images, images_out=batch,
+                                            progress=not args.no_progress)
+    meta = {"data": args.data, "image_size": args.image_size, "feature_network": "inception-v3-compat"}
+    npz = save_reference(out / "fid_stats.npz", mu, sigma, count, **meta)
+    pt = save_reference(out / "fid_stats.pt", mu, sigma, count)
+    print(f"wrote {npz}: {load_reference(npz).describe()}; {PROTOCOL}")
+    print(f"wrote {pt}: the same statistics in torch-fidelity's layout")
+    if batch is not None:
+        print(f"wrote {batch}: the {count} uint8 crops as an ADM reference batch (arr_0, arr_1)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `eval` and `diagnose` sub-commands to the `tcae` parser."""
     p = add_command(
@@ -199,3 +249,46 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="store the per-channel latent mean/std (measured on --data as given: name the "
                    "training split, e.g. builtin:digits:train) in the model directory's weights")
     d.set_defaults(batch_size=64)
+
+    p = add_command(sub, "eval-gen", _eval_gen, "gFID and Inception Score of a samples.npz (or FD in another network)",
+                    description="gFID (InceptionV3, torch-fidelity's TF-FID port) and IS of an ADM-layout "
+                                "samples .npz against reference statistics (.npz with mu/sigma, e.g. ADM's "
+                                "VIRTUAL_imagenet256_labeled.npz read as is, tcae fid-ref's, or a torch-fidelity "
+                                ".pt), reference images (.npz arr_0) or a data spec (ADM center crop). Labelled "
+                                "samples must be class-balanced; every number names the sample count and "
+                                "reference (docs/fid-protocol.md). --feature-network picks another network: a "
+                                "Fréchet distance in its features (never called FID); a judge (judge:fashion, "
+                                "judge:digits) also reports the class agreement of labelled samples.")
+    p.add_argument("--samples", required=True, help="samples .npz (arr_0 uint8 (N, H, W, 3))")
+    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma or arr_0), torch-fidelity .pt or data spec")
+    p.add_argument("--image-size", type=int, default=None, help="reference image size (default: the samples')")
+    p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
+    p.add_argument("--feature-network", default="inception",
+                   help="inception (gFID, IS), dinov2[:NAME], torchvision:NAME, judge:fashion[@DIR], judge:digits")
+    p.add_argument("--feature-weights", default=None,
+                   help="weights file of --feature-network (default: its cache location; judges: trained once)")
+    p.add_argument("--max-ref", type=int, default=None, help="use the first N reference images only")
+    p.add_argument("--allow-unbalanced", action="store_true",
+                   help="evaluate labelled samples whose classes are not equally represented (not the protocol)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    out_dir_arg(p, required=False, what="also write the result as DIR/eval_gen.json")
+    add_no_progress(p)
+
+    p = add_command(sub, "fid-ref", _fid_ref, "reference InceptionV3 statistics by the pinned FID protocol (ADM crop)",
+                    description="Reference statistics the ADM way (docs/fid-protocol.md): each image BOX-halved "
+                                "while its short side is >= 2 S, BICUBIC-resized to short side S, center-cropped to "
+                                "S x S, as uint8; InceptionV3 (torch-fidelity's TF-FID port) pool features. Writes "
+                                "DIR/fid_stats.npz (ADM / clean-fid layout: mu, sigma, + num_images, protocol) and "
+                                "DIR/fid_stats.pt (torch-fidelity's layout).")
+    p.add_argument("--data", required=True, help="data spec (its val split unless it names one, e.g. DIR:train)")
+    p.add_argument("--image-size", type=int, required=True, help="S: side of the reference images")
+    out_dir_arg(p, what="output directory: fid_stats.npz, fid_stats.pt (and reference_batch.npz with --images)")
+    p.add_argument("--images", action="store_true",
+                   help="also write the crops as an ADM reference batch, DIR/reference_batch.npz (arr_0, arr_1): "
+                        "what ADM's own evaluator reads")
+    p.add_argument("--max-images", type=int, default=None, help="the first N images only")
+    p.add_argument("--inception-weights", default=None, help="InceptionV3 weights file (default: torch hub cache)")
+    p.add_argument("--batch-size", type=int, default=100)
+    add_device(p)
+    add_no_progress(p)
