@@ -630,7 +630,8 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
     fine-tuned tokenizer, reports phase 1's PSNR beside it, and keys the cell by both phases."""
     from tcae.evaluation import DigitsJudge
 
-    two = dataclasses.replace(tiny_scale, decoder_config="tiny-decoder", decoder_steps=2)
+    two = dataclasses.replace(tiny_scale, decoder_config="tiny-decoder", decoder_steps=2, dit_steps=4,
+                              convergence_every=2, dit_limited_step=2)
     assert cell_key(["ssl=false"], two, DIGITS, 0) != cell_key(["ssl=false"], tiny_scale, DIGITS, 0)
     longer = dataclasses.replace(two, decoder_steps=3)
     assert cell_key(["ssl=false"], longer, DIGITS, 0) != cell_key(["ssl=false"], two, DIGITS, 0)
@@ -647,6 +648,13 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
     assert {"tokenizer", "decoder"} <= set(result["timings_s"])
     assert result["settings"]["decoder_steps"] == 2 and "psnr" in result["reconstruction_phase1"]["metrics"]
     assert result["cost"]  # the shipped (phase-2) tokenizer's cost
+    # the final samples and those at the DiT-limited budget, in ADM's layout, for anyone's own judge
+    eval_dir = cell / eval_dir_name(two, "val", "judge:digits")
+    for name in ("samples-final.npz", "samples-dit-limited-step-2.npz"):
+        with np.load(eval_dir / name) as f:
+            assert f["arr_0"].dtype == np.uint8 and f["arr_0"].shape == (20, 32, 32, 3) and f["arr_1"].shape == (20,)
+    from tcae.studies.report import metric
+    assert metric(result, "fd_lim") == next(p["fd_judge"] for p in result["convergence"] if p["step"] == 2)
 
 
 def test_choose_steps_takes_the_first_budget_whose_doubling_is_flat():

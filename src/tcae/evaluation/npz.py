@@ -33,15 +33,17 @@ def _labels(labels: np.ndarray | torch.Tensor | None, n: int) -> np.ndarray | No
 
 
 def save_samples_npz(
-    images_uint8: np.ndarray | torch.Tensor, path: str | os.PathLike, labels: np.ndarray | torch.Tensor | None = None
+    images_uint8: np.ndarray | torch.Tensor, path: str | os.PathLike, labels: np.ndarray | torch.Tensor | None = None,
+    compress: bool = False,
 ) -> None:
-    """Write uint8 (N, H, W, 3) samples as `arr_0` (and labels (N,) as `arr_1`) of an uncompressed .npz,
-    atomically."""
+    """Write uint8 (N, H, W, 3) samples as `arr_0` (and labels (N,) as `arr_1`) of a .npz, atomically;
+    uncompressed unless `compress` (`np.load` and ADM's evaluator read both)."""
     images = images_uint8.numpy() if isinstance(images_uint8, torch.Tensor) else np.asarray(images_uint8)
     _check_images(images)
     labels = _labels(labels, images.shape[0])
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, arr_0=images, **({} if labels is None else {"arr_1": labels}))
+        save = np.savez_compressed if compress else np.savez
+        save(f, arr_0=images, **({} if labels is None else {"arr_1": labels}))
 
 
 def load_samples_npz(path: str | os.PathLike) -> np.ndarray:

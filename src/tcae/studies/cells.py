@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tcae.evaluation.npz import save_samples_npz
 from tcae.studies.paper import Scale
 from tcae.studies.stages import (
     Timer,
@@ -224,6 +225,7 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
             images, labels = sample_stage(dit, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
                                           scale.sample_steps, seed=seed)
         _save_grid(images, labels, eval_dir / "samples.png")
+        save_samples_npz(images, eval_dir / FINAL_SAMPLES, labels, compress=True)  # for anyone's own judge
         if judge is not None:
             with _timed(eval_times, "judge"):
                 gen.update(judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache))
@@ -253,6 +255,14 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
                          **({"dit_limited_step": scale.dit_limited_step} if scale.dit_limited_step else {})}}
 
 
+FINAL_SAMPLES = "samples-final.npz"  # ADM layout: uint8 arr_0 (N, H, W, 3), labels arr_1
+
+
+def limited_samples_name(step: int) -> str:
+    """The file of the samples drawn at the DiT-limited budget (a convergence snapshot)."""
+    return f"samples-dit-limited-step-{step}.npz"
+
+
 def decoder_gap(tok: Path | str, images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork, eval_spec: str,
                 image_size: int, eval_dir: Path, reference_cache: dict | None = None) -> dict[str, float]:
     """Tell the decoder's part of a judge's FD of samples from the DiT's: samples are decoded by the
@@ -277,7 +287,6 @@ def decoder_gap(tok: Path | str, images: np.ndarray, labels: np.ndarray, judge: 
 def _reconstructions(eval_dir: Path, tok: Path | str, eval_spec: str, image_size: int) -> Path:
     """`eval_dir/reconstructions.npz`: the eval split's reconstructions (ADM layout, labels in arr_1),
     made once: the reference of the samples' FD vs reconstructions."""
-    from tcae.evaluation.npz import save_samples_npz
 
     rec_path = eval_dir / "reconstructions.npz"
     if not rec_path.is_file():
@@ -297,10 +306,13 @@ def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path
     rec = _reconstructions(eval_dir, tok, eval_spec, scale.image_size)
     for snap in snapshots:
         step = int(snap.name.split("-")[1].split(".")[0])
-        if step in points and "fd_judge_vs_rec" in points[step]:
+        kept = step != scale.dit_limited_step or (eval_dir / limited_samples_name(step)).is_file()
+        if step in points and "fd_judge_vs_rec" in points[step] and kept:
             continue
         images, labels = sample_stage(dit_dir, tok, list(range(scale.num_classes)), scale.per_class, 1.0,
                                       scale.sample_steps, seed=seed, dit=dit_from_snapshot(snap))
+        if step == scale.dit_limited_step:
+            save_samples_npz(images, eval_dir / limited_samples_name(step), labels, compress=True)
         res = judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache)
         vs_rec = judge_samples(images, labels, judge, str(rec), scale.image_size, reference_cache)
         points[step] = {"step": step, "fd_judge": res["fd_judge"], "class_agreement": res["class_agreement"],
@@ -330,7 +342,6 @@ def _gen_metrics(images, labels, path: Path, reference: str, image_size: int,
                  inception_weights: str | None = None) -> dict:
     """gFID and IS of the samples (saved to `path`, ADM layout) against the `reference` data spec."""
     from tcae.evaluation.gen_eval import evaluate_samples
-    from tcae.evaluation.npz import save_samples_npz
 
     save_samples_npz(images, path, labels)
     metrics = evaluate_samples(path, reference, image_size=image_size, progress=False,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tcae.data import parse_spec
-from tcae.studies.cells import cell_key, eval_dir_name, run_cell
+from tcae.studies.cells import FINAL_SAMPLES, cell_key, eval_dir_name, limited_samples_name, run_cell
 from tcae.studies.paper import Scale, experiment_cells, resolve_scale
 from tcae.studies.report import write_report
 from tcae.studies.stages import judge_samples, split_spec, write_json
@@ -79,7 +79,8 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
                 busy.append((seed, cell))
                 continue
             result = {**result, "cell": cell, "overrides": overrides, "key": key}
-            _copy_figures(Path(result["cell_dir"]), scale, split, judge, target)
+            _copy_figures(Path(result["cell_dir"]), scale, split, judge, target,
+                          samples=name in SAMPLES_KEPT and seed == 0)
             write_json(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
@@ -119,9 +120,17 @@ def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference
     return floor
 
 
-def _copy_figures(cell_dir: Path, scale: Scale, split: str, judge, target: Path) -> None:
+# experiments whose seed-0 samples are committed beside their results (ADM-layout .npz), so anyone can judge
+# them with their own network: the final samples and those at the DiT-limited budget
+SAMPLES_KEPT = ("stc-ssl",)
+
+
+def _copy_figures(cell_dir: Path, scale: Scale, split: str, judge, target: Path, samples: bool = False) -> None:
     eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("reconstructions.png", "samples.png"):
+    names = ["reconstructions.png", "samples.png"]
+    if samples:
+        names += [FINAL_SAMPLES, limited_samples_name(scale.dit_limited_step)]
+    for name in names:
         if (eval_dir / name).is_file():
             shutil.copyfile(eval_dir / name, target / name)

@@ -91,8 +91,8 @@ def dit_stage(run_dir: Path, latents: Path, overrides: list[str], config: str = 
 def fit_batch(latents: Path, config: str, overrides: list[str]) -> list[str]:
     """`data.batch_size=N` when the cache holds fewer latents than the DiT config's batch (a small folder): the
     largest power of two that fits, so the DiT trains instead of refusing a run with no full batch; else []."""
-    from tcae.diffusion.latents import read_latent_meta
     from tcae.config import DIT_ALIASES, DiTTrainConfig
+    from tcae.diffusion.latents import read_latent_meta
 
     n = int(read_latent_meta(latents)["num_latents"])
     batch = load_config(DiTTrainConfig, config, overrides, DIT_ALIASES).data.batch_size
