@@ -194,9 +194,11 @@ def test_diagnose_write_stats(tokenizer_run, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- latent diffusion
 def test_cache_latents_and_train_dit(latents, dit_run, tokenizer_run):
-    summary = json.loads(latents.out)
-    assert summary["num_samples"] == 1437 and summary["latent_shape"] == [32, 2, 2] and summary["num_classes"] == 10
+    # one sentence for the user: what was cached, its shape and classes, where, and what comes next
+    assert "cached 1437 latents of 1437 images, each 32x2x2" in latents.out and "10 classes (0, 1, 2" in latents.out
+    assert f"tcae train-dit PRESET latents={latents.dir}" in latents.out
     meta = json.loads((latents.dir / "meta.json").read_text())
+    assert meta["num_samples"] == 1437 and meta["latent_shape"] == [32, 2, 2] and meta["num_classes"] == 10
     assert meta["complete"] and list(latents.dir.glob("shard-*.safetensors"))
 
     assert f"run directory: {dit_run.run}" in dit_run.out
