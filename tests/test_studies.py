@@ -164,14 +164,19 @@ def test_cell_key_same_config_same_key():
     assert key(["model.patch_size=4", "model.staged=true"], FASHION, data, 0) == tcae  # token-scaling p=4
     assert key(["ssl=false"], FASHION, data, 0) == key(["ssl.enabled=false"], FASHION, data, 0)
     # keys of runs made before a setting existed do not move (the grid spans sessions): the issue-12 grid's
-    # TC-AE and no-SSL cells (alpha 1, crop view: that scale's defaults) keep their pinned keys, though settings
-    # were added since (decoder_part, the DiT's class_names) at their defaults
-    old_tcae, old_no_ssl = ["loss.alpha=1", "ssl.recon_view=crop"], ["ssl=false", "loss.alpha=1", "ssl.recon_view=crop"]
-    assert key(old_tcae, FASHION, data, 0) == "b3afc6b73b3c625f"
-    assert key(old_no_ssl, FASHION, data, 0) == "8bfc788e6fd482a9"
-    assert key(["decoder_part=all", *old_tcae], FASHION, data, 0) == "b3afc6b73b3c625f"
-    # a setting at another value than its neutral default is a new run
-    assert key(["ssl.recon_view=full", "loss.alpha=1"], FASHION, data, 0) != key(old_tcae, FASHION, data, 0)
+    # TC-AE and no-SSL cells keep their pinned keys with that grid's settings (alpha 1, crop view, a fixed EMA
+    # decay), though settings were added since (decoder_part, the DiT's class_names) at their neutral values
+    old = dataclasses.replace(FASHION, dit_extra=[*FASHION.dit_extra, "ema_warmup=false"])
+    old_tcae = ["loss.alpha=1", "ssl.recon_view=crop", "ema_warmup=false"]
+    assert key(old_tcae, old, data, 0) == "b3afc6b73b3c625f"
+    assert key(["ssl=false", "loss.alpha=1", "ema_warmup=false"], old, data, 0) == "8bfc788e6fd482a9"
+    assert key(["decoder_part=all", *old_tcae], old, data, 0) == "b3afc6b73b3c625f"
+    # without SSL there is no view to choose: the recon view leaves a no-SSL key alone
+    assert key(["ssl=false", "ssl.recon_view=crop"], FASHION, data, 0) == key(["ssl=false"], FASHION, data, 0)
+    # a setting at another value than its neutral default is a new run: the EMA warm-up (the default since
+    # issue 21) and the full-image view
+    assert key(old_tcae[:2], old, data, 0) != key(old_tcae, old, data, 0)
+    assert key(["ssl.recon_view=full", "loss.alpha=1", "ema_warmup=false"], old, data, 0) != key(old_tcae, old, data, 0)
     assert key([], FASHION, data, 1) != tcae  # seeds are distinct runs
     assert key(["model.latent_channels=16"], FASHION, data, 0) != tcae
     assert key([], dataclasses.replace(FASHION, dit_steps=7), data, 0) != tcae
@@ -187,7 +192,6 @@ def test_cell_key_same_config_same_key():
     # other alpha/view combinations are one run each
     extra = {c: key(o, FASHION, data, 0) for c, o in experiment_cells("ssl-causes", FASHION).items()}
     assert extra["staged, SSL, alpha=10, full-image recon"] == tcae
-    assert extra["staged, SSL, alpha=1"] == key(old_tcae, FASHION, data, 0)
     assert extra["staged, no SSL"] == key(experiment_cells("stc-ssl", FASHION)["staged, no SSL"], FASHION, data, 0)
     assert len(set(extra.values()) - cells) == 2 * len(SSL_ALPHAS) - 1
 
@@ -682,3 +686,28 @@ def test_curves_cli_trains_both_phases_and_writes_the_report(tmp_path, monkeypat
     text = (out / "report.md").read_text()
     assert "## Phase 1 (joint training)" in text and "## Phase 2" in text
     assert cli(["repro", "curves", "--scale", "tiny", "--eval-split", "test", "--out", str(out)]) == 2
+
+
+def test_an_experiment_folder_holds_one_configuration(tiny_scale, tmp_path):
+    """Seeds of another configuration (a result whose run key is not the cell's now, e.g. after a default
+    changed) are refused, naming the file; --report-only still reports what is there."""
+    cells = experiment_cells("stc-ssl", tiny_scale)
+    cells_dir, out = tmp_path / "cells", tmp_path / "out"
+    for overrides in cells.values():
+        _finished_elsewhere(cells_dir, overrides, tiny_scale)
+    run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir)  # nothing trains: results are there
+    stale = next(out.glob("*/seed-0/result.json"))
+    write_json_atomic(stale, {**json.loads(stale.read_text()), "key": "0123456789abcdef"})
+    with pytest.raises(ValueError, match="is a result of another configuration .*0123456789abcdef"):
+        run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir)
+    assert run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, report_only=True).is_file()
+
+
+def test_the_fashion_config_defaults_follow_the_evidence(capsys):
+    """ssl-causes (issue 12) chose alpha=10 and the full-image reconstruction view on val and confirmed them on
+    test: they are the fashion config's defaults, as --print-config shows (data swapped: no download here)."""
+    assert cli(["train", "fashion", "data=builtin:digits", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "alpha: 10.0" in printed and "recon_view: full" in printed and "ema_warmup: true" in printed
+    cells = experiment_cells("stc-ssl", DATA_SCALES[("tiny", "fashion")])
+    assert all("loss.alpha=1" in o for c, o in cells.items() if "no SSL" in c)  # L_rec alone without SSL

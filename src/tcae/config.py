@@ -137,6 +137,7 @@ class LoopConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (data.batch_size stays the global batch)
     logger: str = "tensorboard"  # or wandb (when installed) or none; scalars.jsonl is always written
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay rising with the step (tcae.training.ema.warmup_decay); false: ema_decay throughout
     log_every: int = 10
     image_every: int = 0
     checkpoint_every: int = 500

@@ -49,8 +49,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+    """Write ``obj`` as indented JSON (numpy scalars as floats) to ``path`` atomically: two workers may write
+    the same file."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, default=float))
 
 
 # ------------------------------------------------------------------------------ advisory locks

@@ -162,7 +162,6 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- eval-gen
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "cache-latents", _cache_latents,
                     "encode a dataset into sharded latents (+ per-channel stats); resumable",

@@ -33,6 +33,10 @@ def _repro(args: argparse.Namespace) -> int:
 
         if args.eval_split == "test":
             raise ValueError("curves choose settings: they are evaluated on val, never on test")
+        given = [flag for flag, on in (("--seeds", args.seeds != 1), ("--only", args.only is not None),
+                                       ("--report-only", args.report_only), ("--no-wait", args.no_wait)) if on]
+        if given:
+            raise ValueError(f"repro curves does not take {', '.join(given)} (seed 0, every budget, workers wait)")
         print(f"report: {run_curves(args.scale, args.data, args.out, args.cells)}")
         return 0
     from tcae.studies.experiments import run_experiment

@@ -30,7 +30,7 @@ def _load(args: argparse.Namespace) -> Any:
     from tcae.config import TRAIN_ALIASES, TrainConfig, explicit_keys, inherit_init_data
 
     cfg = load_config(TrainConfig, args.config, overrides, TRAIN_ALIASES)
-    if args.command == "finetune-decoder" and cfg.init:
+    if cfg.phase == "decoder" and cfg.init:
         # phase 2 trains on the phase-1 run's data unless the user says otherwise
         where = inherit_init_data(cfg, explicit_keys(args.config, list(args.overrides), TRAIN_ALIASES))
         logging.getLogger("tcae.train").info("phase 2 %s", where)

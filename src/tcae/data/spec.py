@@ -209,6 +209,17 @@ def dataset_num_classes(spec: str) -> int:
     return ImageFolderDataset(root, transform=lambda image: image, check_files=False).num_classes
 
 
+def with_split(data_spec: str, split: str) -> str:
+    """`data_spec`'s `split`, whether or not it names another one ("builtin:fashion:train" -> ":val", a
+    folder's "DIR:train" -> "DIR:val"); unchanged where the data has no such split (a folder without split
+    sub-folders, shards): :func:`split_spec` on the spec without its split."""
+    parsed = parse_spec(data_spec)
+    if parsed.split is None:
+        return split_spec(data_spec, split)
+    base = data_spec.rsplit(":", 1)[0]
+    return split_spec(base, split)
+
+
 def split_spec(data_spec: str, split: str) -> str:
     """`data_spec` naming its `split` ("train", "val", or "test" for builtin:fashion) explicitly where the spec
     grammar allows one.

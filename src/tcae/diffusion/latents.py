@@ -41,6 +41,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from tcae.util import atomic_path, write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
@@ -72,12 +74,6 @@ def tokenizer_fingerprint(tokenizer: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def _stats(shards: list[dict[str, Any]], hw: int) -> tuple[list[float], list[float]]:
@@ -166,13 +162,13 @@ class _Cache:
             meta["normalization"] = {"mean": meta["mean"], "std": meta["std"], "source": "cache"}
         meta["shards"] = done
         meta["complete"] = complete
-        _write_json_atomic(self.dir / META_NAME, meta)
+        write_json_atomic(self.dir / META_NAME, meta)
         return meta
 
     # -------------------------------------------------------------- verification
     def verify(self, meta: dict[str, Any] | None) -> None:
         """Keep the shards on disk that hold what they should; delete the others (and temp files)."""
-        for tmp in self.dir.glob("*.tmp"):
+        for tmp in [*self.dir.glob("*.tmp"), *self.dir.glob(".*.tmp-*")]:  # left by a killed write
             tmp.unlink()
         known = {s["file"]: s for s in (meta or {}).get("shards", [])}
         if meta:
@@ -223,10 +219,9 @@ class _Cache:
         tensors = {"latents": latents.contiguous(), "labels": labels.contiguous(),
                    "indices": indices.contiguous(), "flipped": flipped}
         path = self.dir / shard_name(k)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "start": str(k * self.size),
-                                                "count": str(indices.numel() // r)})
-        os.replace(tmp, path)  # a shard file is complete or absent, never partial
+        with atomic_path(path) as tmp:  # a shard file is complete or absent, never partial
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "start": str(k * self.size),
+                                                    "count": str(indices.numel() // r)})
         s1, s2 = _shard_sums(latents)
         self.shards[k] = {"file": path.name, "start": k * self.size, "count": indices.numel() // r,
                           "rows": int(indices.numel()), "max_label": int(labels.max()), "sum": s1, "sumsq": s2}

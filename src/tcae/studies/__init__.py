@@ -9,6 +9,7 @@ One module per idea, each importable on its own (nothing is imported here, so `t
   proxy, also `tcae score`'s);
 - ``experiments``: `tcae repro EXPERIMENT`: every (cell, seed) of an experiment, then its report;
 - ``report``: the report of an experiment (seeds aggregated, the paper beside the measurement, verdicts);
+- ``curves``: `tcae repro curves`: both training phases' learning curves on val, which choose their steps;
 - ``score``: `tcae score`;
 - ``demo``: `tcae demo`.
 """

@@ -41,14 +41,13 @@ from tcae.studies.stages import (
     split_spec,
     tokenizer_cost,
     train_tokenizer_stage,
-    write_json,
 )
-from tcae.util import file_lock
+from tcae.util import file_lock, write_json_atomic
 
 if TYPE_CHECKING:
     from tcae.evaluation.features import FeatureNetwork
 
-log = logging.getLogger("tcae.repro")
+log = logging.getLogger("tcae.studies")
 
 
 def tokenizer_overrides(overrides: list[str], scale: Scale, data: str, seed: int) -> list[str]:
@@ -71,7 +70,9 @@ def dit_overrides(scale: Scale, seed: int) -> list[str]:
 # Settings added after runs were keyed: left out of the key while at their default (the
 # behaviour those runs had), so finished and resumable runs keep their keys.
 # (the phases whose configs had keys without it, section ("" top level), setting, default)
+# ema_warmup's neutral value is false: the runs before it had a fixed decay; true (the default since) is a new key
 KEY_NEUTRAL_DEFAULTS = ((("tokenizer",), "ssl", "recon_view", "crop"),
+                        (("tokenizer", "decoder", "dit"), "", "ema_warmup", False),
                         (("tokenizer", "decoder"), "", "decoder_part", "all"),
                         (("dit",), "model", "class_names", None))
 
@@ -111,10 +112,12 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
         for k in ("name", "run_dir", "progress", "resume"):
             cfg.pop(k, None)
     dit["data"].pop("latents", None)
+    if not tok["ssl"]["enabled"]:  # without SSL the reconstruction always sees the whole image: no view to key
+        tok["ssl"].pop("recon_view", None)
     for which, section, name, default in KEY_NEUTRAL_DEFAULTS:  # added later: at their default, no new key
         for phase in (phases[p] for p in which if p in phases):
             where = phase.get(section, {}) if section else phase
-            if where.get(name) == default:
+            if name in where and where[name] == default:
                 where.pop(name)
     blob = json.dumps({**phases, "image_size": scale.image_size}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -155,7 +158,7 @@ def _timed(path: Path, name: str):
         yield
     old = json.loads(path.read_text()) if path.is_file() else {}
     old[name] = round(old.get(name, 0.0) + timer.seconds[name], 1)
-    write_json(path, old)
+    write_json_atomic(path, old)
 
 
 def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale, data: str, judge, seed: int,
@@ -172,7 +175,7 @@ def _run_cell(cell_dir: Path, eval_dir: Path, overrides: list[str], scale: Scale
                                                                   scale.image_size, eval_dir)}
     result = {"overrides": overrides, **phase1,
               **score_tokenizer(cell_dir, eval_dir, tok, scale, data, judge, seed, split, reference_cache)}
-    write_json(eval_dir / "result.json", result)
+    write_json_atomic(eval_dir / "result.json", result)
     return result
 
 
@@ -187,7 +190,7 @@ def _phase1_reconstruction(model_dir: Path, eval_spec: str, image_size: int, eva
     rec = evaluate(load_tokenizer(model_dir), eval_spec, image_size=image_size, metrics=("psnr", "ssim"),
                    progress=False)
     rec = {"metrics": rec["metrics"], "num_images": rec["num_images"], "data": rec["data"]}
-    write_json(path, rec)
+    write_json_atomic(path, rec)
     return rec
 
 
@@ -317,7 +320,7 @@ def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path
         vs_rec = judge_samples(images, labels, judge, str(rec), scale.image_size, reference_cache)
         points[step] = {"step": step, "fd_judge": res["fd_judge"], "class_agreement": res["class_agreement"],
                         "fd_judge_vs_rec": vs_rec["fd_judge"]}
-        write_json(path, sorted(points.values(), key=lambda p: p["step"]))  # type: ignore[arg-type]
+        write_json_atomic(path, sorted(points.values(), key=lambda p: p["step"]))  # type: ignore[arg-type]
     return sorted(points.values(), key=lambda p: p["step"])
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tcae.data.spec import split_spec
 from tcae.studies.paper import Scale, resolve_scale
-from tcae.studies.stages import train_tokenizer_stage, write_json
-from tcae.util import LockBusy, file_lock, slug, write_text_atomic
+from tcae.studies.stages import train_tokenizer_stage
+from tcae.util import LockBusy, atomic_path, file_lock, slug, write_json_atomic, write_text_atomic
 
-log = logging.getLogger("tcae.repro")
+log = logging.getLogger("tcae.studies")
 
 TOLERANCE_DB = 0.3  # doubling a phase's steps must change val PSNR by less than this, for both models
 MODELS = {"baseline (single-stage, no SSL)": ["model.staged=false", "ssl=false", "loss.alpha=1"],
@@ -52,7 +52,7 @@ def _score(model_dir: Path, eval_spec: str, image_size: int) -> dict:
                    progress=False)
     out = {"psnr": rec["metrics"]["psnr"], "ssim": rec["metrics"]["ssim"], "num_images": rec["num_images"],
            "data": rec["data"]}
-    write_json(path, out)
+    write_json_atomic(path, out)
     return out
 
 
@@ -110,7 +110,7 @@ def run_curves(scale_name: str = "tiny", data: str | None = None, out: Path | No
                "phase1": phase1, "phase2": phase2, "chosen": {"phase1_steps": chosen1, "phase1_plateau": plateau1,
                                                               "phase2_steps": chosen2, "phase2_plateau": plateau2}}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "curves.json", summary)
+    write_json_atomic(out / "curves.json", summary)
     _plot(out / "curves.png", phase1, phase2, chosen1)
     write_text_atomic(out / "report.md", _report(scale, scale_name, data, split, phase1, phase2, chosen1, plateau1,
                                                  chosen2, plateau2))
@@ -135,8 +135,8 @@ def _plot(path: Path, phase1: dict, phase2: dict, chosen1: int) -> None:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with open(path, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 

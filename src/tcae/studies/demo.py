@@ -32,8 +32,8 @@ from tcae.studies.stages import (
     sample_stage,
     tokenizer_cost,
     train_tokenizer_stage,
-    write_json,
 )
+from tcae.util import write_json_atomic, write_text_atomic
 
 IMAGE_SIZE = 32
 # data set -> (tokenizer config, what the report calls the data)
@@ -138,7 +138,7 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
                             "dit_steps": dit_steps, "cfg": cfg_scale, "sample_steps": sample_steps,
                             "per_class": per_class, "num_classes": num_classes, "class_names": _class_names(lat),
                             "num_images": _num_images(lat), "samples": len(images)}}
-    write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     write_report(out, results)
     return out / "report.md"
 
@@ -223,7 +223,7 @@ Encode+decode cost at 32 px: {r['tokenizer_cost']['total_gflops']:.4f} GFLOPs.
 
 All figures: `results.json`.
 """
-    (out / "report.md").write_text(text)
+    write_text_atomic(out / "report.md", text)
 
 
 def _samples_text(r: dict, kind: str) -> str:

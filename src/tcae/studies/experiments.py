@@ -19,10 +19,10 @@ from tcae.data import parse_spec
 from tcae.studies.cells import FINAL_SAMPLES, cell_key, eval_dir_name, limited_samples_name, run_cell
 from tcae.studies.paper import Scale, experiment_cells, resolve_scale
 from tcae.studies.report import write_report
-from tcae.studies.stages import judge_samples, split_spec, write_json
-from tcae.util import LockBusy, slug, to_uint8_hwc
+from tcae.studies.stages import judge_samples, split_spec
+from tcae.util import LockBusy, slug, to_uint8_hwc, write_json_atomic
 
-log = logging.getLogger("tcae.repro")
+log = logging.getLogger("tcae.studies")
 
 
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
@@ -63,6 +63,11 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             target = out / slug(cell, keep="") / f"seed-{seed}"
             if (target / "result.json").is_file():
                 result = json.loads((target / "result.json").read_text())
+                now = cell_key(cells[cell], scale, data, seed) if not report_only else result.get("key")
+                if result.get("key") != now:  # a report mixes seeds of one configuration only
+                    raise ValueError(f"{target / 'result.json'} is a result of another configuration of cell "
+                                     f"{cell!r} (run {result.get('key')}, now {now}): use another --out, or "
+                                     "--report-only to report the results there")
                 results[cell][seed] = result
                 continue
             if report_only or (only and cell not in only):
@@ -81,7 +86,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             result = {**result, "cell": cell, "overrides": overrides, "key": key}
             _copy_figures(Path(result["cell_dir"]), scale, split, judge, target,
                           samples=name in SAMPLES_KEPT and seed == 0)
-            write_json(target / "result.json", result)
+            write_json_atomic(target / "result.json", result)
             results[cell][seed] = result
         todo = busy
     if not wait:
@@ -116,7 +121,7 @@ def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference
     res = judge_samples(images, labels, judge, split_spec(data, split), scale.image_size, reference_cache)
     floor = {"source": source, "num_samples": int(len(labels)), "fd_judge": res["fd_judge"],
              "class_agreement": res["class_agreement"]}
-    write_json(path, floor)
+    write_json_atomic(path, floor)
     return floor
 
 

@@ -32,7 +32,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tcae.util import slug
+from tcae.util import slug, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,7 +72,6 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
     from tcae.evaluation.features import inception_weights_path
     from tcae.studies.cells import eval_dir_name, inception_available, score_tokenizer
     from tcae.studies.paper import resolve_scale
-    from tcae.studies.stages import write_json
     from tcae.tokenizers import load_tokenizer
 
     scale, data = resolve_scale(budget, data)
@@ -124,13 +123,13 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
             cell = score_tokenizer(cell_dir, eval_dir, model, scale, data, judge, seed=0, split=scale.eval_split,
                                    reference_cache=reference_cache, progress=progress, features=features,
                                    inception_weights=inception_weights)
-            write_json(done, {"settings": settings, "cell": cell})
+            write_json_atomic(done, {"settings": settings, "cell": cell})
         metrics, labels = _figures(cell, label, budget_info, data)
         results.append({"model": model, "name": name, "metrics": metrics, "labels": labels, "cell": cell})
     markdown = score_markdown(results, label, budget_info, data)
     payload = {"budget": budget_info, "data": data, "results": results, "markdown": markdown, "out": str(out)}
-    write_json(out / "score.json", payload)
-    (out / "score.md").write_text(markdown + "\n")
+    write_json_atomic(out / "score.json", payload)
+    write_text_atomic(out / "score.md", markdown + "\n")
     return payload
 
 

@@ -25,9 +25,9 @@ from tcae.device import resolve_device
 from tcae.evaluation.features import FeatureNetwork
 from tcae.models import flops
 from tcae.tokenizers import load_tokenizer
-from tcae.util import atomic_path, to_uint8_hwc, write_text_atomic
+from tcae.util import atomic_path, to_uint8_hwc
 
-log = logging.getLogger("tcae.studies.stages")
+log = logging.getLogger("tcae.studies")
 
 
 def train_tokenizer_stage(run_dir: Path, config: str, overrides: list[str]) -> Path:
@@ -235,6 +235,3 @@ class Timer:
         return _Ctx()
 
 
-def write_json(path: Path, obj: dict | list) -> None:
-    """``obj`` as indented JSON (numpy scalars as floats), atomically: two workers may write the same file."""
-    write_text_atomic(path, json.dumps(obj, indent=2, default=float))

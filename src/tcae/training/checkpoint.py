@@ -9,12 +9,13 @@ failed write (disk full) removes its temp file and keeps every earlier checkpoin
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
 
 import torch
+
+from tcae.util import atomic_path
 
 _NAME = re.compile(r"step-(\d+)\.pt$")
 
@@ -30,17 +31,10 @@ class CheckpointWriteError(OSError):
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to `path` via a temp file in the same directory + os.replace (atomic on POSIX).
     On failure the temp file is removed and CheckpointWriteError names the file and the cause."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"could not write checkpoint {path}: {e}") from e
 
 

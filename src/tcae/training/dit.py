@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tcae.config import model_overrides
 from tcae.data import build_loader
 from tcae.diffusion import LatentDataset, create_dit, flow_matching_loss
-from tcae.training.ema import EMA, warmup_decay
+from tcae.training.ema import EMA, ema_decay_at
 from tcae.training.loop import TrainLoop
 
 
@@ -62,10 +62,13 @@ class DiTTrainer(TrainLoop):
         return {"loss": loss}
 
     def after_step(self, ok: torch.Tensor) -> None:
-        self.ema.update(self.model, warmup_decay(self.step, self.cfg.ema_decay), ok)
+        self.ema.update(self.model, ema_decay_at(self.step, self.cfg.ema_decay, self.cfg.ema_warmup), ok)
 
     def model_signature(self) -> dict:
-        return {"dit": self.model.config.to_dict()}
+        # what shapes the weights: class names are labels only (and checkpoints from before they existed resume)
+        config = self.model.config.to_dict()
+        config.pop("class_names", None)
+        return {"dit": config}
 
     def state_extra(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict()}

@@ -46,6 +46,11 @@ class EMA(nn.Module):
             b.copy_(model_bufs[n])
 
 
+def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
+    """The decay of the EMA update after step `step`: :func:`warmup_decay` with `warmup`, else `decay`."""
+    return warmup_decay(step, decay) if warmup else decay
+
+
 def warmup_decay(step: int, decay: float) -> float:
     """EMA decay for the update after optimisation step `step` (0-based): min(decay, (1 + step) / (10 + step)),
     and 0 for the first update (the EMA starts as a copy of the trained weights).

@@ -37,7 +37,7 @@ from tcae.data import set_loader_epoch
 from tcae.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from tcae.training.loggers import build_logger
 from tcae.training.schedule import warmup_cosine
-from tcae.util import LockBusy, file_lock
+from tcae.util import LockBusy, file_lock, write_text_atomic
 
 log = logging.getLogger("tcae.train")
 
@@ -531,6 +531,4 @@ def _truncate_scalars(path: Path, step: int) -> None:
     rows = path.read_text().splitlines()
     keep = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
     if len(keep) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in keep))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(r + "\n" for r in keep))

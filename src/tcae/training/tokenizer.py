@@ -31,7 +31,7 @@ from tcae.data import (
     eval_loader,
     local_crop_size,
 )
-from tcae.data.spec import split_spec
+from tcae.data.spec import split_spec, with_split
 from tcae.losses import (
     IBOTHead,
     IBOTLoss,
@@ -47,7 +47,7 @@ from tcae.losses import (
 from tcae.models import TCAE, EncoderTokens, create_model
 from tcae.models.dcae import is_dcae_name
 from tcae.tokenizers import TrainableAutoencoder, create_dcae, diffusers_folder, load_diffusers_tokenizer
-from tcae.training.ema import EMA, cosine_momentum, warmup_decay
+from tcae.training.ema import EMA, cosine_momentum, ema_decay_at
 from tcae.training.loop import TrainLoop
 
 log = logging.getLogger("tcae.train")
@@ -244,12 +244,9 @@ class TokenizerTrainer(TrainLoop):
         d = self.cfg.data
         val_spec, tag = d.val_spec, "val"
         if not val_spec:
-            if d.spec.startswith("builtin:"):
-                val_spec = f"builtin:{d.spec.split(':')[1]}:val"
-            else:
-                val_spec = split_spec(d.spec, "val")
-                if val_spec == d.spec:  # no val split: the training data's own first images
-                    val_spec, tag = split_spec(d.spec, "train"), "train_fixed"
+            val_spec = with_split(d.spec, "val")
+            if val_spec == with_split(d.spec, "train"):  # no val split: the training data's own first images
+                tag = "train_fixed"
         ds = build_dataset(val_spec, d.image_size, train=False, channels=channels)
         images = [sample["image"] for sample in itertools.islice(iter_samples(ds), n)]
         return tag, (torch.stack(images).to(self.device) if images else None)
@@ -326,7 +323,7 @@ class TokenizerTrainer(TrainLoop):
 
     def after_step(self, ok: torch.Tensor) -> None:
         with torch.no_grad():
-            self.ema.update(self.model, warmup_decay(self.step, self.cfg.ema_decay), ok)
+            self.ema.update(self.model, ema_decay_at(self.step, self.cfg.ema_decay, self.cfg.ema_warmup), ok)
             if self.teacher is not None:
                 self.teacher.update(self.ssl_modules, cosine_momentum(self.step, self.cfg.steps,
                                                                       self.cfg.ssl.momentum), ok)
