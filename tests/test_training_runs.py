@@ -212,13 +212,14 @@ def test_train_dit_without_a_full_batch_says_the_counts_and_makes_no_run_directo
     assert not (tmp_path / "d").exists()
 
 
-def test_dit_model_card_names_its_data_steps_tokenizer_and_classes(latents, tmp_path):
+def test_dit_model_card_names_its_data_steps_tokenizer_and_classes(latents, phase1, tmp_path):
     assert run_cli(["train-dit", "dit-tiny", f"latents={latents}", f"run_dir={tmp_path}", "name=d", "steps=2",
                     "batch_size=4", "progress=false"]).code == 0
     model = tmp_path / "d" / "model"
     info = read_card_info(model / "README.md")
     assert info["training_data"].startswith(f"latent cache {latents}") and info["steps"] == 2
-    assert info["class_names"] == ["cats", "dogs"] and "f=16" in info["tokenizer"]
+    # the tokenizer the cache recorded (its absolute path: `tcae sample --model` can use it as it is)
+    assert info["class_names"] == ["cats", "dogs"] and info["tokenizer"] == str(Path(phase1).resolve())
     text = (model / "README.md").read_text()
     assert "| classes | 2: 0 `cats`, 1 `dogs` |" in text
     metrics = text.split("## Metrics")[1].split("##")[0]
