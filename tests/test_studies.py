@@ -672,7 +672,7 @@ def test_choose_steps_takes_the_first_budget_whose_doubling_is_flat():
 
 def test_curves_cli_trains_both_phases_and_writes_the_report(tmp_path, monkeypatch):
     scale = dataclasses.replace(SCALES["tiny"], decoder_config="tiny-decoder", curve_steps=(1, 2),
-                                curve_decoder_steps=(1, 2))
+                                curve_decoder_steps=(1,))
     monkeypatch.setitem(SCALES, "tiny", scale)
     out = tmp_path / "curves"
     assert cli(["repro", "curves", "--scale", "tiny", "--out", str(out), "--no-progress"]) == 0
@@ -682,7 +682,8 @@ def test_curves_cli_trains_both_phases_and_writes_the_report(tmp_path, monkeypat
     assert summary["chosen"]["phase1_steps"] in (1, 2) and (out / "curves.png").is_file()
     chosen = summary["chosen"]["phase1_steps"]
     runs = sorted(p.name for p in (tmp_path / "cells").iterdir())
-    assert f"curve-baseline-single-stage-no-SSL-p1-{chosen}-p2-2" in runs and len(runs) == 8
+    assert f"curve-baseline-single-stage-no-SSL-p1-{chosen}-p2-1" in runs and len(runs) == 6
+    assert summary["chosen"]["phase2_steps"] == 1 and summary["chosen"]["phase2_plateau"] is False
     text = (out / "report.md").read_text()
     assert "## Phase 1 (joint training)" in text and "## Phase 2" in text
     assert cli(["repro", "curves", "--scale", "tiny", "--eval-split", "test", "--out", str(out)]) == 2
