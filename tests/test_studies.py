@@ -712,3 +712,33 @@ def test_the_fashion_config_defaults_follow_the_evidence(capsys):
     assert "alpha: 10.0" in printed and "recon_view: full" in printed and "ema_warmup: true" in printed
     cells = experiment_cells("stc-ssl", DATA_SCALES[("tiny", "fashion")])
     assert all("loss.alpha=1" in o for c, o in cells.items() if "no SSL" in c)  # L_rec alone without SSL
+
+
+def test_the_report_carries_the_curves_and_the_dit_limited_budget(tmp_path):
+    """Where `tcae repro curves` ran beside the experiment on the same data, its tables go in the report; results
+    of the whole recipe get FD at the DiT-limited budget (their settings' snapshot), its verdicts, the
+    baseline's FD/rFD per snapshot, and the steps TC-AE needs to reach the baseline's FD there."""
+    from tcae.studies.curves import choose_steps
+
+    points = {"baseline (single-stage, no SSL)": {1000: {"psnr": 18.0, "ssim": 0.6}, 2000: {"psnr": 18.1, "ssim": 0.6}},
+              "TC-AE (staged, SSL)": {1000: {"psnr": 17.0, "ssim": 0.5}, 2000: {"psnr": 17.2, "ssim": 0.55}}}
+    chosen, plateau = choose_steps({m: {s: r["psnr"] for s, r in c.items()} for m, c in points.items()})
+    write_json_atomic(tmp_path / "curves" / "curves.json", {
+        "data": DIGITS, "split": "val", "tolerance_db": 0.3, "phase1": points, "phase2": points,
+        "chosen": {"phase1_steps": chosen, "phase1_plateau": plateau, "phase2_steps": chosen,
+                   "phase2_plateau": plateau}})
+    curve = {"staged, no SSL": [60.0, 30.0, 20.0], "single-stage, no SSL": [90.0, 60.0, 40.0],
+             "staged, SSL": [50.0, 25.0, 15.0], "single-stage, SSL": [70.0, 50.0, 30.0]}
+    results = {cell: {s: {"seed": s, "key": f"{cell}-{s}", "settings": {"decoder_steps": 5, "dit_limited_step": 200,
+                                                                        "convergence_every": 100},
+                          "generation": {"fd_judge": fds[-1] + s, "rfd_judge": 15.0},
+                          "convergence": [{"step": 100 * (i + 1), "fd_judge": fd + s} for i, fd in enumerate(fds)]}
+                      for s in range(3)} for cell, fds in curve.items()}
+    text = write_report(tmp_path / "stc-ssl", "stc-ssl", "tiny", SCALES["tiny"], DIGITS, "val", results, None,
+                        3).read_text()
+    assert "## How many steps: learning curves of both phases" in text and "Phase 1: **1000 steps**" in text
+    assert "FD @ DiT-limited budget" in text
+    outcome = _verdict_rows(text)
+    assert outcome["TC-AE generates better than the baseline"] == "reproduced"  # 26 vs 61 at step 200
+    assert "DiT-limited budget (the last snapshot with ratio >= 3): 200 steps." in text  # 61/15 >= 3 > 41/15
+    assert "to the baseline's FD at the DiT-limited budget (200 steps)" in text

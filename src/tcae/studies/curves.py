@@ -140,7 +140,8 @@ def _plot(path: Path, phase1: dict, phase2: dict, chosen1: int) -> None:
     plt.close(fig)
 
 
-def _table(curves: dict[str, dict[int, dict]]) -> list[str]:
+def curve_table(curves: dict[str, dict[int, dict]]) -> list[str]:
+    """Markdown rows: val PSNR (SSIM) per model and budget, and what each doubling changed."""
     steps = sorted({s for c in curves.values() for s in c})
     rows = ["| model | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for model, points in curves.items():
@@ -167,7 +168,7 @@ def _report(scale: Scale, scale_name: str, data: str, split: str, phase1: dict, 
         f"`{split_spec(data, split)}`. Models: " + "; ".join(f"{m}: `{' '.join(o) or '(config defaults)'}`"
                                                           for m, o in MODELS.items()) + ".", "",
         "![curves](curves.png)", "",
-        "## Phase 1 (joint training)", "", *_table(phase1), "", f"Chosen: {verdict(chosen1, plateau1)}.", "",
-        f"## Phase 2 (decoder fine-tuning from phase 1 at {chosen1} steps)", "", *_table(phase2), "",
+        "## Phase 1 (joint training)", "", *curve_table(phase1), "", f"Chosen: {verdict(chosen1, plateau1)}.", "",
+        f"## Phase 2 (decoder fine-tuning from phase 1 at {chosen1} steps)", "", *curve_table(phase2), "",
         f"Chosen: {verdict(chosen2, plateau2)}.", "",
     ])

@@ -382,6 +382,7 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
            "Cells and verdicts below use the seeds that are there; a verdict needs at least 2 seeds.", ""]
           if missing else []),
         _settings_text(scale, split, seeds), "",
+        *_curves_section(out, data),
         *(["## The scale against the paper's regime", "", scale.mapping, ""] if scale.mapping else []),
         "## Paper (ImageNet 256x256)", "", "| cell | reported |", "|---|---|",
         *[f"| {cell} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " |"
@@ -545,6 +546,35 @@ def _settings_text(s: Scale, split: str, seeds: int) -> str:
     return (f"Tokenizer config `{s.tokenizer_config}` ({s.tokenizer_steps} steps{phase2}), DiT config `{s.dit_config}` "
             f"({s.dit_steps} steps{snaps}{', ' + ' '.join(s.dit_extra) if s.dit_extra else ''}); seeds "
             f"0..{seeds - 1} (tokenizer, DiT and sampling seed); every metric on the `{split}` split.{limited}")
+
+
+def _curves_section(out: Path, data: str) -> list[str]:
+    """How many steps each phase trains, from `tcae repro curves` beside this experiment (OUT/../curves) on
+    the same data: its tables and plot. Nothing where there is none."""
+    from tcae.studies.curves import curve_table
+
+    path = out.parent / "curves" / "curves.json"
+    if not path.is_file():
+        return []
+    curves = json.loads(path.read_text())
+    if curves.get("data") != data:
+        return []
+    chosen = curves["chosen"]
+
+    def by_steps(phase: dict) -> dict:
+        return {model: {int(s): r for s, r in points.items()} for model, points in phase.items()}
+
+    def plateau(ok: bool) -> str:
+        return "" if ok else " (the largest budget: no plateau reached)"
+    return ["## How many steps: learning curves of both phases", "",
+            f"From `tcae repro curves` on `{curves['split']}`, seed 0 (`../curves/report.md`): one run per budget; "
+            f"chosen is the smallest budget whose doubling changes val PSNR by less than {curves['tolerance_db']} "
+            f"dB for both models. Phase 1: **{chosen['phase1_steps']} steps**{plateau(chosen['phase1_plateau'])}; "
+            f"phase 2: **{chosen['phase2_steps']} steps**{plateau(chosen['phase2_plateau'])}.", "",
+            "![curves](../curves/curves.png)", "", "Phase 1 (joint training):", "",
+            *curve_table(by_steps(curves["phase1"])), "",
+            f"Phase 2 (decoder fine-tuning) from phase 1 at {chosen['phase1_steps']} steps:", "",
+            *curve_table(by_steps(curves["phase2"])), ""]
 
 
 def _dit_limited_table(name: str, results: dict[str, list[dict]], fd_name: str) -> list[str]:
