@@ -123,6 +123,15 @@ def test_changed_lr_is_refused_naming_it_and_nothing_is_rewritten(tmp_path, caps
     assert [json.loads(r)["step"] for r in (run / "scalars.jsonl").read_text().splitlines()] == [1]
 
 
+def test_the_same_folder_written_another_way_resumes(folder, tmp_path, monkeypatch):
+    """`data=DIR`, `data=DIR/` and an absolute or relative path to it are one folder: the run resumes."""
+    common = ["train", "tiny", *FAST, f"run_dir={tmp_path}", "name=f"]
+    assert cli([*common, f"data={folder}", "steps=1"]) == 0
+    monkeypatch.chdir(folder.parent)
+    assert cli([*common, f"data={folder.name}/", "steps=2"]) == 0
+    assert [p.name for p in list_checkpoints(tmp_path / "f" / "checkpoints")][-1] == "step-00000002.pt"
+
+
 # ---------------------------------------------------------------------------- 3. one run per directory
 _HOLD = """
 import sys, time

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import sys
@@ -77,6 +78,10 @@ def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# config keys that name files or folders: compared as the paths they resolve to where they exist here
+PATH_KEYS = ("init", "data.spec", "data.val_spec", "data.latents")
+
+
 def config_changes(saved_yaml: str, cfg: DictConfig) -> list[str]:
     """`key: old -> new` for every key outside :data:`RESUMABLE_KEYS` where the config saved in a checkpoint
     (YAML text) and `cfg` differ. Keys added to the schema since the checkpoint was written take their
@@ -89,6 +94,10 @@ def config_changes(saved_yaml: str, cfg: DictConfig) -> list[str]:
         except Exception:  # a key the schema no longer has: compare what was saved as it is
             pass
     old, new = _flat(saved), _flat(cfg)
+    for flat in (old, new):  # `data=dir/` and `data=dir`, relative or absolute: the same folder is no change
+        for k in PATH_KEYS:
+            if isinstance(flat.get(k), str) and os.path.exists(flat[k]):
+                flat[k] = os.path.realpath(flat[k])
     absent = "(absent)"
     return [f"{k}: {old.get(k, absent)} -> {new.get(k, absent)}" for k in sorted(old.keys() | new.keys())
             if k not in RESUMABLE_KEYS and old.get(k, absent) != new.get(k, absent)]
