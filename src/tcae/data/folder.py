@@ -104,6 +104,9 @@ def describe_skipped(skipped: dict[str, list[str]], min_side: int = 1) -> list[s
     return lines
 
 
+_SAID: set[tuple[str, tuple[str, ...]]] = set()  # (folder, what was skipped) already logged by this process
+
+
 class ImageFolderDataset(EpochMixin, Dataset):
     """Map-style dataset over the images under ``root``.
 
@@ -140,7 +143,9 @@ class ImageFolderDataset(EpochMixin, Dataset):
                 f"no images found under {str(self.root)!r} (searched recursively for "
                 f"{', '.join(IMAGE_EXTENSIONS)}, case-insensitive)" + "".join(f"; skipped {r}" for r in reasons)
             )
-        if check_files:
+        said = (str(self.root.resolve()), tuple(reasons))
+        if check_files and said not in _SAID:  # once per folder and process (a run builds its data more than once)
+            _SAID.add(said)
             for line in reasons:
                 logger.warning("%s: skipped %s", self.root, line)
             if reasons:
