@@ -24,11 +24,11 @@ case "${1:-}" in
     done
     echo "curve workers started: out/evidence-curves-{1,2}.log";;
   collect)
-    mkdir -p $OUT/curves/runs
+    mkdir -p $OUT/curves/scores
     for f in "$CELLS"/curve-*/run/curve-eval-*.json; do
       [ -e "$f" ] || continue
-      cp "$f" "$OUT/curves/runs/$(basename "$(dirname "$(dirname "$f")")").json"
+      cp "$f" "$OUT/curves/scores/$(basename "$(dirname "$(dirname "$f")")").json"
     done
-    ls $OUT/curves/runs;;
+    ls $OUT/curves/scores;;
   *) echo "usage: $0 curves|collect" >&2; exit 2;;
 esac
