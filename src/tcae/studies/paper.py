@@ -72,7 +72,7 @@ DATA_SCALES = {
     ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=700,
                                dit_steps=1600, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
                                eval_split="test", convergence_every=320, mapping=FASHION_MAPPING,
-                               decoder_config="fashion-decoder", curve_steps=(1000, 2000, 4000, 8000),
+                               decoder_config="fashion-decoder", curve_steps=(1000, 2000, 4000, 8000, 16000),
                                curve_decoder_steps=(500, 1000, 2000, 4000)),
 }
 
