@@ -375,15 +375,21 @@ def _experiment_results(out: Path, seed: int = 0) -> dict[str, dict]:
     return {r["cell"]: r for r in found}
 
 
-def test_a_held_cell_is_skipped_then_waited_for(tiny_scale, tmp_path):
-    """Two workers on one grid: while another process holds a (cell, seed), this one goes on with the rest and
-    comes back to it at the end, taking the result the holder wrote (nothing trains here)."""
-    cells = experiment_cells("stc-ssl", tiny_scale)
+def _grid_with_one_cell_left(scale: paper.Scale, tmp_path: Path):
+    """stc-ssl with every (cell, seed 0) finished in the shared cells folder but the first: (cells, that cell, the
+    others, the cells folder, the experiment folder, that cell's run folder)."""
+    cells = experiment_cells("stc-ssl", scale)
     held, *others = cells
     cells_dir, out = tmp_path / "cells", tmp_path / "out"
     for cell in others:
-        _finished_elsewhere(cells_dir, cells[cell], tiny_scale)
-    held_dir = cells_dir / cell_key(cells[held], tiny_scale, DIGITS, 0)
+        _finished_elsewhere(cells_dir, cells[cell], scale)
+    return cells, held, others, cells_dir, out, cells_dir / cell_key(cells[held], scale, DIGITS, 0)
+
+
+def test_a_held_cell_is_skipped_then_waited_for(tiny_scale, tmp_path):
+    """Two workers on one grid: while another process holds a (cell, seed), this one goes on with the rest and
+    comes back to it at the end, taking the result the holder wrote (nothing trains here)."""
+    cells, held, others, cells_dir, out, held_dir = _grid_with_one_cell_left(tiny_scale, tmp_path)
     holding, went_on = threading.Event(), threading.Event()
 
     def other_worker() -> None:
@@ -414,12 +420,7 @@ def test_a_held_cell_is_skipped_then_waited_for(tiny_scale, tmp_path):
 def test_no_wait_report_only_and_only(tiny_scale, tmp_path, capsys):
     """--no-wait leaves a held (cell, seed) to its holder and names it; --report-only trains nothing and names
     what is missing; --only computes just the named cells (nothing trains: results come from the cells folder)."""
-    cells = experiment_cells("stc-ssl", tiny_scale)
-    held, *others = cells
-    cells_dir, out = tmp_path / "cells", tmp_path / "out"
-    for cell in others:
-        _finished_elsewhere(cells_dir, cells[cell], tiny_scale)
-    held_dir = cells_dir / cell_key(cells[held], tiny_scale, DIGITS, 0)
+    cells, held, others, cells_dir, out, held_dir = _grid_with_one_cell_left(tiny_scale, tmp_path)
     with file_lock(held_dir / ".lock"):
         report = run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, wait=False)
         text = report.read_text()

@@ -244,8 +244,7 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
                 gen.update(_feature_fd(images, features, eval_spec, scale.image_size, reference_cache))
         if inception:
             with _timed(eval_times, "gen-eval"):
-                gen.update(_gen_metrics(images, labels, eval_dir / "samples.npz", eval_spec, scale.image_size,
-                                        inception_weights))
+                gen.update(_gen_metrics(eval_dir / FINAL_SAMPLES, eval_spec, scale.image_size, inception_weights))
     timings = {**json.loads(train_times.read_text()), **json.loads(eval_times.read_text())}
     return {"seed": seed, "split": split, "data": data, "eval_spec": eval_spec, **ev,
             "generation": gen, "convergence": convergence, "timings_s": timings,
@@ -341,12 +340,10 @@ def inception_available() -> bool:
     return weights_available("rfid")
 
 
-def _gen_metrics(images, labels, path: Path, reference: str, image_size: int,
-                 inception_weights: str | None = None) -> dict:
-    """gFID and IS of the samples (saved to `path`, ADM layout) against the `reference` data spec."""
+def _gen_metrics(path: Path, reference: str, image_size: int, inception_weights: str | None = None) -> dict:
+    """gFID and IS of the samples in `path` (ADM layout) against the `reference` data spec."""
     from tcae.evaluation.gen_eval import evaluate_samples
 
-    save_samples_npz(images, path, labels)
     metrics = evaluate_samples(path, reference, image_size=image_size, progress=False,
                                inception_weights=inception_weights)["metrics"]
     return {k: metrics[k] for k in ("gfid", "is") if k in metrics}

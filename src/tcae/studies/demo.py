@@ -24,6 +24,7 @@ from torchvision.utils import save_image
 from tcae.data import parse_spec
 from tcae.studies.stages import (
     Timer,
+    batch_fitting,
     dit_stage,
     evaluate_stage,
     fit_batch,
@@ -103,7 +104,7 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
     with timer("tokenizer training"):
         quiet = [] if progress else ["progress=false"]
         tok = train_tokenizer_stage(runs, config, ["name=tokenizer", f"steps={tokenizer_steps}", f"data={train}",
-                                                   *_small_folder_batch(train, parsed.kind), *quiet])
+                                                   *_small_folder_batch(train, parsed.kind, config), *quiet])
     with timer("evaluation + diagnostics"):
         ev = evaluate_stage(tok, val, IMAGE_SIZE, out, train_spec=train, progress=progress)
     with timer("latent caching"):
@@ -143,15 +144,16 @@ def run_demo(out: Path, tokenizer_steps: int = 500, dit_steps: int = 2000, per_c
     return out / "report.md"
 
 
-def _small_folder_batch(train: str, kind: str, batch: int = 32) -> list[str]:
-    """`data.batch_size=N` for a folder of fewer images than the tokenizer config's batch of 32: the largest power
-    of two that fits (a run with no full batch is refused); else []."""
+def _small_folder_batch(train: str, kind: str, config: str) -> list[str]:
+    """The tokenizer's batch fitted to a folder of fewer images than its config's batch
+    (:func:`tcae.studies.stages.batch_fitting`)."""
     if kind != "folder":
         return []
+    from tcae.config import TRAIN_ALIASES, TrainConfig, load_config
     from tcae.data.spec import build_dataset
 
     n = len(build_dataset(train, IMAGE_SIZE, train=False, transform=lambda image: image))
-    return [] if n >= batch else [f"data.batch_size={2 ** (n.bit_length() - 1)}"]
+    return batch_fitting(n, load_config(TrainConfig, config, [], TRAIN_ALIASES).data.batch_size)
 
 
 def _class_names(latents: Path) -> list[str]:

@@ -95,7 +95,12 @@ def fit_batch(latents: Path, config: str, overrides: list[str]) -> list[str]:
     from tcae.diffusion.latents import read_latent_meta
 
     n = int(read_latent_meta(latents)["num_latents"])
-    batch = load_config(DiTTrainConfig, config, overrides, DIT_ALIASES).data.batch_size
+    return batch_fitting(n, load_config(DiTTrainConfig, config, overrides, DIT_ALIASES).data.batch_size)
+
+
+def batch_fitting(n: int, batch: int) -> list[str]:
+    """`data.batch_size=N`, the largest power of two <= n, when `n` examples make no full batch of `batch`
+    (a run with no full batch is refused); else []."""
     return [] if n >= batch else [f"data.batch_size={2 ** (n.bit_length() - 1)}"]
 
 
