@@ -669,6 +669,11 @@ def test_choose_steps_takes_the_first_budget_whose_doubling_is_flat():
     b = {1000: 17.0, 2000: 18.5, 4000: 18.7, 8000: 18.75}
     assert choose_steps({"a": a, "b": b}) == (4000, True)  # 2000->4000: +0.5 for a; 4000->8000 under 0.3 for both
     assert choose_steps({"a": a, "b": {**b, 8000: 19.2}}) == (8000, False)  # b still climbs: the largest, no plateau
+    # a cap (what the experiments can afford): larger budgets are measured, never chosen
+    assert choose_steps({"a": a, "b": {**b, 8000: 19.2}}, cap=4000) == (4000, False)
+    assert choose_steps({"a": a, "b": b}, cap=4000) == (4000, True)  # its doubling (8000) is measured: a plateau
+    with pytest.raises(ValueError, match="cap of 500"):
+        choose_steps({"a": a}, cap=500)
 
 
 def test_curves_cli_trains_both_phases_and_writes_the_report(tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ scale's `curve_steps`, every budget its own run (the LR schedule anneals over a 
 checkpoint half-way through a longer run is not a shorter run); then phase 2 (decoder fine-tuning, encoder
 frozen, no SSL) from the chosen phase-1 run to each of `curve_decoder_steps`. Each run's exported EMA
 model is scored on the evaluation split (PSNR, SSIM). The choice, per phase: the smallest budget s whose
-doubling changes val PSNR by less than `TOLERANCE_DB` for both models; where no budget does, the largest,
-and the report says the budget did not reach the plateau. Seed 0 (choosing, not reporting).
+doubling changes val PSNR by less than `TOLERANCE_DB` for both models; where no budget does, the largest
+(for phase 1: the largest the grid's compute affords, the scale's `curve_budget_steps`), and the report says
+the plateau was not reached, with the curve. Seed 0 (choosing, not reporting).
 
 Runs live under the cells directory (`curve-<model>-p1-<steps>[-p2-<steps>]/`), resumable, one process
 at a time per run (another worker's run is skipped, then waited for), like the experiments' cells.
@@ -30,14 +31,20 @@ MODELS = {"baseline (single-stage, no SSL)": ["model.staged=false", "ssl=false",
           "TC-AE (staged, SSL)": []}  # as stc-ssl's cells (tcae.studies.paper.experiment_cells)
 
 
-def choose_steps(curves: dict[str, dict[int, float]], tolerance: float = TOLERANCE_DB) -> tuple[int, bool]:
+def choose_steps(curves: dict[str, dict[int, float]], tolerance: float = TOLERANCE_DB, cap: int = 0
+                 ) -> tuple[int, bool]:
     """(the smallest budget s, common to every curve {steps: PSNR}, whose doubling 2s changes PSNR by less
-    than `tolerance` dB on every curve; whether it reached that plateau). Without such an s: the largest."""
+    than `tolerance` dB on every curve; whether it reached that plateau). Without such an s: the largest.
+    `cap` (0: none): the most steps the experiments can afford; budgets above it are measured (they show
+    what more steps would give) but never chosen."""
     steps = sorted(set.intersection(*(set(c) for c in curves.values())))
-    for s in steps:
+    affordable = [s for s in steps if not cap or s <= cap]
+    if not affordable:
+        raise ValueError(f"no measured budget is within the cap of {cap} steps (measured: {steps})")
+    for s in affordable:
         if 2 * s in steps and all(abs(c[2 * s] - c[s]) < tolerance for c in curves.values()):
             return s, True
-    return steps[-1], False
+    return affordable[-1], False
 
 
 def _score(model_dir: Path, eval_spec: str, image_size: int) -> dict:
@@ -99,7 +106,8 @@ def run_curves(scale_name: str = "tiny", data: str | None = None, out: Path | No
     jobs1 = [(m, s, f"curve-{slug(m, keep='')}-p1-{s}", scale.tokenizer_config, [f"steps={s}", *common, *ov])
              for m, ov in MODELS.items() for s in scale.curve_steps]
     phase1 = _phase(jobs1, cells_dir, eval_spec, scale.image_size)
-    chosen1, plateau1 = choose_steps({m: {s: r["psnr"] for s, r in c.items()} for m, c in phase1.items()})
+    chosen1, plateau1 = choose_steps({m: {s: r["psnr"] for s, r in c.items()} for m, c in phase1.items()},
+                                     cap=scale.curve_budget_steps)
     jobs2 = [(m, s, f"curve-{slug(m, keep='')}-p1-{chosen1}-p2-{s}", scale.decoder_config,
               [f"steps={s}", f"data={train}", f"image_size={scale.image_size}", "seed=0",
                f"init={cells_dir / f'curve-{slug(m, keep=str())}-p1-{chosen1}' / 'run'}"])
@@ -156,10 +164,13 @@ def curve_table(curves: dict[str, dict[int, dict]]) -> list[str]:
 
 def _report(scale: Scale, scale_name: str, data: str, split: str, phase1: dict, phase2: dict, chosen1: int,
             plateau1: bool, chosen2: int, plateau2: bool) -> str:
-    def verdict(chosen: int, plateau: bool) -> str:
-        return (f"**{chosen} steps**: doubling it changes val PSNR by less than {TOLERANCE_DB} dB for both models"
-                if plateau else f"**{chosen} steps**, the largest budget tried: no budget reached the plateau "
-                f"(doubling still changes val PSNR by {TOLERANCE_DB} dB or more); more steps would still help")
+    def verdict(chosen: int, plateau: bool, cap: int = 0) -> str:
+        if plateau:
+            return f"**{chosen} steps**: doubling it changes val PSNR by less than {TOLERANCE_DB} dB for both models"
+        why = (f"the most the experiments' compute affords (the scale's cap, {cap} steps: {scale.budget_note})"
+               if cap else "the largest budget tried")
+        return (f"**{chosen} steps**, {why}: the plateau was not reached (doubling still changes val PSNR by "
+                f"{TOLERANCE_DB} dB or more); more steps would still help")
     return "\n".join([
         f"# Learning curves of both phases (scale {scale_name}, data {data}, evaluated on {split}, seed 0)", "",
         f"Command: `tcae repro curves --scale {scale_name} --data {data}`", "",
@@ -168,7 +179,9 @@ def _report(scale: Scale, scale_name: str, data: str, split: str, phase1: dict, 
         f"`{split_spec(data, split)}`. Models: " + "; ".join(f"{m}: `{' '.join(o) or '(config defaults)'}`"
                                                           for m, o in MODELS.items()) + ".", "",
         "![curves](curves.png)", "",
-        "## Phase 1 (joint training)", "", *curve_table(phase1), "", f"Chosen: {verdict(chosen1, plateau1)}.", "",
+        "## Phase 1 (joint training)", "", *curve_table(phase1), "",
+        f"Chosen: {verdict(chosen1, plateau1, scale.curve_budget_steps)}.",
+        "",
         f"## Phase 2 (decoder fine-tuning from phase 1 at {chosen1} steps)", "", *curve_table(phase2), "",
         f"Chosen: {verdict(chosen2, plateau2)}.", "",
     ])
