@@ -42,18 +42,19 @@ def _free_port() -> int:
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:
-    nets = {"student": trainer.student, "teacher": trainer.teacher.module, "ema": trainer.ema.module,
-            "disc": trainer.disc}
+    nets = {"student": trainer.student, "ema": trainer.ema.module, "disc": trainer.disc,
+            **({"teacher": trainer.teacher.module} if trainer.teacher is not None else {})}
     return {f"{n}.{k}": v.detach().clone() for n, m in nets.items() for k, v in m.state_dict().items()}
 
 
 # ------------------------------------------------------------------ identical ranks (2 gloo processes)
-def _rank_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+def _rank_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, extra: tuple[str, ...] = ()
+                 ) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        trainer = TokenizerTrainer(make_cfg(Path(run_dir), "name=ddp", "steps=2", "batch_size=8", *GAN))
+        trainer = TokenizerTrainer(make_cfg(Path(run_dir), "name=ddp", "steps=2", "batch_size=8", *GAN, *extra))
         built = _weights(trainer)
         data = trainer.batches()
         for _ in range(2):
@@ -78,6 +79,21 @@ def test_ddp_ranks_identical_after_construction_and_two_steps(tmp_path):
         for k in r0[when]:
             assert torch.equal(r0[when][k], r1[when][k]), f"{k} differs between ranks ({when})"
     assert any(not torch.equal(r0["built"][k], r0["stepped"][k]) for k in r0["built"] if k.startswith("teacher"))
+
+
+def test_ddp_ranks_identical_for_a_dcae(tmp_path):
+    """The same for diffusers' AutoencoderDC through the trainer's autoencoder interface (no SSL: no teacher):
+    student, EMA and discriminator bit-identical on both ranks when built and after two L1 + GAN steps."""
+    dcae = ("model.name=dc-ae-tiny", "model.patch_size=null", "ssl=false")
+    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path / "runs"), str(tmp_path), dcae), nprocs=2,
+             join=True)
+    r0, r1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
+    assert {k.split(".")[0] for k in r0["built"]} == {"student", "ema", "disc"}
+    assert any(".autoencoder.encoder.down_blocks." in k for k in r0["built"])  # AutoencoderDC modules, not a TC-AE
+    for when in ("built", "stepped"):
+        for k in r0[when]:
+            assert torch.equal(r0[when][k], r1[when][k]), f"{k} differs between ranks ({when})"
+    assert any(not torch.equal(r0["built"][k], r0["stepped"][k]) for k in r0["built"] if k.startswith("student"))
 
 
 # ------------------------------------------------------------------ checkpoints never run code
