@@ -29,7 +29,7 @@ from tcae.studies.paper import DATA_SCALES, PAPER, SCALES, SSL_ALPHAS, experimen
 from tcae.studies.report import METRICS, claims, compare, speedup, steps_to_reach, summarize, write_report
 from tcae.studies.stages import split_spec
 from tcae.tokenizers import create_dcae
-from tcae.util import LockBusy, file_lock, write_json_atomic
+from tcae.util import LockBusy, file_lock, slug, write_json_atomic
 
 FASHION = DATA_SCALES[("tiny", "fashion")]
 DIGITS = "builtin:digits"
@@ -660,6 +660,37 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
             assert f["arr_0"].dtype == np.uint8 and f["arr_0"].shape == (20, 32, 32, 3) and f["arr_1"].shape == (20,)
     from tcae.studies.report import metric
     assert metric(result, "fd_lim") == next(p["fd_judge"] for p in result["convergence"] if p["step"] == 2)
+
+
+def test_results_before_the_dit_limited_budget_get_it_without_retraining(tiny_scale, tmp_path, monkeypatch):
+    """Test cells may finish before the DiT-limited budget is chosen on val: once the scale has it, running the
+    experiment again adds that snapshot's samples (beside the result, for stc-ssl's seed 0) and the setting,
+    from the kept DiT snapshots; nothing trains again."""
+    cell = "single-stage, no SSL"
+    before = dataclasses.replace(tiny_scale, dit_steps=4, convergence_every=2)
+    monkeypatch.setitem(SCALES, "tiny", before)
+    out, cells_dir = tmp_path / "stc-ssl", tmp_path / "cells"
+    run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, only=[cell])
+    target = out / slug(cell, keep="") / "seed-0"
+    first = json.loads((target / "result.json").read_text())
+    assert "dit_limited_step" not in first["settings"] and not (target / "samples-dit-limited-step-2.npz").exists()
+    trained = {p: p.stat().st_mtime_ns for p in Path(first["cell_dir"]).glob("runs/*/**/*") if p.is_file()}
+    assert any(p.name == "model.safetensors" for p in trained) and any("dit" in p.parts for p in trained)
+
+    monkeypatch.setitem(SCALES, "tiny", dataclasses.replace(before, dit_limited_step=2))
+    run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, only=[cell])
+    after = json.loads((target / "result.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # no weights written again
+    assert after["settings"]["dit_limited_step"] == 2
+    assert [p["step"] for p in after["convergence"]] == [p["step"] for p in first["convergence"]]
+    with np.load(target / "samples-dit-limited-step-2.npz") as f:
+        assert f["arr_0"].shape == (20, 32, 32, 3) and f["arr_0"].dtype == np.uint8
+    from tcae.studies.report import metric
+    assert metric(after, "fd_lim") == pytest.approx(next(p["fd_judge"] for p in first["convergence"]
+                                                         if p["step"] == 2))  # the same draw as its point
+    stamp = (target / "result.json").stat().st_mtime_ns
+    run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, only=[cell])
+    assert (target / "result.json").stat().st_mtime_ns == stamp  # up to date now: read back
 
 
 def test_choose_steps_takes_the_first_budget_whose_doubling_is_flat():

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,12 +142,49 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
     split = split or scale.eval_split
     eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
     done = eval_dir / "result.json"
-    if done.is_file():
+    if done.is_file() and not lacks_dit_limited(json.loads(done.read_text()), scale):
         return json.loads(done.read_text())
     with file_lock(cell_dir / ".lock", wait=wait):
-        if done.is_file():  # finished by another process while this one waited
-            return json.loads(done.read_text())
+        if done.is_file():  # finished (by another process while this one waited, or before the budget was chosen)
+            result = json.loads(done.read_text())
+            if lacks_dit_limited(result, scale):
+                result = _add_dit_limited(cell_dir, eval_dir, result, scale, judge, seed, reference_cache)
+            return result
         return _run_cell(cell_dir, eval_dir, overrides, scale, data, judge, seed, split, reference_cache)
+
+
+def lacks_dit_limited(result: dict, scale: Scale) -> bool:
+    """Whether a finished result predates the scale's DiT-limited budget (chosen on val after cells had started):
+    its samples at that snapshot and its setting are added from the kept snapshots, nothing retrained."""
+    has = (result.get("settings") or {}).get("dit_limited_step", 0)
+    return bool(scale.dit_limited_step) and has != scale.dit_limited_step and bool(result.get("convergence"))
+
+
+def _add_dit_limited(cell_dir: Path, eval_dir: Path, result: dict, scale: Scale, judge, seed: int,
+                     reference_cache: dict | None) -> dict:
+    """`result` with the DiT-limited budget: the snapshot's samples saved (drawn as its convergence point was,
+    same seed), its point recomputed, the setting recorded."""
+    step = scale.dit_limited_step
+    if step == scale.dit_steps:  # the final samples are the budget's
+        shutil.copyfile(eval_dir / FINAL_SAMPLES, eval_dir / limited_samples_name(step))
+    else:
+        runs = cell_dir / "runs"
+        tok = runs / ("decoder" if scale.decoder_steps else "tokenizer") / "model"
+        snaps = [s for s in dit_snapshots(runs / "dit", scale.convergence_every) if _snapshot_step(s) == step]
+        if not snaps:
+            raise ValueError(f"dit_limited_step={step} is not a DiT snapshot of {runs / 'dit'} (every "
+                             f"{scale.convergence_every} steps)")
+        with _timed(eval_dir / "timings.json", "convergence"):
+            points = {p["step"]: p for p in _convergence(eval_dir, snaps, runs / "dit", tok, scale, judge,
+                                                         result["eval_spec"], seed, reference_cache)}
+        result["convergence"] = [points.get(p["step"], p) for p in result["convergence"]]
+    result["settings"]["dit_limited_step"] = step
+    write_json_atomic(eval_dir / "result.json", result)
+    return result
+
+
+def _snapshot_step(path: Path) -> int:
+    return int(path.name.split("-")[1].split(".")[0])
 
 
 @contextlib.contextmanager
@@ -307,7 +345,7 @@ def _convergence(eval_dir: Path, snapshots: list[Path], dit_dir: Path, tok: Path
     points = {p["step"]: p for p in (json.loads(path.read_text()) if path.is_file() else [])}
     rec = _reconstructions(eval_dir, tok, eval_spec, scale.image_size)
     for snap in snapshots:
-        step = int(snap.name.split("-")[1].split(".")[0])
+        step = _snapshot_step(snap)
         kept = step != scale.dit_limited_step or (eval_dir / limited_samples_name(step)).is_file()
         if step in points and "fd_judge_vs_rec" in points[step] and kept:
             continue

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from tcae.data import parse_spec
-from tcae.studies.cells import FINAL_SAMPLES, cell_key, eval_dir_name, limited_samples_name, run_cell
+from tcae.studies.cells import (
+    FINAL_SAMPLES,
+    cell_key,
+    eval_dir_name,
+    lacks_dit_limited,
+    limited_samples_name,
+    run_cell,
+)
 from tcae.studies.paper import Scale, experiment_cells, resolve_scale
 from tcae.studies.report import write_report
 from tcae.studies.stages import judge_samples, split_spec
@@ -68,8 +75,9 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
                     raise ValueError(f"{target / 'result.json'} is a result of another configuration of cell "
                                      f"{cell!r} (run {result.get('key')}, now {now}): use another --out, or "
                                      "--report-only to report the results there")
-                results[cell][seed] = result
-                continue
+                if report_only or not lacks_dit_limited(result, scale):
+                    results[cell][seed] = result
+                    continue
             if report_only or (only and cell not in only):
                 missing.append(f"{cell}, seed {seed}")
                 continue
