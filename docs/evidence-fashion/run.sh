@@ -6,19 +6,45 @@
 #
 #   bash docs/evidence-fashion/run.sh curves     # stage 1 (val): both phases' learning curves choose their steps
 #   bash docs/evidence-fashion/run.sh collect    # copy the finished curve runs' scores into docs (commit them)
+#   bash docs/evidence-fashion/run.sh grid       # stages 2 and 3: two workers (below)
+#   bash docs/evidence-fashion/run.sh worker ITEM ...   # one worker over ITEMs (EXP[@SPLIT[@SEEDS[@CELL]]]), here
 #
 # After stage 1, the chosen steps go into tcae.studies.paper.DATA_SCALES[("tiny", "fashion")] (tokenizer_steps,
-# decoder_steps); stage 2 is `stc-ssl` on val (seed 0) to choose dit_limited_step; stage 3 the four experiments on
-# test with 3 seeds, `stc-ssl` first (docs/repro-fashion/run.sh's worker loop with --out docs/evidence-fashion/EXP).
+# decoder_steps). Stage 2: the baseline cell of `stc-ssl` on val (seed 0) chooses dit_limited_step (its report's
+# "Where the DiT limits generation"); its tokenizer and DiT are the test grid's seed-0 baseline (the key has no
+# split). Stage 3: the experiments on test with 3 seeds, `stc-ssl` first; cells finished before dit_limited_step
+# was set get its samples when their experiment runs again (nothing retrains). A worker skips (cell, seed) runs
+# the other holds in a first pass and waits for them in a second.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CELLS=${CELLS:-/work/evidence/cells}
 OUT=docs/evidence-fashion
+TCAE=${TCAE:-.venv/bin/tcae}
 case "${1:-}" in
+  worker)
+    shift
+    for wait in --no-wait ""; do
+      for item in "$@"; do
+        IFS=@ read -r exp split seeds only <<< "$item"
+        split=${split:-test}; seeds=${seeds:-3}
+        out="$OUT/$exp$([ "$split" = test ] || echo "-$split")"
+        OMP_NUM_THREADS=1 $TCAE repro "$exp" --data builtin:fashion --scale tiny --seeds "$seeds" \
+          --eval-split "$split" --out "$out" --cells "$CELLS" --no-progress $wait ${only:+--only "$only"}
+      done
+    done;;
+  grid)
+    mkdir -p out
+    nohup bash "$0" worker "stc-ssl@val@1@single-stage, no SSL" stc-ssl dcae ssl-method channels token-scaling \
+      > out/evidence-worker-1.log 2>&1 &
+    # worker 2 starts on another cell than worker 1's (else it may take the val cell's training, and the val
+    # evaluation would wait for worker 1's second pass)
+    nohup bash "$0" worker "stc-ssl@test@1@staged, SSL" stc-ssl dcae ssl-method channels token-scaling \
+      > out/evidence-worker-2.log 2>&1 &
+    echo "workers started: out/evidence-worker-{1,2}.log";;
   curves)
     mkdir -p out
     for w in 1 2; do
-      nohup bash -c "OMP_NUM_THREADS=1 .venv/bin/tcae repro curves --scale tiny --data builtin:fashion \
+      nohup bash -c "OMP_NUM_THREADS=1 $TCAE repro curves --scale tiny --data builtin:fashion \
         --out $OUT/curves --cells $CELLS --no-progress" > out/evidence-curves-$w.log 2>&1 &
       sleep 5
     done
@@ -30,5 +56,5 @@ case "${1:-}" in
       cp "$f" "$OUT/curves/scores/$(basename "$(dirname "$(dirname "$f")")").json"
     done
     ls $OUT/curves/scores;;
-  *) echo "usage: $0 curves|collect" >&2; exit 2;;
+  *) echo "usage: $0 curves|collect|grid|worker ITEM..." >&2; exit 2;;
 esac
