@@ -510,8 +510,8 @@ def tiny_fashion(tmp_path, monkeypatch) -> paper.Scale:
     make_fashion(tmp_path / "fm", per_class=24)
     monkeypatch.setenv(fm.ENV_FOLDER, str(tmp_path / "fm"))
     monkeypatch.setenv(judges.ENV_CACHE, str(tmp_path / "cache"))
-    scale = dataclasses.replace(FASHION, tokenizer_steps=2, dit_steps=4, convergence_every=2, per_class=3,
-                                sample_steps=4)
+    scale = dataclasses.replace(FASHION, tokenizer_steps=2, decoder_steps=2, dit_steps=4, convergence_every=2,
+                                convergence_steps=(), per_class=3, sample_steps=4)
     monkeypatch.setitem(DATA_SCALES, ("tiny", "fashion"), scale)
     return scale
 
@@ -520,7 +520,7 @@ def tiny_fashion(tmp_path, monkeypatch) -> paper.Scale:
 def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_path):
     out, cells_dir = tmp_path / "repro", tmp_path / "repro" / "cells"
     report = run_experiment("channels", "tiny", out=out / "channels", data="builtin:fashion", seeds=2)
-    assert len(_trained_runs(cells_dir)) == 2 * 4  # 2 cells x 2 seeds, a tokenizer and a DiT each
+    assert len(_trained_runs(cells_dir)) == 2 * 2 * 3  # 2 cells x 2 seeds, both tokenizer phases and a DiT each
     text = report.read_text()
     for part in ("## The scale against the paper's regime", "## Paper (ImageNet 256x256)", "## Verdicts",
                  "## Per-seed values", "## Cost and wall time", "![convergence](convergence.png)", "FD-fashion",
@@ -549,7 +549,7 @@ def test_repro_fashion_seeds_shared_cells_resume_and_report(tiny_fashion, tmp_pa
     trained = _trained_runs(cells_dir)
     run_experiment("ssl-method", "tiny", out=out / "ssl-method", data="builtin:fashion", seeds=1)
     now = _trained_runs(cells_dir)
-    assert len(now) == len(trained) + 2 * 2 and all(now[p] == t for p, t in trained.items())
+    assert len(now) == len(trained) + 2 * 3 and all(now[p] == t for p, t in trained.items())
     ibot = _experiment_results(out / "ssl-method")["iBOT"]
     assert ibot["key"] == r0["key"] and ibot["generation"] == r0["generation"]
 
@@ -636,7 +636,7 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
     from tcae.evaluation import DigitsJudge
 
     two = dataclasses.replace(tiny_scale, decoder_config="tiny-decoder", decoder_steps=2, dit_steps=4,
-                              convergence_every=2, dit_limited_step=2)
+                              convergence_every=2, convergence_steps=(1,), dit_limited_step=2)
     assert cell_key(["ssl=false"], two, DIGITS, 0) != cell_key(["ssl=false"], tiny_scale, DIGITS, 0)
     longer = dataclasses.replace(two, decoder_steps=3)
     assert cell_key(["ssl=false"], longer, DIGITS, 0) != cell_key(["ssl=false"], two, DIGITS, 0)
@@ -660,6 +660,9 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
             assert f["arr_0"].dtype == np.uint8 and f["arr_0"].shape == (20, 32, 32, 3) and f["arr_1"].shape == (20,)
     from tcae.studies.report import metric
     assert metric(result, "fd_lim") == next(p["fd_judge"] for p in result["convergence"] if p["step"] == 2)
+    # a dense early snapshot (convergence_steps) besides every convergence_every; the first regular one is step 2
+    assert [p["step"] for p in result["convergence"]] == [1, 2, 4]
+    assert metric(result, "gap1") == result["convergence"][1]["fd_judge_vs_rec"]
 
 
 def test_results_before_the_dit_limited_budget_get_it_without_retraining(tiny_scale, tmp_path, monkeypatch):

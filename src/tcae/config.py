@@ -141,6 +141,8 @@ class LoopConfig:
     log_every: int = 10
     image_every: int = 0
     checkpoint_every: int = 500
+    # also checkpoint at these steps (e.g. dense early snapshots of a DiT's convergence; with keep_last=0 all stay)
+    checkpoint_at: list[int] = field(default_factory=list)
     keep_last: int = 3
     resume: str = "auto"  # auto: continue runs/NAME if it has a checkpoint; never; or a checkpoint path
     progress: bool = True
@@ -333,6 +335,8 @@ def _expected_type(cfg: DictConfig, key: str) -> str | None:
         return None
     if OmegaConf.is_config(leaf):  # a tuple / list field (TupleConfig in omegaconf 2.4, ListConfig before)
         items = list(leaf)
+        if not items:
+            return "a list such as [1, 2]"
         kind = "numbers" if all(isinstance(v, (int, float)) for v in items) else "values"
         return f"a list of {len(items)} {kind} like {items}"
     return _TYPE_WORDS.get(type(leaf).__name__)

@@ -65,6 +65,8 @@ def decoder_overrides(scale: Scale, data: str, seed: int, init: Path | str) -> l
 
 def dit_overrides(scale: Scale, seed: int) -> list[str]:
     conv = [f"checkpoint_every={scale.convergence_every}", "keep_last=0"] if scale.convergence_every else []
+    if scale.convergence_every and scale.convergence_steps:
+        conv.append(f"checkpoint_at=[{','.join(str(s) for s in scale.convergence_steps)}]")
     return ["name=dit", f"steps={scale.dit_steps}", f"seed={seed}", "progress=false", *conv, *scale.dit_extra]
 
 
@@ -126,7 +128,10 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
 
 def eval_dir_name(scale: Scale, split: str, judge_name: str | None) -> str:
     """The evaluation folder inside a cell: one per (split, sample settings, judge)."""
-    blob = json.dumps([scale.per_class, scale.sample_steps, scale.convergence_every, judge_name], sort_keys=True)
+    settings = [scale.per_class, scale.sample_steps, scale.convergence_every, judge_name]
+    if scale.convergence_steps:  # added later: the folders of scales without it keep their names
+        settings.append(list(scale.convergence_steps))
+    blob = json.dumps(settings, sort_keys=True)
     return f"eval-{split}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -170,7 +175,8 @@ def _add_dit_limited(cell_dir: Path, eval_dir: Path, result: dict, scale: Scale,
     else:
         runs = cell_dir / "runs"
         tok = runs / ("decoder" if scale.decoder_steps else "tokenizer") / "model"
-        snaps = [s for s in dit_snapshots(runs / "dit", scale.convergence_every) if _snapshot_step(s) == step]
+        snaps = [s for s in dit_snapshots(runs / "dit", scale.convergence_every, scale.convergence_steps)
+                 if _snapshot_step(s) == step]
         if not snaps:
             raise ValueError(f"dit_limited_step={step} is not a DiT snapshot of {runs / 'dit'} (every "
                              f"{scale.convergence_every} steps)")
@@ -251,7 +257,8 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
     with _timed(train_times, "dit"):
         overrides = dit_overrides(scale, seed)
         dit = dit_stage(runs, lat, overrides + fit_batch(lat, scale.dit_config, overrides), config=scale.dit_config)
-        snapshots = dit_snapshots(runs / "dit", scale.convergence_every) if scale.convergence_every else []
+        snapshots = dit_snapshots(runs / "dit", scale.convergence_every, scale.convergence_steps) \
+            if scale.convergence_every else []
     with _timed(eval_times, "evaluate"):
         ev = evaluate_stage(tok, eval_spec, scale.image_size, eval_dir, train_spec=train, diag_spec=eval_spec,
                             progress=progress)
@@ -290,6 +297,7 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
             "settings": {"tokenizer_steps": scale.tokenizer_steps, "dit_steps": scale.dit_steps,
                          "per_class": scale.per_class, "sample_steps": scale.sample_steps,
                          "convergence_every": scale.convergence_every,
+                         **({"convergence_steps": list(scale.convergence_steps)} if scale.convergence_steps else {}),
                          **({"decoder_config": scale.decoder_config, "decoder_steps": scale.decoder_steps}
                             if scale.decoder_steps else {}),
                          **({"dit_limited_step": scale.dit_limited_step} if scale.dit_limited_step else {})}}

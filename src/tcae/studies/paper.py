@@ -17,8 +17,10 @@ class Scale:
 
     `decoder_config` / `decoder_steps`: phase 2 (decoder fine-tuning, encoder frozen, no SSL) after phase 1,
     the same budget for every cell (0 steps: phase 1 only); `convergence_every`: DiT steps between the
-    checkpoints sampled for the convergence curve (0: none); `dit_limited_step`: the DiT budget (a snapshot
-    step) at which generation is limited by the DiT rather than the decoder, chosen on val (0: not chosen);
+    checkpoints sampled for the convergence curve (0: none); `convergence_steps`: more snapshot steps besides
+    those (dense early points, where the DiT-limited budget and the steps to reach it lie); `dit_limited_step`:
+    the DiT budget (a snapshot step) at which generation is limited by the DiT rather than the decoder, chosen
+    on val (0: not chosen);
     `curve_steps` / `curve_decoder_steps`: the phase-1 / phase-2 budgets `tcae repro curves` tries;
     `curve_budget_steps` (0: none): the most phase-1 steps the experiments' compute affords, `budget_note` why;
     `extra` / `dit_extra`: overrides of every cell's tokenizer / DiT; `mapping`: markdown table of how
@@ -38,6 +40,7 @@ class Scale:
     eval_split: str = "val"
     sample_steps: int = 50
     convergence_every: int = 0
+    convergence_steps: tuple[int, ...] = ()
     mapping: str = ""
     decoder_config: str = ""
     decoder_steps: int = 0
@@ -78,11 +81,13 @@ SCALES = {
 # (scale, data kind) -> the scale on that data, where it differs from SCALES[scale]
 DATA_SCALES = {
     # steps chosen on val by `tcae repro curves` (docs/evidence-fashion/curves): phase 1 at the budget's cap (no
-    # plateau), phase 2 where doubling changes val PSNR by < 0.3 dB; DiT snapshots every 160 steps, so that the
-    # DiT-limited budget and the steps TC-AE needs to reach the baseline's FD are resolved finely
+    # plateau), phase 2 where doubling changes val PSNR by < 0.3 dB. DiT snapshots every 160 steps and densely
+    # before 320: on val the baseline's FD falls below 3x its rFD between 160 and 320 DiT steps, so the DiT-limited
+    # budget and the steps TC-AE needs to reach the baseline's FD there lie in the first few hundred steps
     ("tiny", "fashion"): Scale("fashion", "dit-tiny", "builtin:fashion", 32, 10, tokenizer_steps=4000,
                                dit_steps=1600, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
                                eval_split="test", convergence_every=160, mapping=FASHION_MAPPING, decoder_steps=500,
+                               convergence_steps=(20, 40, 60, 80, 100, 120, 140, 200, 240, 280),
                                decoder_config="fashion-decoder", curve_steps=(1000, 2000, 4000, 8000),
                                curve_decoder_steps=(500, 1000, 2000, 4000), curve_budget_steps=4000,
                                budget_note=FASHION_BUDGET),

@@ -32,8 +32,8 @@ METRICS = {
     # the decoder's share of FD: reconstructions vs real; the DiT's: samples vs reconstructions
     "rfd": ("rFD-judge", ("generation", "rfd_judge"), False),
     "gap": ("FD vs rec.", ("generation", "fd_judge_vs_rec"), False),
-    # at the first EMA snapshot (step settings.convergence_every; checked, see metric())
-    "gap1": ("FD vs rec. @ 1st snapshot", ("convergence", 0, "fd_judge_vs_rec"), False),
+    # at the first regular EMA snapshot (step settings.convergence_every; see metric())
+    "gap1": ("FD vs rec. @ 1st snapshot", (), False),
     # the DiT's share rescaled by the decoder's feature scale (results since the evaluation stores tr Σ_rec):
     # a blurrier decoder's reconstructions span less of the judge's feature space, so the same DiT error reads as
     # a smaller FD vs rec.; dividing by tr Σ_rec (x1000) does not change when the features are scaled. Class
@@ -57,10 +57,9 @@ def metric(result: dict, key: str) -> float | None:
         step = (result.get("settings") or {}).get("dit_limited_step")
         point = [p for p in result.get("convergence") or [] if step and p.get("step") == step]
         return float(point[0]["fd_judge"]) if point else None
-    if key == "gap1":  # the first convergence point must be the first snapshot, not whatever came first
-        points, every = result.get("convergence") or [], (result.get("settings") or {}).get("convergence_every")
-        if not points or points[0].get("step") != every:
-            return None
+    if key == "gap1":  # the point at the first regular snapshot (step convergence_every), not whatever came first
+        point = _point(result, 1)
+        return None if point is None or point.get("fd_judge_vs_rec") is None else float(point["fd_judge_vs_rec"])
     r = result
     for p in METRICS[key][1]:  # dict keys, or an index into a list (a convergence point)
         if isinstance(p, int) and isinstance(r, list) and -len(r) <= p < len(r):
@@ -77,13 +76,18 @@ RESCALED = ("gap1_rel", "agree2_rel")
 OPTIONAL = (*RESCALED, "fd_lim", "psnr_p1")
 
 
+def _point(result: dict, k: int) -> dict | None:
+    """The convergence point at the k-th regular snapshot (step k * convergence_every), or None."""
+    every = (result.get("settings") or {}).get("convergence_every")
+    return next((p for p in result.get("convergence") or [] if every and p.get("step") == k * every), None)
+
+
 def _rescaled(result: dict, key: str) -> float | None:
-    gen, every = result.get("generation") or {}, (result.get("settings") or {}).get("convergence_every")
+    gen = result.get("generation") or {}
     if key == "gap1_rel":
         gap1, trace = metric(result, "gap1"), gen.get("rec_feature_trace")
         return None if gap1 is None or not trace else 1000 * gap1 / trace
-    points = result.get("convergence") or []
-    second = points[1] if len(points) > 1 and every and points[1].get("step") == 2 * every else None
+    second = _point(result, 2)
     acc = gen.get("rec_class_agreement")
     return None if second is None or not acc else second["class_agreement"] / acc
 

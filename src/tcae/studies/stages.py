@@ -172,8 +172,8 @@ def judge_samples(images: np.ndarray, labels: np.ndarray, judge: FeatureNetwork,
             "feature_trace": res["feature_trace"]}
 
 
-def dit_snapshots(dit_run: Path, every: int) -> list[Path]:
-    """EMA snapshots of a finished `tcae train-dit` run at every `every` steps before its last:
+def dit_snapshots(dit_run: Path, every: int, extra: tuple[int, ...] | list[int] = ()) -> list[Path]:
+    """EMA snapshots of a finished `tcae train-dit` run at every `every` steps (and the `extra` steps) before its last:
     `dit_run/ema/step-N.safetensors` (the EMA DiT the run would have exported at step N, its config
     in the metadata). Made once from the training checkpoints, which are then deleted (all but the
     newest, which resuming needs): a snapshot is a quarter of a checkpoint (no model, no optimizer)."""
@@ -187,7 +187,7 @@ def dit_snapshots(dit_run: Path, every: int) -> list[Path]:
     for ckpt in ckpts[:-1]:
         step = int(ckpt.stem.split("-")[1])
         target = snap_dir / f"step-{step:08d}.safetensors"
-        if step % every == 0 and not target.is_file():
+        if (step % every == 0 or step in extra) and not target.is_file():
             state = load_checkpoint(ckpt)
             try:
                 config = state["signature"]["dit"]

@@ -48,7 +48,7 @@ log = logging.getLogger("tcae.train")
 # precision, phase, init) shapes the weights: resuming a checkpoint with a different value is refused.
 RESUMABLE_KEYS = frozenset({
     "name", "run_dir", "steps", "resume", "progress", "logger", "log_every", "image_every", "checkpoint_every",
-    "keep_last", "device", "compile", "grad_accum", "data.num_workers", "latent_stats_images",
+    "checkpoint_at", "keep_last", "device", "compile", "grad_accum", "data.num_workers", "latent_stats_images",
 })
 # what `resume=never` deletes before starting over: everything the loop itself writes into a run directory
 RUN_OUTPUTS = ("checkpoints", "model", "tb", "scalars.jsonl")
@@ -456,6 +456,7 @@ class TrainLoop:
         cfg = self.cfg
         self.resume()
         start = self.step
+        checkpoint_at = set(cfg.get("checkpoint_at") or ())
         o = cfg.optim
         if self.is_main and o.warmup_steps > cfg.steps:
             log.warning("the learning-rate warm-up (optim.warmup_steps=%d) is longer than the run (steps=%d): the "
@@ -502,7 +503,7 @@ class TrainLoop:
                                  timedelta(seconds=round(eta)))
             if self.is_main and cfg.image_every and self.step % cfg.image_every == 0:
                 self.on_log_images()
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self.step in checkpoint_at:
                 self.save()
             bar.update(1)
         bar.close()
