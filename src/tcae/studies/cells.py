@@ -77,7 +77,8 @@ def dit_overrides(scale: Scale, seed: int) -> list[str]:
 KEY_NEUTRAL_DEFAULTS = ((("tokenizer",), "ssl", "recon_view", "crop"),
                         (("tokenizer", "decoder", "dit"), "", "ema_warmup", False),
                         (("tokenizer", "decoder"), "", "decoder_part", "all"),
-                        (("dit",), "model", "class_names", None))
+                        (("dit",), "model", "class_names", None),
+                        (("tokenizer", "decoder", "dit"), "", "checkpoint_at", []))
 
 
 def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
