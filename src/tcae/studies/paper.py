@@ -88,6 +88,9 @@ DATA_SCALES = {
                                dit_steps=1600, per_class=100, base_channels=8, dit_extra=["ema_decay=0.995"],
                                eval_split="test", convergence_every=160, mapping=FASHION_MAPPING, decoder_steps=500,
                                convergence_steps=(20, 40, 60, 80, 100, 120, 140, 200, 240, 280),
+                               # the last snapshot where the baseline's FD >= 3x its rFD on val, seed 0 (3.17x;
+                               # 2.90x at 280): docs/evidence-fashion/stc-ssl-val/report.md
+                               dit_limited_step=240,
                                decoder_config="fashion-decoder", curve_steps=(1000, 2000, 4000, 8000),
                                curve_decoder_steps=(500, 1000, 2000, 4000), curve_budget_steps=4000,
                                budget_note=FASHION_BUDGET),
