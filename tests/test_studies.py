@@ -782,3 +782,11 @@ def test_the_report_carries_the_curves_and_the_dit_limited_budget(tmp_path):
     assert outcome["TC-AE generates better than the baseline"] == "reproduced"  # 26 vs 61 at step 200
     assert "DiT-limited budget (the last snapshot with ratio >= 3): 200 steps." in text  # 61/15 >= 3 > 41/15
     assert "to the baseline's FD at the DiT-limited budget (200 steps)" in text
+    # a phase-1 choice below the largest measured budget without a plateau: the compute cap, said as such
+    write_json_atomic(tmp_path / "curves" / "curves.json", {
+        "data": DIGITS, "split": "val", "tolerance_db": 0.3, "phase1": points, "phase2": points,
+        "chosen": {"phase1_steps": 1000, "phase1_plateau": False, "phase2_steps": 2000, "phase2_plateau": False}})
+    text = write_report(tmp_path / "stc-ssl", "stc-ssl", "tiny", SCALES["tiny"], DIGITS, "val", results, None,
+                        3).read_text()
+    assert ("Phase 1: **1000 steps** (the most the experiments' compute affords: no plateau reached; up to 2000 "
+            "steps were measured); phase 2: **2000 steps** (the largest budget: no plateau reached)") in text

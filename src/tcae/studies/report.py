@@ -568,13 +568,18 @@ def _curves_section(out: Path, data: str) -> list[str]:
     def by_steps(phase: dict) -> dict:
         return {model: {int(s): r for s, r in points.items()} for model, points in phase.items()}
 
-    def plateau(ok: bool) -> str:
-        return "" if ok else " (the largest budget: no plateau reached)"
+    def plateau(ok: bool, steps: int, phase: dict) -> str:
+        largest = max(int(s) for points in phase.values() for s in points)
+        return "" if ok else (" (the largest budget: no plateau reached)" if steps >= largest else
+                              f" (the most the experiments' compute affords: no plateau reached; up to {largest} "
+                              "steps were measured)")
     return ["## How many steps: learning curves of both phases", "",
             f"From `tcae repro curves` on `{curves['split']}`, seed 0 (`../curves/report.md`): one run per budget; "
             f"chosen is the smallest budget whose doubling changes val PSNR by less than {curves['tolerance_db']} "
-            f"dB for both models. Phase 1: **{chosen['phase1_steps']} steps**{plateau(chosen['phase1_plateau'])}; "
-            f"phase 2: **{chosen['phase2_steps']} steps**{plateau(chosen['phase2_plateau'])}.", "",
+            f"dB for both models. Phase 1: **{chosen['phase1_steps']} steps**"
+            f"{plateau(chosen['phase1_plateau'], chosen['phase1_steps'], curves['phase1'])}; "
+            f"phase 2: **{chosen['phase2_steps']} steps**"
+            f"{plateau(chosen['phase2_plateau'], chosen['phase2_steps'], curves['phase2'])}.", "",
             "![curves](../curves/curves.png)", "", "Phase 1 (joint training):", "",
             *curve_table(by_steps(curves["phase1"])), "",
             f"Phase 2 (decoder fine-tuning) from phase 1 at {chosen['phase1_steps']} steps:", "",
