@@ -511,7 +511,7 @@ def tiny_fashion(tmp_path, monkeypatch) -> paper.Scale:
     monkeypatch.setenv(fm.ENV_FOLDER, str(tmp_path / "fm"))
     monkeypatch.setenv(judges.ENV_CACHE, str(tmp_path / "cache"))
     scale = dataclasses.replace(FASHION, tokenizer_steps=2, decoder_steps=2, dit_steps=4, convergence_every=2,
-                                convergence_steps=(), per_class=3, sample_steps=4)
+                                convergence_steps=(), dit_limited_step=0, per_class=3, sample_steps=4)
     monkeypatch.setitem(DATA_SCALES, ("tiny", "fashion"), scale)
     return scale
 
@@ -646,10 +646,13 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
     eval_dir = cell / eval_dir_name(two, "val", "judge:digits")
     assert "dit_limited_step" not in first["settings"] and not (eval_dir / "samples-dit-limited-step-2.npz").exists()
     trained = {p: p.stat().st_mtime_ns for p in (cell / "runs").glob("**/*") if p.is_file()}
+    trained[eval_dir / "samples-final.npz"] = (eval_dir / "samples-final.npz").stat().st_mtime_ns  # not drawn again
+    sampled = json.loads((eval_dir / "timings.json").read_text())["sample"]
     # ... the scale has it now: its samples and setting are added from the kept snapshots, nothing trains again
     result = run_cell(cell, ["ssl=false"], two, DIGITS, judge=DigitsJudge())
     assert {p: p.stat().st_mtime_ns for p in trained} == trained and result["settings"]["dit_limited_step"] == 2
     assert [p["step"] for p in result["convergence"]] == [p["step"] for p in first["convergence"]]
+    assert json.loads((eval_dir / "timings.json").read_text())["sample"] == sampled  # no final evaluation again
     p1, p2 = cell / "runs" / "tokenizer", cell / "runs" / "decoder"
     cfg2 = load_config(TrainConfig, str(p2 / "config.yaml"))
     assert cfg2.phase == "decoder" and cfg2.steps == 2 and cfg2.init == str(p1)
@@ -673,6 +676,14 @@ def test_a_cell_runs_both_phases_and_keys_phase_2(tiny_scale, tmp_path, monkeypa
     # a dense early snapshot (convergence_steps) besides every convergence_every; the first regular one is step 2
     assert [p["step"] for p in result["convergence"]] == [1, 2, 4]
     assert metric(result, "gap1") == result["convergence"][1]["fd_judge_vs_rec"]
+
+
+def test_a_dit_limited_budget_must_be_a_snapshot():
+    ok = dataclasses.replace(FASHION, dit_limited_step=FASHION.dit_steps)  # the last step: the final samples
+    assert ok.dit_limited_step == ok.dit_steps
+    for bad in (250, 2 * FASHION.dit_steps):
+        with pytest.raises(ValueError, match=f"dit_limited_step={bad} is not a DiT snapshot"):
+            dataclasses.replace(FASHION, dit_limited_step=bad)
 
 
 def test_choose_steps_takes_the_first_budget_whose_doubling_is_flat():

@@ -172,22 +172,33 @@ def _add_dit_limited(cell_dir: Path, eval_dir: Path, result: dict, scale: Scale,
     same seed), its point recomputed, the setting recorded."""
     step = scale.dit_limited_step
     if step == scale.dit_steps:  # the final samples are the budget's
-        shutil.copyfile(eval_dir / FINAL_SAMPLES, eval_dir / limited_samples_name(step))
+        _final_as_limited(eval_dir, step)
     else:
         runs = cell_dir / "runs"
         tok = runs / ("decoder" if scale.decoder_steps else "tokenizer") / "model"
         snaps = [s for s in dit_snapshots(runs / "dit", scale.convergence_every, scale.convergence_steps)
                  if _snapshot_step(s) == step]
         if not snaps:
-            raise ValueError(f"dit_limited_step={step} is not a DiT snapshot of {runs / 'dit'} (every "
-                             f"{scale.convergence_every} steps)")
+            raise ValueError(f"dit_limited_step={step} is not a DiT snapshot of {runs / 'dit'} (snapshots every "
+                             f"{scale.convergence_every} steps and at {list(scale.convergence_steps)})")
+        eval_spec = result.get("eval_spec") or split_spec(result["data"], result["split"])
         with _timed(eval_dir / "timings.json", "convergence"):
             points = {p["step"]: p for p in _convergence(eval_dir, snaps, runs / "dit", tok, scale, judge,
-                                                         result["eval_spec"], seed, reference_cache)}
+                                                         eval_spec, seed, reference_cache)}
         result["convergence"] = [points.get(p["step"], p) for p in result["convergence"]]
-    result["settings"]["dit_limited_step"] = step
+        result.setdefault("timings_s", {})["convergence"] = json.loads((eval_dir / "timings.json").read_text()
+                                                                       )["convergence"]
+    result.setdefault("settings", {})["dit_limited_step"] = step
     write_json_atomic(eval_dir / "result.json", result)
     return result
+
+
+def _final_as_limited(eval_dir: Path, step: int) -> None:
+    """Where the DiT-limited budget is the last step, its samples are the final ones."""
+    if not (eval_dir / FINAL_SAMPLES).is_file():
+        raise FileNotFoundError(f"{eval_dir / FINAL_SAMPLES} not found: this result predates saved final samples; "
+                                "evaluate the cell again (delete its result.json)")
+    shutil.copyfile(eval_dir / FINAL_SAMPLES, eval_dir / limited_samples_name(step))
 
 
 def _snapshot_step(path: Path) -> int:
@@ -275,6 +286,8 @@ def score_tokenizer(cell_dir: Path, eval_dir: Path, tok: Path | str, scale: Scal
                                           scale.sample_steps, seed=seed)
         _save_grid(images, labels, eval_dir / "samples.png")
         save_samples_npz(images, eval_dir / FINAL_SAMPLES, labels, compress=True)  # for anyone's own judge
+        if scale.dit_limited_step == scale.dit_steps:
+            _final_as_limited(eval_dir, scale.dit_steps)
         if judge is not None:
             with _timed(eval_times, "judge"):
                 gen.update(judge_samples(images, labels, judge, eval_spec, scale.image_size, reference_cache))

@@ -116,6 +116,7 @@ def run_curves(scale_name: str = "tiny", data: str | None = None, out: Path | No
     chosen2, plateau2 = choose_steps({m: {s: r["psnr"] for s, r in c.items()} for m, c in phase2.items()})
     summary = {"scale": scale_name, "data": data, "split": split, "tolerance_db": TOLERANCE_DB,
                "phase1": phase1, "phase2": phase2, "chosen": {"phase1_steps": chosen1, "phase1_plateau": plateau1,
+                                                              "phase1_cap": scale.curve_budget_steps,
                                                               "phase2_steps": chosen2, "phase2_plateau": plateau2}}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "curves.json", summary)
@@ -167,8 +168,9 @@ def _report(scale: Scale, scale_name: str, data: str, split: str, phase1: dict, 
     def verdict(chosen: int, plateau: bool, cap: int = 0) -> str:
         if plateau:
             return f"**{chosen} steps**: doubling it changes val PSNR by less than {TOLERANCE_DB} dB for both models"
+        capped = cap and chosen == cap and max(scale.curve_steps) > cap
         why = (f"the most the experiments' compute affords (the scale's cap, {cap} steps: {scale.budget_note})"
-               if cap else "the largest budget tried")
+               if capped else "the largest budget tried")
         return (f"**{chosen} steps**, {why}: the plateau was not reached (doubling still changes val PSNR by "
                 f"{TOLERANCE_DB} dB or more); more steps would still help")
     return "\n".join([

@@ -50,6 +50,14 @@ class Scale:
     curve_budget_steps: int = 0
     budget_note: str = ""
 
+    def __post_init__(self) -> None:
+        step = self.dit_limited_step
+        snapshot = step == self.dit_steps or step in self.convergence_steps or (
+            self.convergence_every and step % self.convergence_every == 0)
+        if step and (step > self.dit_steps or not snapshot):
+            raise ValueError(f"dit_limited_step={step} is not a DiT snapshot (every {self.convergence_every} steps, "
+                             f"at {list(self.convergence_steps)} or the last, {self.dit_steps})")
+
 
 FASHION_MAPPING = """\
 | | paper (ImageNet 256x256) | tiny (Fashion-MNIST) |

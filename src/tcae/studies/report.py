@@ -543,6 +543,8 @@ def _judge_text(judge, fd_name: str, scale: Scale, split: str, floor: dict | Non
 
 def _settings_text(s: Scale, split: str, seeds: int) -> str:
     snaps = f", EMA snapshots every {s.convergence_every} steps" if s.convergence_every else ""
+    if s.convergence_every and s.convergence_steps:
+        snaps += f" and at {', '.join(str(k) for k in s.convergence_steps)}"
     phase2 = (f", then phase 2 (decoder fine-tuning, encoder frozen) `{s.decoder_config}` ({s.decoder_steps} steps)"
               if s.decoder_steps else "")
     limited = (f" The DiT-limited budget is {s.dit_limited_step} DiT steps (chosen on val: the baseline's FD there is "
@@ -568,16 +570,19 @@ def _curves_section(out: Path, data: str) -> list[str]:
     def by_steps(phase: dict) -> dict:
         return {model: {int(s): r for s, r in points.items()} for model, points in phase.items()}
 
-    def plateau(ok: bool, steps: int, phase: dict) -> str:
-        largest = max(int(s) for points in phase.values() for s in points)
-        return "" if ok else (" (the largest budget: no plateau reached)" if steps >= largest else
-                              f" (the most the experiments' compute affords: no plateau reached; up to {largest} "
-                              "steps were measured)")
+    def plateau(ok: bool, steps: int, phase: dict, cap: int | None = None) -> str:
+        if ok:
+            return ""
+        largest = max((int(s) for points in phase.values() for s in points), default=steps)
+        # older curves.json files have no cap: a choice below the largest measured budget can only be one
+        capped = steps == cap if cap is not None else steps < largest
+        return (f" (the most the experiments' compute affords: no plateau reached; up to {largest} steps were "
+                "measured)" if capped and steps < largest else " (the largest budget: no plateau reached)")
     return ["## How many steps: learning curves of both phases", "",
             f"From `tcae repro curves` on `{curves['split']}`, seed 0 (`../curves/report.md`): one run per budget; "
             f"chosen is the smallest budget whose doubling changes val PSNR by less than {curves['tolerance_db']} "
             f"dB for both models. Phase 1: **{chosen['phase1_steps']} steps**"
-            f"{plateau(chosen['phase1_plateau'], chosen['phase1_steps'], curves['phase1'])}; "
+            f"{plateau(chosen['phase1_plateau'], chosen['phase1_steps'], curves['phase1'], chosen.get('phase1_cap'))}; "
             f"phase 2: **{chosen['phase2_steps']} steps**"
             f"{plateau(chosen['phase2_plateau'], chosen['phase2_steps'], curves['phase2'])}.", "",
             "![curves](../curves/curves.png)", "", "Phase 1 (joint training):", "",
