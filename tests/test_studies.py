@@ -166,7 +166,9 @@ def test_cell_key_same_config_same_key():
     # keys of runs made before a setting existed do not move (the grid spans sessions): the issue-12 grid's
     # TC-AE and no-SSL cells keep their pinned keys with that grid's settings (alpha 1, crop view, a fixed EMA
     # decay), though settings were added since (decoder_part, the DiT's class_names) at their neutral values
-    old = dataclasses.replace(FASHION, dit_extra=[*FASHION.dit_extra, "ema_warmup=false"])
+    old = dataclasses.replace(FASHION, tokenizer_steps=700, decoder_steps=0, convergence_every=320,  # that grid's
+                              convergence_steps=(), dit_limited_step=0,
+                              dit_extra=[*FASHION.dit_extra, "ema_warmup=false"])
     old_tcae = ["loss.alpha=1", "ssl.recon_view=crop", "ema_warmup=false"]
     assert key(old_tcae, old, data, 0) == "b3afc6b73b3c625f"
     assert key(["ssl=false", "loss.alpha=1", "ema_warmup=false"], old, data, 0) == "8bfc788e6fd482a9"
@@ -179,7 +181,7 @@ def test_cell_key_same_config_same_key():
     assert key(["ssl.recon_view=full", "loss.alpha=1", "ema_warmup=false"], old, data, 0) != key(old_tcae, old, data, 0)
     assert key([], FASHION, data, 1) != tcae  # seeds are distinct runs
     assert key(["model.latent_channels=16"], FASHION, data, 0) != tcae
-    assert key([], dataclasses.replace(FASHION, dit_steps=7), data, 0) != tcae
+    assert key([], dataclasses.replace(FASHION, dit_steps=7, dit_limited_step=0), data, 0) != tcae
     assert key([], FASHION, DIGITS, 0) != tcae  # other data, other run
     # sample counts do not retrain: they select another evaluation folder of the same run
     assert eval_dir_name(FASHION, "test", "judge:fashion") != eval_dir_name(

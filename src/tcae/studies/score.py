@@ -78,6 +78,8 @@ def score_models(models: list[str], data: str | None = None, budget: str = "tiny
     num_classes = dataset_num_classes(split_spec(data, "train"))
     conditional = num_classes >= 2  # one class (or none): an unconditional DiT, its samples unlabelled
     changes = {k: v for k, v in (("dit_steps", dit_steps), ("image_size", image_size)) if v is not None}
+    if dit_steps is not None and scale.dit_limited_step > dit_steps:  # a shorter DiT never reaches that budget
+        changes["dit_limited_step"] = 0
     scale = dataclasses.replace(scale, num_classes=num_classes if conditional else 1, **changes)
     label = budget_name(budget, dit_steps, image_size)
     names = names or [slug(Path(m.removeprefix("diffusers:").rstrip("/")).name) or "model" for m in models]
