@@ -74,9 +74,9 @@ FASHION_MAPPING = """\
 """
 
 # why the fashion grid's phase 1 stops at 4000 steps (docs/evidence-fashion/curves: the plateau is further out)
-FASHION_BUDGET = ("the four experiments are 10 distinct cells x 3 seeds = 30 tokenizers in about 24 worker-hours "
-                  "(issue 22), about 48 min of one 1-thread worker each for both phases, the DiT and its samples; "
-                  "phase 1 at 8000 steps alone takes about 55 min with SSL")
+FASHION_BUDGET = ("the four experiments are 10 distinct cells x 3 seeds = 30 (cell, seed) runs in the about 18 "
+                  "worker-hours issue 22's 24 leave after the curves; at 4000 phase-1 steps a run takes about 30 min "
+                  "of one 1-thread worker (both phases, DiT, evaluation: 15 h for 30), at 8000 about 55 min (27 h)")
 
 SCALES = {
     "tiny": Scale("digits", "dit-tiny", "builtin:digits", 32, 10, tokenizer_steps=400, dit_steps=1500,
