@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/tcae demo --out out/demo
 
+# one pytest-xdist worker per core, at most 4 (tests run torch on one thread: conftest.py); -n 0 runs serially
+PYTEST_WORKERS ?= -n auto --maxprocesses 4
+
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q $(PYTEST_WORKERS)
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q $(PYTEST_WORKERS) -m "not slow"
 
 # ruff, and the import layers of pyproject.toml's [tool.importlinter] (function-level imports included)
 lint: $(STAMP)

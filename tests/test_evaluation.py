@@ -256,6 +256,26 @@ def test_diagnose_digits_and_write_stats(tmp_path):
     np.testing.assert_allclose(reloaded.latent_std.numpy(), result["latent_stats"]["std"], rtol=1e-5)
 
 
+def test_the_probe_reuses_the_diagnosed_split_and_gets_the_same_accuracies(monkeypatch):
+    """Diagnosing a probe split whole (here val, where the probe is scored) encodes it once, not twice;
+    the accuracies equal those of encoding it again."""
+    from tcae.data import build_dataset
+    from tcae.evaluation import diagnostics
+
+    model, calls = tiny_model(), []
+    encode = diagnostics.encode_dataset
+    monkeypatch.setattr(diagnostics, "encode_dataset", lambda *a, **k: calls.append(k.get("desc")) or encode(*a, **k))
+    monkeypatch.setattr(diagnostics, "probe_specs", lambda spec: ("builtin:digits:train", "builtin:digits:val"))
+    val = build_dataset("builtin:digits:val", SIZE, train=False)
+    main = encode(model, diagnostics.eval_loader(val, 100, 0, None, device="cpu"), "cpu", progress=False)
+    args = (SIZE, 100, torch.device("cpu"), 400, 0, main, False)  # val (360 images) is not capped
+    reused = diagnostics._probe(model, "builtin:digits:val", *args)
+    assert calls == ["probe builtin:digits:train"]  # the val split came from `main`
+    again = diagnostics._probe(model, "builtin:digits", *args)  # another spec: both splits encoded
+    assert calls[1:] == ["probe builtin:digits:train", "probe builtin:digits:val"]
+    assert reused == again and reused["probe"]["val_images"] == len(val)
+
+
 # ----------------------------------------------------------------------------- weights
 def test_missing_weights_error_names_file(empty_hub, tmp_path):
     with pytest.raises(MissingWeightsError) as err:

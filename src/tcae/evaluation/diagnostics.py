@@ -290,6 +290,9 @@ def _probe(model: torch.nn.Module, data_spec: str, size: int, batch_size: int, d
         parts = []
         for spec in specs:
             ds = build_dataset(spec, size, train=False)  # explicit split, deterministic transform
+            if spec == data_spec and not isinstance(ds, IterableDataset) and len(main["labels"]) == len(ds):
+                parts.append(main)  # the diagnosed split, already encoded whole: not encoded twice
+                continue
             # every class must be present in a capped train split: spread the cap over the whole split
             loader = eval_loader(_spread(ds, max_images), batch_size, num_workers, device=device)
             parts.append(encode_dataset(model, loader, device, desc=f"probe {spec}", progress=progress))
