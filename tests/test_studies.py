@@ -85,6 +85,7 @@ EXPECTED_CELLS = {
     "ssl-method": {"iBOT", "DINO", "none"},
     "ssl-causes": {"staged, no SSL", "staged, SSL, alpha=1", "staged, SSL, alpha=10",
                    "staged, SSL, alpha=1, full-image recon", "staged, SSL, alpha=10, full-image recon"},
+    "stc-causes": {"single-stage, no SSL", "staged, no SSL", "staged, no SSL, FLOP-matched"},
     "dcae": {"TC-AE", "DC-AE"},
 }
 
@@ -196,6 +197,23 @@ def test_cell_key_same_config_same_key():
     assert extra["staged, SSL, alpha=10, full-image recon"] == tcae
     assert extra["staged, no SSL"] == key(experiment_cells("stc-ssl", FASHION)["staged, no SSL"], FASHION, data, 0)
     assert len(set(extra.values()) - cells) == 2 * len(SSL_ALPHAS) - 1
+    # stc-causes: stc-ssl's two no-SSL cells and one new run
+    causes = {c: key(o, FASHION, data, 0) for c, o in experiment_cells("stc-causes", FASHION).items()}
+    stc = {c: key(o, FASHION, data, 0) for c, o in experiment_cells("stc-ssl", FASHION).items()}
+    assert {causes[c] for c in ("single-stage, no SSL", "staged, no SSL")} <= set(stc.values())
+    assert set(causes.values()) - cells == {causes["staged, no SSL, FLOP-matched"]}
+
+
+def test_the_flop_matched_staged_cell_costs_what_the_single_stage_one_does():
+    """stc-causes' FLOP-matched staged model: within 5% of the single-stage model's encode + decode FLOPs,
+    against about half for the staged model of the other cells."""
+    from tcae.models.flops import flops
+
+    cells = experiment_cells("stc-causes", FASHION)
+    cost = {c: flops(_model(o), FASHION.image_size).as_dict()["total_gflops"] for c, o in cells.items()}
+    single, staged, matched = (cost[c] for c in cells)
+    assert staged < 0.55 * single and matched == pytest.approx(single, rel=0.05)
+    assert _model(cells["staged, no SSL, FLOP-matched"]).config.staged is True
 
 
 # ---------------------------------------------------------------------------- the report

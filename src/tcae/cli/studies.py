@@ -12,7 +12,7 @@ from pathlib import Path
 from tcae.cli._common import add_command, add_no_progress, out_dir_arg
 
 # tcae.studies.paper's PAPER and SCALES keys, spelt here so that building the parser does not import torch
-EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes", "dcae")
+EXPERIMENTS = ("stc-ssl", "ssl-method", "channels", "token-scaling", "ssl-causes", "stc-causes", "dcae")
 CURVES = "curves"  # not a paper table: the learning curves that choose both phases' steps (tcae.studies.curves)
 SCALES = ("tiny", "small", "base")
 

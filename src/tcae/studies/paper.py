@@ -136,6 +136,8 @@ PAPER = {
     "dcae": {"TC-AE": {"gFID": 7.16, "GFLOPs": 164}, "DC-AE": {"gFID": 17.31, "GFLOPs": 607}},
     "ssl-causes": {"alpha, recon view": {"claim": "none: the paper gives neither alpha (L = alpha * L_rec + L_iBOT) "
                                                   "nor which view the reconstruction sees"}},
+    # not one of the paper's tables: why STC does not help at the tiny scale (issue 22, item 6)
+    "stc-causes": {"compute": {"claim": "none: the paper does not say whether its STC ablation is FLOP-matched"}},
 }
 PAPER_NOTES = {
     "stc-ssl": ["Linear probe at p=8, A1 (tokens) / A2 (latents): without STC 62.9 / 5.33, with STC 39.1 / 12.1; "
@@ -160,7 +162,17 @@ PAPER_NOTES = {
                    "crop 0, a random resized crop (area 0.6-1, flipped, resampled), while without SSL the "
                    "tokenizer trains on the exact images evaluation reconstructs; `ssl.recon_view=full` gives "
                    "the SSL run those same images."],
+    "stc-causes": ["Not a paper experiment: a cause tested for STC not helping at the tiny scale. The staged "
+                   "model's coarse blocks see 4x fewer tokens (after the 2x2 merge) than the single-stage model's, "
+                   "so at the same widths and depths it costs about half the FLOPs (column GFLOPs enc+dec) with "
+                   "about the same parameters, and its decoder reconstructs worse. The FLOP-matched cell gives the "
+                   "staged model 8 coarse blocks on each side instead of 2: the "
+                   "single-stage model's FLOPs (with about 2.5x its parameters). If it reconstructs and generates "
+                   "like the single-stage model or better, the staged cells lose to compute, not to staging."],
 }
+# the staged model's coarse depth at which tcae-tiny's encode + decode FLOPs equal the single-stage model's at
+# 32 px (measured by tcae.models.flops: 0.150 vs 0.147 GFLOPs; 6 blocks: 0.123, 10: 0.176)
+STC_MATCHED_COARSE_DEPTH = 8
 # alpha values of the ssl-causes cells (the staged TC-AE, SSL on); alpha=30 was also run on val
 # (docs/repro-fashion/ssl-causes-val/staged-SSL-alpha-30): no better than 10, so not carried to test
 SSL_ALPHAS = (1, 10)
@@ -183,6 +195,9 @@ def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
                 **{f"staged, SSL, alpha={a}": [f"loss.alpha={a}", "ssl.recon_view=crop"] for a in SSL_ALPHAS},
                 **{f"staged, SSL, alpha={a}, full-image recon": [f"loss.alpha={a}", "ssl.recon_view=full"]
                    for a in SSL_ALPHAS}}
+    if name == "stc-causes":  # the stc-ssl no-SSL cells, and the staged one at the single-stage one's FLOPs
+        return {"single-stage, no SSL": ["model.staged=false", *no_ssl], "staged, no SSL": no_ssl,
+                "staged, no SSL, FLOP-matched": [*no_ssl, f"model.coarse_depth={STC_MATCHED_COARSE_DEPTH}"]}
     if name == "channels":
         return {f"c={c}": [f"model.latent_channels={c}"], f"c={2 * c}": [f"model.latent_channels={2 * c}"]}
     if name == "token-scaling":

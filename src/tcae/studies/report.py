@@ -177,6 +177,18 @@ def claims(name: str, scale: Scale) -> list[tuple[str, str, str, str, str, str]]
                 ("6 (DiT)", "TC-AE: early samples closer to the reconstructions than DC-AE's", tc, dc, "gap1",
                  "better"),
                 ("6 (cost)", "TC-AE costs fewer FLOPs than DC-AE", tc, dc, "gflops", "better")]
+    if name == "stc-causes":
+        ss0, st0, fm = "single-stage, no SSL", "staged, no SSL", "staged, no SSL, FLOP-matched"
+        return [("-", "FLOP-matched staged reconstructs better than the staged (PSNR)", fm, st0, "psnr", "better"),
+                ("-", "FLOP-matched staged: its decoder is closer to real images than the staged's (rFD)", fm, st0,
+                 "rfd", "better"),
+                ("-", "FLOP-matched staged generates better than the staged", fm, st0, "fd", "better"),
+                ("2 (FLOP-matched)", "STC improves reconstruction at equal FLOPs (PSNR)", fm, ss0, "psnr", "better"),
+                ("2 (FLOP-matched)", "STC improves generation at equal FLOPs", fm, ss0, "fd", "better"),
+                ("2 (FLOP-matched, DiT-limited)", "STC improves generation at equal FLOPs", fm, ss0, "fd_lim",
+                 "better"),
+                ("2 (FLOP-matched, DiT)", "STC at equal FLOPs: early samples closer to the reconstructions", fm,
+                 ss0, "gap1", "better")]
     cells = list(experiment_cells(name, scale))
     if name == "ssl-causes":
         base, *ssl = cells
