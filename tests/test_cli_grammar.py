@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,13 +48,12 @@ def test_help_and_every_command_help_do_not_import_torch():
         "    assert main([name, '--help']) == 0, name\n"
         "heavy = sorted(m for m in ('torch', 'numpy', 'omegaconf', 'PIL', 'torchvision') if m in sys.modules)\n"
         "print('HEAVY', heavy, time.perf_counter() - t)\n")
-    t = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    wall = time.perf_counter() - t
     assert res.returncode == 0, res.stderr[-2000:]
+    # fast because nothing heavy is imported (with torch, this took ~4 s): checked by what is imported, not by
+    # a wall-clock limit that parallel test workers could break
     assert "HEAVY [] " in res.stdout, res.stdout[-500:]
     assert "reconstruct" in res.stdout and "push" in res.stdout
-    assert wall < 10  # a whole interpreter and 18 help pages; with torch imported this alone took ~4 s
 
 
 def test_version(capsys):

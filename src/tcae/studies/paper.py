@@ -196,6 +196,10 @@ def experiment_cells(name: str, scale: Scale) -> dict[str, list[str]]:
                 **{f"staged, SSL, alpha={a}, full-image recon": [f"loss.alpha={a}", "ssl.recon_view=full"]
                    for a in SSL_ALPHAS}}
     if name == "stc-causes":  # the stc-ssl no-SSL cells, and the staged one at the single-stage one's FLOPs
+        if scale.image_size > 64:  # the matched depth is tcae-tiny's at 32 px; the GPU presets need their own
+            raise ValueError("stc-causes is defined at the tiny scale only: its FLOP-matched coarse depth "
+                             f"({STC_MATCHED_COARSE_DEPTH}) matches tcae-tiny's FLOPs at 32 px, not the "
+                             f"{scale.tokenizer_config!r} config's")
         return {"single-stage, no SSL": ["model.staged=false", *no_ssl], "staged, no SSL": no_ssl,
                 "staged, no SSL, FLOP-matched": [*no_ssl, f"model.coarse_depth={STC_MATCHED_COARSE_DEPTH}"]}
     if name == "channels":
