@@ -242,6 +242,9 @@ def test_spread_and_verdict_rule(tmp_path):
     c = summarize([11.5, 12.0, 12.5])
     assert compare(a, c, False)[0] == "no difference"  # |11 - 12| = 1 <= max(1, 0.5)
     assert compare(summarize([1.0]), summarize([2.0]), False)[0].startswith("n/a")
+    # one seed on either side, in either order: no verdict (the other cell's spread is not the pair's)
+    assert compare(a, summarize([20.0]), False)[0] == compare(summarize([20.0]), a, False)[0] == \
+        "n/a (one seed: no spread)"
     assert compare(a, None, False)[0] == "n/a"
 
     # the report's outcome column, on stc-ssl cells with these seed values (FD, and A2 for the probe claims)

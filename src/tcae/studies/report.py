@@ -121,9 +121,9 @@ def compare(x: dict | None, y: dict | None, higher_better: bool) -> tuple[str, f
     if x is None or y is None:
         return "n/a", None, None
     diff = x["mean"] - y["mean"]
-    spread = max(x["std"], y["std"])
-    if math.isnan(spread):
+    if math.isnan(x["std"]) or math.isnan(y["std"]):  # one seed on either side (max() would drop a NaN)
         return "n/a (one seed: no spread)", diff, None
+    spread = max(x["std"], y["std"])
     if abs(diff) <= spread:
         return "no difference", diff, spread
     return ("better" if (diff > 0) == higher_better else "worse"), diff, spread
