@@ -139,6 +139,9 @@ PAPER = {
     # not one of the paper's tables: why STC does not help at the tiny scale (issue 22, item 6)
     "stc-causes": {"compute": {"claim": "none: the paper does not say whether its STC ablation is FLOP-matched"}},
 }
+# the staged model's coarse depth at which tcae-tiny's encode + decode FLOPs equal the single-stage model's at
+# 32 px (measured by tcae.models.flops: 0.150 vs 0.147 GFLOPs; 6 blocks: 0.123, 10: 0.176)
+STC_MATCHED_COARSE_DEPTH = 8
 PAPER_NOTES = {
     "stc-ssl": ["Linear probe at p=8, A1 (tokens) / A2 (latents): without STC 62.9 / 5.33, with STC 39.1 / 12.1; "
                 "structural loss 1 - A2/A1: 0.92 -> 0.69.",
@@ -166,13 +169,10 @@ PAPER_NOTES = {
                    "model's coarse blocks see 4x fewer tokens (after the 2x2 merge) than the single-stage model's, "
                    "so at the same widths and depths it costs about half the FLOPs (column GFLOPs enc+dec) with "
                    "about the same parameters, and its decoder reconstructs worse. The FLOP-matched cell gives the "
-                   "staged model 8 coarse blocks on each side instead of 2: the "
+                   f"staged model {STC_MATCHED_COARSE_DEPTH} coarse blocks on each side instead of 2: the "
                    "single-stage model's FLOPs (with about 2.5x its parameters). If it reconstructs and generates "
                    "like the single-stage model or better, the staged cells lose to compute, not to staging."],
 }
-# the staged model's coarse depth at which tcae-tiny's encode + decode FLOPs equal the single-stage model's at
-# 32 px (measured by tcae.models.flops: 0.150 vs 0.147 GFLOPs; 6 blocks: 0.123, 10: 0.176)
-STC_MATCHED_COARSE_DEPTH = 8
 # alpha values of the ssl-causes cells (the staged TC-AE, SSL on); alpha=30 was also run on val
 # (docs/repro-fashion/ssl-causes-val/staged-SSL-alpha-30): no better than 10, so not carried to test
 SSL_ALPHAS = (1, 10)

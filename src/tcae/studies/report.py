@@ -586,10 +586,10 @@ def _curves_section(out: Path, data: str) -> list[str]:
         if ok:
             return ""
         largest = max((int(s) for points in phase.values() for s in points), default=steps)
-        # older curves.json files have no cap: a choice below the largest measured budget can only be one
-        capped = steps == cap if cap is not None else steps < largest
+        # below the largest measured budget without a plateau is the cap (older curves.json files do not name it)
+        capped = steps < largest and (cap is None or steps == cap)
         return (f" (the most the experiments' compute affords: no plateau reached; up to {largest} steps were "
-                "measured)" if capped and steps < largest else " (the largest budget: no plateau reached)")
+                "measured)" if capped else " (the largest budget: no plateau reached)")
     return ["## How many steps: learning curves of both phases", "",
             f"From `tcae repro curves` on `{curves['split']}`, seed 0 (`../curves/report.md`): one run per budget; "
             f"chosen is the smallest budget whose doubling changes val PSNR by less than {curves['tolerance_db']} "
