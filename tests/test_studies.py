@@ -273,6 +273,24 @@ def test_spread_and_verdict_rule(tmp_path):
     assert outcome["STC: early samples closer to the tokenizer's reconstructions (no SSL)"] == "n/a"
 
 
+def test_token_scaling_without_its_smallest_p_still_tests_the_claims(tmp_path):
+    """The Fashion evidence cuts p=2 for its cost: the p=4 vs p=8 verdicts are still made, on both claims."""
+    psnr = {4: [22.0, 22.1, 22.2], 8: [20.0, 20.1, 20.2]}
+    fd = {(4, "staged"): [40.0, 41.0, 42.0], (8, "staged"): [50.0, 51.0, 52.0],
+          (4, "single-stage"): [40.0, 41.0, 42.0], (8, "single-stage"): [30.0, 31.0, 32.0]}
+    results = {f"p={p}, {mode}": {s: {"seed": s, "key": f"{p}{mode}{s}", "generation": {"fd_judge": v},
+                                      "reconstruction": {"metrics": {"psnr": psnr[p][s]}}}
+                                  for s, v in enumerate(values)}
+               for (p, mode), values in fd.items()}
+    assert not any(c.startswith("p=2") for c in results)
+    report = write_report(tmp_path, "token-scaling", "tiny", FASHION, DIGITS, "test", results, None, 3)
+    outcome = _verdict_rows(report.read_text())
+    assert outcome["p=4 reconstructs better than p=8 (staged)"] == "reproduced"
+    assert outcome["with STC, p=4 generates better than p=8"] == "reproduced"
+    assert outcome["without STC, p=4 does not generate better than p=8"] == "reproduced"  # 41 vs 31: worse
+    assert not any("p=2" in statement for statement in outcome)
+
+
 def test_speedup_interpolates_between_snapshots():
     base = [{"convergence": [{"step": s, "fd_judge": f} for s, f in ((100, 9.0), (200, 6.0), (300, 5.0))]}]
     fast = [{"convergence": [{"step": s, "fd_judge": f} for s, f in ((100, 7.0), (200, 4.0), (300, 3.0))]}]
