@@ -140,7 +140,7 @@ def torchrun_row(args: argparse.Namespace, tmp: str) -> dict:
     size = ["model=tcae-tiny", "image_size=32", "batch_size=4", "data=builtin:digits", "ssl.out_dim=64",
             "ssl.patch_out_dim=64", "ssl.head_hidden_dim=32", "ssl.head_bottleneck_dim=16",
             "data.num_workers=0", "latent_stats_images=64"] if args.tiny else ["batch_size=8", "data=builtin:photos"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29561",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--standalone",
            "-m", "tcae.cli.main", "train", "b", f"run_dir={tmp}", "name=torchrun", *size, "steps=2",
            "perceptual=none", f"device={args.device}", f"precision={args.precision}", "progress=false"]
     t = time.perf_counter()

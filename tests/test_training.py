@@ -112,7 +112,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     subprocess.run([sys.executable, "-m", "tcae.cli.main", "train", "tiny", *common, "name=one"],
                    check=True, env=env, capture_output=True)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        "--master-port", "29531", "-m", "tcae.cli.main", "train", "tiny", *common, "name=two"],
+                        "--standalone", "-m", "tcae.cli.main", "train", "tiny", *common, "name=two"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = scalars(tmp_path / "one")[0], scalars(tmp_path / "two")[0]
