@@ -282,6 +282,9 @@ def test_token_scaling_without_its_smallest_p_still_tests_the_claims(tmp_path):
                                       "reconstruction": {"metrics": {"psnr": psnr[p][s]}}}
                                   for s, v in enumerate(values)}
                for (p, mode), values in fd.items()}
+    # the whole grid: 3 pairs (2-4, 4-8, 2-8) x 3 metrics x 2 modes, one statement each
+    statements = [row[1] for row in claims("token-scaling", FASHION)]
+    assert len(statements) == len(set(statements)) == 18 and "with STC, p=2 generates better than p=8" in statements
     assert not any(c.startswith("p=2") for c in results)
     report = write_report(tmp_path, "token-scaling", "tiny", FASHION, DIGITS, "test", results, None, 3)
     outcome = _verdict_rows(report.read_text())
@@ -466,7 +469,8 @@ def test_a_held_cell_is_skipped_then_waited_for(tiny_scale, tmp_path):
 
 def test_no_wait_report_only_and_only(tiny_scale, tmp_path, capsys):
     """--no-wait leaves a held (cell, seed) to its holder and names it; --report-only trains nothing and names
-    what is missing; --only computes just the named cells (nothing trains: results come from the cells folder)."""
+    what is missing; --only computes just the named cells (nothing trains: results come from the cells folder);
+    both: a report of just the named cells."""
     cells, held, others, cells_dir, out, held_dir = _grid_with_one_cell_left(tiny_scale, tmp_path)
     with file_lock(held_dir / ".lock"):
         report = run_experiment("stc-ssl", "tiny", out=out, cells_dir=cells_dir, wait=False)
@@ -503,9 +507,22 @@ def test_no_wait_report_only_and_only(tiny_scale, tmp_path, capsys):
     assert "--only nope: not a cell of stc-ssl" in err and "(its cells: single-stage, no SSL;" in err
     assert cli(["repro", "stc-ssl", "--only", f"{others[0]};", "--out", str(tmp_path / "x")]) == 2
     assert "an empty cell name" in capsys.readouterr().err
-    assert cli(["repro", "stc-ssl", "--only", others[0], "--report-only", "--out", str(tmp_path / "x")]) == 2
-    assert "give one of them" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+    # --report-only --only: a report of just these cells (e.g. cells cut for their cost); the others are named as
+    # left out, not as unfinished, and the command line says how the reported cells are computed
+    before = files_under(cells_dir)
+    kept = others[:2]
+    assert cli(["repro", "stc-ssl", "--seeds", "2", "--report-only", "--only", ";".join(kept), "--out",
+                str(out)]) == 0
+    text = (out / "report.md").read_text()
+    left = [c for c in cells if c not in kept]
+    assert f"left out of this report (`--only`): {'; '.join(left)}." in text
+    assert f'--only "{";".join(kept)}"' in text.split("\n")[2]
+    measured = text.split("## Measured")[1].split("## Verdicts")[0]
+    assert all(f"| {cell} |" in measured for cell in kept) and not any(f"| {c} |" in measured for c in left)
+    assert f"Interim report: 1 (cell, seed) run(s) not finished yet** ({kept[1]}, seed 1)" in text  # not the left out
+    assert files_under(cells_dir) == before
 
 
 # ---------------------------------------------------------------------------- whole experiments (slow)

@@ -37,7 +37,8 @@ case "${1:-}" in
     # stc-ssl's first two seeds, then issue 24's DC-AE cells (3 seeds: TC-AE is stc-ssl's "staged, SSL"
     # cell, so dcae also trains that cell's seed 2), stc-causes on val (issue 22, item 6), then the rest of stc-ssl
     # and the other experiments. token-scaling without p=2: at 5x the FLOPs of p=4 its 6 runs would cost about 12
-    # worker-hours, half the issue's budget ("cut cells, not seeds"); its report tests p=4 against p=8
+    # worker-hours, half of the issue's 24 ("cut cells, not seeds"); its report (--report-only --only the same
+    # cells) tests p=4 against p=8 and names p=2 as left out
     scaling="token-scaling@test@3@p=4, single-stage;p=8, single-stage;p=4, staged;p=8, staged"
     nohup bash "$0" worker "stc-ssl@val@1@single-stage, no SSL" stc-ssl@test@2 dcae stc-causes@val@1 stc-ssl \
       ssl-method channels "$scaling" > out/evidence-worker-1.log 2>&1 &

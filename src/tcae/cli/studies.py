@@ -44,8 +44,6 @@ def _repro(args: argparse.Namespace) -> int:
     only = [c.strip() for c in args.only.split(";")] if args.only is not None else None
     if only is not None and not all(only):
         raise ValueError(f"--only {args.only!r}: an empty cell name (cells are separated by ';')")
-    if only and args.report_only:
-        raise ValueError("--only computes cells and --report-only computes none: give one of them")
 
     report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
                             args.cells, report_only=args.report_only, only=only, wait=not args.no_wait)
@@ -111,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train nothing: report the finished (cell, seed) results in OUT, listing the missing ones")
     p.add_argument("--only", default=None, metavar="CELL[;CELL]",
                    help="compute only these cells (';'-separated names as in the report); the others are "
-                        "reported if finished, else listed as missing")
+                        "reported if finished, else listed as missing. With --report-only: report only these "
+                        "cells, naming the others as left out")
     p.add_argument("--no-wait", action="store_true",
                    help="leave a (cell, seed) another process is computing to it (listed as missing) instead "
                         "of waiting for it at the end")

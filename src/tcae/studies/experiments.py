@@ -38,7 +38,8 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
     then the report. Returns the report's path. `report_only`: train nothing, report the (cell, seed)
     results already in `out` (an interim report while the grid spans sessions; it lists what is missing).
-    `only`: compute just these cells (the others are reported if finished, else listed as missing).
+    `only`: compute just these cells (the others are reported if finished, else listed as missing); with
+    `report_only`, report just these cells (the others are named as left out, e.g. cells cut for their cost).
 
     Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
     another process holds is skipped and taken up again (waited for) after the others; with `wait=False` it
@@ -58,6 +59,8 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     unknown = sorted(set(only or []) - set(cells))
     if unknown:
         raise ValueError(f"--only {', '.join(unknown)}: not a cell of {name} (its cells: {'; '.join(cells)})")
+    left_out = [c for c in cells if c not in only] if report_only and only else []
+    cells = {c: o for c, o in cells.items() if c not in left_out}
     judge_name = judge_for_data(data)
     judge = build_feature_network(judge_name) if judge_name else None
     reference_cache: dict = {}
@@ -108,7 +111,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
         raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
     floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
     results = {cell: r for cell, r in results.items() if r}
-    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing)
+    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing, left_out)
 
 
 def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict) -> dict | None:
