@@ -36,16 +36,17 @@ case "${1:-}" in
     mkdir -p out
     # stc-ssl's first two seeds, then issue 24's DC-AE cells (3 seeds: TC-AE is stc-ssl's "staged, SSL"
     # cell, so dcae also trains that cell's seed 2), stc-causes on val (issue 22, item 6), then the rest of stc-ssl
-    # and the other experiments. token-scaling without p=2: at 5x the FLOPs of p=4 its 6 runs would cost about 12
-    # worker-hours, half of the issue's 24 ("cut cells, not seeds"); its report (--report-only --only the same
-    # cells) tests p=4 against p=8 and names p=2 as left out
+    # and the other experiments. token-scaling's p=2 costs 5x p=4's FLOPs: its single-stage cell (about 2.5 h a run,
+    # 7.5 worker-hours) is cut ("cut cells, not seeds": it would take the grid past the issue's 24 worker-hours),
+    # its staged cell (about 1.5 h a run) runs last; the report (--report-only --only the cells run) names the cut
+    # cell as left out
     scaling="token-scaling@test@3@p=4, single-stage;p=8, single-stage;p=4, staged;p=8, staged"
     nohup bash "$0" worker "stc-ssl@val@1@single-stage, no SSL" stc-ssl@test@2 dcae stc-causes@val@1 stc-ssl \
-      ssl-method channels "$scaling" > out/evidence-worker-1.log 2>&1 &
+      channels "$scaling" ssl-method "token-scaling@test@3@p=2, staged" > out/evidence-worker-1.log 2>&1 &
     # worker 2 starts on another cell than worker 1's (else it may take the val cell's training, and the val
     # evaluation would wait for worker 1's second pass)
     nohup bash "$0" worker "stc-ssl@test@1@staged, SSL" stc-ssl@test@2 dcae stc-causes@val@1 stc-ssl \
-      ssl-method channels "$scaling" > out/evidence-worker-2.log 2>&1 &
+      channels "$scaling" ssl-method "token-scaling@test@3@p=2, staged" > out/evidence-worker-2.log 2>&1 &
     echo "workers started: out/evidence-worker-{1,2}.log";;
   curves)
     mkdir -p out

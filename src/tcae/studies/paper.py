@@ -77,8 +77,8 @@ FASHION_MAPPING = """\
 FASHION_BUDGET = ("the four experiments are 10 distinct cells x 3 seeds = 30 (cell, seed) runs in the about 18 "
                   "worker-hours issue 22's 24 leave after the curves; at 4000 phase-1 steps a run takes about 30 min "
                   "of one 1-thread worker (both phases, DiT, evaluation: 15 h for 30), at 8000 about 55 min (27 h). "
-                  "Measured later: the p=2 runs cost about 5x (p=2's FLOPs), so token-scaling's p=2 cells were cut "
-                  "(docs/evidence-fashion/README.md)")
+                  "Found later: a p=2 run costs about 5x (p=2's FLOPs), so token-scaling's p=2 single-stage cell was "
+                  "cut (docs/evidence-fashion/README.md)")
 
 SCALES = {
     "tiny": Scale("digits", "dit-tiny", "builtin:digits", 32, 10, tokenizer_steps=400, dit_steps=1500,
