@@ -4,6 +4,7 @@ feature networks (FD-<data> in their penultimate features, class agreement)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,39 @@ def test_missing_fashion_data_through_eval_gen_exits_2(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "Fashion-MNIST idx files" in err and "apt-get install dataset-fashion-mnist" in err
     assert fm.ENV_FOLDER in err and "Traceback" not in err
+
+
+def test_fashion_judges_are_told_apart_by_their_weights(fashion_env):
+    """Judges trained on two machines differ (float rounding): a judge's weights fingerprint goes into what it
+    reports and into the evaluation folder's name, so values of two judges are never taken for one's."""
+    from safetensors.torch import load_file, save_file
+
+    from tcae.studies.cells import eval_dir_name, judge_label
+    from tcae.studies.paper import DATA_SCALES
+
+    judge = build_feature_network("judge:fashion")
+    path = Path(judge.info["file"])
+    state = load_file(str(path))
+    assert judge.info["weights_sha256"] == jd.weights_fingerprint(state)
+    assert jd.judge_identity(judge.describe()) == "weights:" + judge.info["weights_sha256"][:16]
+    # the same metadata, one weight changed: another judge (another identity, another evaluation folder)
+    nudged = {k: v.clone() for k, v in state.items()}
+    name = sorted(nudged)[0]
+    nudged[name].view(-1)[0] += 1e-3
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    save_file(nudged, str(fashion_env / "other-machine.safetensors"), metadata=meta)
+    other = build_feature_network("judge:fashion", fashion_env / "other-machine.safetensors")
+    assert other.info["weights_sha256"] != judge.info["weights_sha256"]
+    assert jd.judge_identity(other.describe()) != jd.judge_identity(judge.describe())
+    scale = DATA_SCALES[("tiny", "fashion")]
+    assert eval_dir_name(scale, "test", judge_label(judge)) != eval_dir_name(scale, "test", judge_label(other))
+    # results from before fingerprints: told apart by what their info says (accuracies differ between machines)
+    legacy = {k: v for k, v in judge.describe().items() if k not in ("weights_sha256", "file")}
+    assert jd.judge_identity(legacy).startswith("info:")
+    assert jd.judge_identity({**legacy, "file": "/elsewhere", "train_seconds": 1.0}) == jd.judge_identity(legacy)
+    assert jd.judge_identity({**legacy, "test_accuracy": legacy["test_accuracy"] + 5e-4}) != \
+        jd.judge_identity(legacy)
+    assert jd.judge_identity(None) is None

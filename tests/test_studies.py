@@ -29,7 +29,7 @@ from tcae.studies.paper import DATA_SCALES, PAPER, SCALES, SSL_ALPHAS, experimen
 from tcae.studies.report import METRICS, claims, compare, speedup, steps_to_reach, summarize, write_report
 from tcae.studies.stages import split_spec
 from tcae.tokenizers import create_dcae
-from tcae.util import LockBusy, file_lock, write_json_atomic
+from tcae.util import LockBusy, file_lock, slug, write_json_atomic
 
 FASHION = DATA_SCALES[("tiny", "fashion")]
 DIGITS = "builtin:digits"
@@ -848,3 +848,58 @@ def test_the_report_carries_the_curves_and_the_dit_limited_budget(tmp_path):
                         3).read_text()
     assert ("Phase 1: **1000 steps** (the most the experiments' compute affords: no plateau reached; up to 2000 "
             "steps were measured); phase 2: **2000 steps** (the largest budget: no plateau reached)") in text
+
+
+def test_a_report_never_pools_two_judges(tmp_path):
+    """Results measured by a judge trained on another machine: the report keeps their judge-free values (PSNR),
+    leaves out their FD and convergence and names them; its judge is the one that measured most results, and the
+    real-image floor is that judge's (computed only by it, never taken from another judge's floor.json)."""
+    from tcae.evaluation import build_feature_network
+    from tcae.evaluation.judges import judge_identity
+
+    live = build_feature_network("judge:digits").describe()  # this machine's judge
+    elsewhere = {**live, "accuracy": live["accuracy"] - 0.01}  # the judge another machine trained
+    cells = list(experiment_cells("stc-ssl", SCALES["tiny"]))
+
+    def write(out: Path, judge_of) -> None:
+        for i, cell in enumerate(cells):
+            for s in range(3):
+                judge = judge_of(i, s)
+                write_json_atomic(out / slug(cell, keep="") / f"seed-{s}" / "result.json", {
+                    "seed": s, "cell": cell, "key": f"{i}{s}", "reconstruction": {"metrics": {"psnr": 20.0 + s}},
+                    "generation": {"fd_judge": 10.0 * (i + 1) + s + (100 if judge is not live else 0),
+                                   "judge": judge},
+                    "convergence": [{"step": 2, "fd_judge": 50.0 + s}]})
+
+    # most results by the other machine's judge, one (cell 0, seed 2) by this one's
+    out = tmp_path / "mixed"
+    write(out, lambda i, s: live if (i, s) == (0, 2) else elsewhere)
+    text = run_experiment("stc-ssl", "tiny", out=out, seeds=3, report_only=True).read_text()
+    assert f"**Measured by another judge: {cells[0]}, seed 2.**" in text
+    sums = json.loads((out / "summary.json").read_text())["summaries"]
+    assert sums[cells[0]]["psnr"]["n"] == 3 and sums[cells[0]]["fd"] == summarize([110.0, 111.0])
+    assert sums[cells[1]]["fd"]["n"] == 3
+    assert judge_identity(elsewhere) in text and "Floor:" not in text  # no floor of that judge here
+    assert not (out / "floor.json").exists()
+
+    # all by this machine's judge: its floor is computed and kept with its identity; a floor.json measured by
+    # another judge is measured again, not reported
+    out = tmp_path / "here"
+    write(out, lambda i, s: live)
+    write_json_atomic(out / "floor.json", {"source": "x", "num_samples": 1, "fd_judge": 1e9, "class_agreement": 0.0,
+                                           "judge": judge_identity(elsewhere)})
+    text = run_experiment("stc-ssl", "tiny", out=out, seeds=3, report_only=True).read_text()
+    floor = json.loads((out / "floor.json").read_text())
+    assert floor["judge"] == judge_identity(live) and floor["fd_judge"] < 1e9
+    assert "Measured by another judge" not in text and f"is {floor['fd_judge']:.3g}" in text
+
+
+def test_repro_judge_weights_flag(tmp_path, capsys):
+    """--judge-weights: a judge file for data that has a trainable judge; refused (exit 2, nothing written) where
+    the data's judge takes none, for the curves, and for a file that is not there."""
+    out = tmp_path / "r"
+    assert cli(["repro", "stc-ssl", "--judge-weights", str(tmp_path / "j.safetensors"), "--out", str(out)]) == 2
+    assert "the digits judge is fitted on the fly and takes no weights file" in capsys.readouterr().err
+    assert cli(["repro", "curves", "--judge-weights", "j.safetensors", "--out", str(out)]) == 2
+    assert "does not take --judge-weights" in capsys.readouterr().err
+    assert not out.exists()

@@ -34,7 +34,8 @@ def _repro(args: argparse.Namespace) -> int:
         if args.eval_split == "test":
             raise ValueError("curves choose settings: they are evaluated on val, never on test")
         given = [flag for flag, on in (("--seeds", args.seeds != 1), ("--only", args.only is not None),
-                                       ("--report-only", args.report_only), ("--no-wait", args.no_wait)) if on]
+                                       ("--report-only", args.report_only), ("--no-wait", args.no_wait),
+                                       ("--judge-weights", args.judge_weights is not None)) if on]
         if given:
             raise ValueError(f"repro curves does not take {', '.join(given)} (seed 0, every budget, workers wait)")
         print(f"report: {run_curves(args.scale, args.data, args.out, args.cells)}")
@@ -46,7 +47,8 @@ def _repro(args: argparse.Namespace) -> int:
         raise ValueError(f"--only {args.only!r}: an empty cell name (cells are separated by ';')")
 
     report = run_experiment(args.experiment, args.scale, args.out, args.data, args.seeds, args.eval_split,
-                            args.cells, report_only=args.report_only, only=only, wait=not args.no_wait)
+                            args.cells, report_only=args.report_only, only=only, wait=not args.no_wait,
+                            judge_weights=args.judge_weights)
     print(f"report: {report}")
     return 0
 
@@ -114,6 +116,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-wait", action="store_true",
                    help="leave a (cell, seed) another process is computing to it (listed as missing) instead "
                         "of waiting for it at the end")
+    p.add_argument("--judge-weights", default=None, metavar="PATH",
+                   help="the data's judge from this file instead of the one trained on this machine (judges "
+                        "trained on two machines differ: to compare with published FD-fashion numbers, use the "
+                        "judge that measured them, e.g. docs/evidence-fashion/judge/)")
     add_no_progress(p)
 
     p = add_command(sub, "score", _score, "generation-proxy score of tokenizers: recon + probes + a budget DiT's gFID",

@@ -19,6 +19,7 @@ share the judge assigns to the class they were generated for).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -239,7 +240,11 @@ class FashionJudge(Judge):
             raise ValueError(f"fashion judge {path} was trained on other data (hash {info.get('data_hash')}, "
                              f"this data {data_hash}); delete it or pass the matching data folder")
         net = FashionCNN()
-        net.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        net.load_state_dict(state)
+        # a judge is trained on the machine that first needs it, and float rounding differs between CPUs: two
+        # machines' judges differ (FD-fashion by 5-11% on the same samples), so results name the weights they used
+        info["weights_sha256"] = weights_fingerprint(state)
         return cls(net, info)
 
     @classmethod
@@ -266,6 +271,29 @@ class FashionJudge(Judge):
             judge = cls.from_file(path, data_hash)
         judge.info["file"] = str(path)
         return judge
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's tensors (names, dtypes, shapes, values): equal fingerprints, the same network."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def judge_identity(info: dict[str, Any] | None) -> str | None:
+    """Which network measured a result, from the judge info it records (``describe()``): its weights'
+    fingerprint, or for results from before fingerprints were recorded, a hash of what the info says of
+    the training run and its accuracies (two machines' judges differ in their accuracies' last digits)."""
+    if not info:
+        return None
+    if info.get("weights_sha256"):
+        return "weights:" + info["weights_sha256"][:16]
+    keys = ("network", "arch", "data_hash", "seed", "epochs", "test_accuracy", "val_accuracy", "accuracy")
+    blob = json.dumps({k: info.get(k) for k in keys}, sort_keys=True)
+    return "info:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _save_atomic(net: nn.Module, info: dict[str, Any], path: Path) -> None:

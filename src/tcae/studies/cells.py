@@ -127,8 +127,17 @@ def cell_key(overrides: list[str], scale: Scale, data: str, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def judge_label(judge) -> str | None:
+    """What names a judge in an evaluation folder: its name, and its weights' fingerprint where it has one
+    (judges trained on two machines differ, so a cell evaluated by another judge is evaluated again)."""
+    if judge is None:
+        return None
+    sha = judge.info.get("weights_sha256")
+    return f"{judge.name}@{sha[:16]}" if sha else judge.name
+
+
 def eval_dir_name(scale: Scale, split: str, judge_name: str | None) -> str:
-    """The evaluation folder inside a cell: one per (split, sample settings, judge)."""
+    """The evaluation folder inside a cell: one per (split, sample settings, judge) (judge_name: judge_label())."""
     settings = [scale.per_class, scale.sample_steps, scale.convergence_every, judge_name]
     if scale.convergence_steps:  # added later: the folders of scales without it keep their names
         settings.append(list(scale.convergence_steps))
@@ -146,7 +155,7 @@ def run_cell(cell_dir: Path, overrides: list[str], scale: Scale, data: str, judg
     :class:`tcae.util.LockBusy`.
     """
     split = split or scale.eval_split
-    eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
+    eval_dir = cell_dir / eval_dir_name(scale, split, judge_label(judge))
     done = eval_dir / "result.json"
     if done.is_file() and not lacks_dit_limited(json.loads(done.read_text()), scale):
         return json.loads(done.read_text())

@@ -20,6 +20,7 @@ from tcae.studies.cells import (
     FINAL_SAMPLES,
     cell_key,
     eval_dir_name,
+    judge_label,
     lacks_dit_limited,
     limited_samples_name,
     run_cell,
@@ -34,7 +35,8 @@ log = logging.getLogger("tcae.studies")
 
 def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None, data: str | None = None,
                    seeds: int = 1, split: str | None = None, cells_dir: Path | None = None,
-                   report_only: bool = False, only: list[str] | None = None, wait: bool = True) -> Path:
+                   report_only: bool = False, only: list[str] | None = None, wait: bool = True,
+                   judge_weights: str | Path | None = None) -> Path:
     """Every cell of experiment `name` with seeds 0..seeds-1 (seed-major: all cells of seed 0 first),
     then the report. Returns the report's path. `report_only`: train nothing, report the (cell, seed)
     results already in `out` (an interim report while the grid spans sessions; it lists what is missing).
@@ -44,7 +46,12 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     Several processes may run the same (or overlapping) experiments at once as workers: a (cell, seed)
     another process holds is skipped and taken up again (waited for) after the others; with `wait=False` it
     is left to its holder and listed as missing (a worker over several experiments makes a first pass
-    without waiting, so it never idles on one cell while other experiments have work)."""
+    without waiting, so it never idles on one cell while other experiments have work). `judge_weights`: the
+    data's judge from this file (else the one cached, or trained, on this machine).
+
+    A report's judge-based numbers (FD, class agreement, convergence) come from one judge: results measured
+    by another (a judge trained on another machine) keep their reconstruction and probe values, and the
+    report names them (see :func:`one_judge`)."""
     from tcae.evaluation import build_feature_network, judge_for_data
 
     scale, data = resolve_scale(scale_name, data)
@@ -62,7 +69,9 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     left_out = [c for c in cells if c not in only] if report_only and only else []
     cells = {c: o for c, o in cells.items() if c not in left_out}
     judge_name = judge_for_data(data)
-    judge = build_feature_network(judge_name) if judge_name else None
+    if judge_weights is not None and not judge_name:
+        raise ValueError(f"--judge-weights: the data {data!r} has no judge")
+    judge = build_feature_network(judge_name, judge_weights) if judge_name else None
     reference_cache: dict = {}
     results: dict[str, dict[int, dict]] = {cell: {} for cell in cells}
     todo = [(seed, cell) for seed in range(seeds) for cell in cells]
@@ -109,20 +118,70 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
             missing.append(f"{cell}, seed {seed} (another process holds it)")
     if report_only and not any(results.values()):
         raise FileNotFoundError(f"--report-only: no finished (cell, seed) result under {out}")
-    floor = _real_floor(out, judge, scale, data, split, reference_cache) if judge is not None else None
     results = {cell: r for cell, r in results.items() if r}
-    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing, left_out)
+    judge_info, other_judge = one_judge(results, judge)
+    floor = _real_floor(out, judge, scale, data, split, reference_cache, judge_info) if judge is not None else None
+    return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing, left_out,
+                        judge_info, other_judge)
 
 
-def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict) -> dict | None:
+# what a result holds that its judge measured (the rest: reconstruction, probes, cost, gFID/IS, are judge-free)
+JUDGED_KEYS = ("fd_judge", "class_agreement", "class_agreement_per_class", "per_class_total", "rfd_judge",
+               "rec_class_agreement", "feature_trace", "rec_feature_trace", "fd_judge_vs_rec", "judge", "fd_name",
+               "reference")
+
+
+def one_judge(results: dict[str, dict[int, dict]], judge) -> tuple[dict | None, list[str]]:
+    """Keep the judge-based values of the results one judge measured; strip them from the others (in place).
+
+    Judges are trained on the machine that first needs one and differ between machines (FD-fashion by 5-11%
+    on the same samples, more than the seed spread), so values of two judges are never pooled. The report's
+    judge is the one that measured most results (ties: this process's `judge`). Returns its info and the
+    (cell, seed) runs whose judge-based values were left out."""
+    from tcae.evaluation.judges import judge_identity
+
+    def info(r: dict) -> dict | None:
+        return (r.get("generation") or {}).get("judge")
+
+    counts: dict[str, int] = {}
+    for runs in results.values():
+        for r in runs.values():
+            if (ident := judge_identity(info(r))) is not None:
+                counts[ident] = counts.get(ident, 0) + 1
+    if not counts:
+        return (judge.describe() if judge is not None else None), []
+    live = judge_identity(judge.describe()) if judge is not None else None
+    chosen = max(counts, key=lambda i: (counts[i], i == live))
+    chosen_info, left = None, []
+    for cell, runs in results.items():
+        for seed, r in sorted(runs.items()):
+            ident = judge_identity(info(r))
+            if ident == chosen:
+                chosen_info = chosen_info or info(r)
+            elif ident is not None:
+                gen = {k: v for k, v in r["generation"].items() if k not in JUDGED_KEYS}
+                runs[seed] = {**r, "generation": gen, "convergence": [], "judged_by_other": ident}
+                left.append(f"{cell}, seed {seed}")
+    return chosen_info, left
+
+
+def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference_cache: dict,
+                judge_info: dict | None = None) -> dict | None:
     """The judge's verdict on as many real images as the samples (class-balanced, from the val split when
-    evaluating on test, else from train) against the evaluation split: the best FD at this sample count."""
-
+    evaluating on test, else from train) against the evaluation split: the best FD at this sample count.
+    Measured by the report's judge (`judge_info`, default `judge`'s): None where that is not `judge` and
+    floor.json holds no floor of it."""
     from tcae.data import build_dataset
+    from tcae.evaluation.judges import judge_identity
 
+    wanted = judge_identity(judge_info or judge.describe())
     path = out / "floor.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        floor = json.loads(path.read_text())
+        if floor.get("judge") == wanted:
+            return floor
+    if wanted != judge_identity(judge.describe()):
+        return None
     source = split_spec(data, "val" if split == "test" else "train")
     ds = build_dataset(source, scale.image_size, train=False)
     picked: dict[int, list] = {c: [] for c in range(scale.num_classes)}
@@ -136,7 +195,7 @@ def _real_floor(out: Path, judge, scale: Scale, data: str, split: str, reference
     images = np.concatenate([to_uint8_hwc(torch.stack(v)).numpy() for v in picked.values() if v])
     res = judge_samples(images, labels, judge, split_spec(data, split), scale.image_size, reference_cache)
     floor = {"source": source, "num_samples": int(len(labels)), "fd_judge": res["fd_judge"],
-             "class_agreement": res["class_agreement"]}
+             "class_agreement": res["class_agreement"], "judge": wanted}
     write_json_atomic(path, floor)
     return floor
 
@@ -147,7 +206,7 @@ SAMPLES_KEPT = ("stc-ssl",)
 
 
 def _copy_figures(cell_dir: Path, scale: Scale, split: str, judge, target: Path, samples: bool = False) -> None:
-    eval_dir = cell_dir / eval_dir_name(scale, split, judge.name if judge is not None else None)
+    eval_dir = cell_dir / eval_dir_name(scale, split, judge_label(judge))
     target.mkdir(parents=True, exist_ok=True)
     names = ["reconstructions.png", "samples.png"]
     if samples:

@@ -371,10 +371,13 @@ def _convergence_plot(out: Path, results: dict[str, list[dict]], fd_name: str, h
 # ---------------------------------------------------------------------------- the report
 def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str, split: str,
                  results_by_seed: dict[str, dict[int, dict]], judge, seeds: int, floor: dict | None = None,
-                 missing: list[str] | None = None, left_out: list[str] | None = None) -> Path:
+                 missing: list[str] | None = None, left_out: list[str] | None = None,
+                 judge_info: dict | None = None, other_judge: list[str] | None = None) -> Path:
     """report.md, plots and summary.json of one experiment. `missing`: (cell, seed) runs not finished yet
     (an interim report says so at the top; its verdicts use the seeds that are there). `left_out`: cells
-    of the experiment this report leaves out by choice (`--only`), named at the top and in its command."""
+    of the experiment this report leaves out by choice (`--only`), named at the top and in its command.
+    `judge_info`: the judge that measured the results' judge-based values (default `judge`'s);
+    `other_judge`: (cell, seed) runs measured by another judge, whose judge-based values were left out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {c: [r[s] for s in sorted(r)] for c, r in results_by_seed.items()}
@@ -403,6 +406,9 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
         *([f"**Interim report: {len(missing)} (cell, seed) run(s) not finished yet** ({'; '.join(missing)}). "
            "Cells and verdicts below use the seeds that are there; a verdict needs at least 2 seeds.", ""]
           if missing else []),
+        *([f"**Measured by another judge: {'; '.join(other_judge)}.** Their {fd_name}, class agreement and "
+           "convergence values are left out (judges trained on two machines differ, by more than the seed "
+           "spread); their reconstruction, probe and cost values are in.", ""] if other_judge else []),
         _settings_text(scale, split, seeds), "",
         *_curves_section(out, data),
         *(["## The scale against the paper's regime", "", scale.mapping, ""] if scale.mapping else []),
@@ -411,7 +417,8 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
           for cell, vals in PAPER.get(name, {}).items()], "",
         *[f"- {n}" for n in PAPER_NOTES.get(name, [])], "",
         "## Measured (mean ± std over seeds [min, max])", "", *_measured_table(sums, results, keys, label), "",
-        _judge_text(judge, fd_name, scale, split, floor), "",
+        _judge_text(judge_info or (judge.describe() if judge is not None else None), fd_name, scale, split,
+                    floor), "",
         "PSNR/SSIM: reconstructions of the evaluation split; A1/A2: linear-probe accuracy on pooled encoder tokens "
         "/ flattened latents (fitted on the train split, scored on the evaluation split), structural loss 1 - A2/A1. "
         "rFID/gFID/IS need the Inception weights and are left out without them.", "",
@@ -545,11 +552,15 @@ def _command(out: Path, name: str, scale_name: str, scale: Scale, data: str, spl
             + ("" if split == scale.eval_split else f" --eval-split {split}") + only + f" --out {out}")
 
 
-def _judge_text(judge, fd_name: str, scale: Scale, split: str, floor: dict | None) -> str:
-    if judge is None:
+def _judge_text(d: dict | None, fd_name: str, scale: Scale, split: str, floor: dict | None) -> str:
+    """What the report says of its judge (`d`: the judge info its results recorded)."""
+    from tcae.evaluation.judges import judge_identity
+
+    if not d:
         return ""
-    d = judge.describe()
-    text = (f"Judge: `{d['network']}` ({d.get('arch', '')}), accuracy {d['accuracy']:.4f} on "
+    sha = d.get("weights_sha256")
+    ident = f"weights sha256 {sha[:16]}" if sha else f"identity {judge_identity(d)} (before weight fingerprints)"
+    text = (f"Judge: `{d['network']}` ({d.get('arch', '')}, {ident}), accuracy {d['accuracy']:.4f} on "
             f"`{d['accuracy_split']}`. {fd_name} is the Fréchet distance between "
             f"{scale.per_class * scale.num_classes} class-balanced samples (no CFG, "
             f"{scale.sample_steps} Euler steps) and the `{split}` split in the judge's penultimate "
