@@ -521,7 +521,8 @@ def test_no_wait_report_only_and_only(tiny_scale, tmp_path, capsys):
                 str(out)]) == 0
     text = (out / "report.md").read_text()
     left = [c for c in cells if c not in kept]
-    assert f"left out of this report (`--only`): {'; '.join(left)}." in text
+    quoted = "; ".join(f'"{c}"' for c in left)  # quoted: ssl-method has a cell named "none"
+    assert f"left out of this report (`--only`): {quoted}." in text
     assert f'--only "{";".join(kept)}"' in text.split("\n")[2]
     measured = text.split("## Measured")[1].split("## Verdicts")[0]
     assert all(f"| {cell} |" in measured for cell in kept) and not any(f"| {c} |" in measured for c in left)
@@ -903,3 +904,8 @@ def test_repro_judge_weights_flag(tmp_path, capsys):
     assert cli(["repro", "curves", "--judge-weights", "j.safetensors", "--out", str(out)]) == 2
     assert "does not take --judge-weights" in capsys.readouterr().err
     assert not out.exists()
+    # a report measured with a judge file says so in its command line
+    from tcae.studies.report import _command
+
+    line = _command(Path("o"), "ssl-method", "tiny", FASHION, "builtin:fashion", "test", 3, judge_weights="j.st")
+    assert line.endswith("--judge-weights j.st --out o") and "--data builtin:fashion" in line

@@ -122,7 +122,7 @@ def run_experiment(name: str, scale_name: str = "tiny", out: Path | None = None,
     judge_info, other_judge = one_judge(results, judge)
     floor = _real_floor(out, judge, scale, data, split, reference_cache, judge_info) if judge is not None else None
     return write_report(out, name, scale_name, scale, data, split, results, judge, seeds, floor, missing, left_out,
-                        judge_info, other_judge)
+                        judge_info, other_judge, judge_weights)
 
 
 # what a result holds that its judge measured (the rest: reconstruction, probes, cost, gFID/IS, are judge-free)

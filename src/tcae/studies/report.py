@@ -372,12 +372,14 @@ def _convergence_plot(out: Path, results: dict[str, list[dict]], fd_name: str, h
 def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str, split: str,
                  results_by_seed: dict[str, dict[int, dict]], judge, seeds: int, floor: dict | None = None,
                  missing: list[str] | None = None, left_out: list[str] | None = None,
-                 judge_info: dict | None = None, other_judge: list[str] | None = None) -> Path:
+                 judge_info: dict | None = None, other_judge: list[str] | None = None,
+                 judge_weights: str | Path | None = None) -> Path:
     """report.md, plots and summary.json of one experiment. `missing`: (cell, seed) runs not finished yet
     (an interim report says so at the top; its verdicts use the seeds that are there). `left_out`: cells
     of the experiment this report leaves out by choice (`--only`), named at the top and in its command.
     `judge_info`: the judge that measured the results' judge-based values (default `judge`'s);
-    `other_judge`: (cell, seed) runs measured by another judge, whose judge-based values were left out."""
+    `other_judge`: (cell, seed) runs measured by another judge, whose judge-based values were left out.
+    `judge_weights`: the judge file given to the command (`--judge-weights`), in its command line."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {c: [r[s] for s in sorted(r)] for c, r in results_by_seed.items()}
@@ -400,8 +402,8 @@ def write_report(out: Path, name: str, scale_name: str, scale: Scale, data: str,
     text = "\n".join([
         f"# tcae repro {name} (scale {scale_name}, data {data}, {seeds} seed{'s' if seeds > 1 else ''}, "
         f"evaluated on {split})", "",
-        f"Command: `{_command(out, name, scale_name, scale, data, split, seeds, left_out)}`", "",
-        *([f"Cells of `{name}` left out of this report (`--only`): {'; '.join(left_out)}. Verdicts that need "
+        f"Command: `{_command(out, name, scale_name, scale, data, split, seeds, left_out, judge_weights)}`", "",
+        *([f"Cells of `{name}` left out of this report (`--only`): {_quoted(left_out)}. Verdicts that need "
            "them are not made.", ""] if left_out else []),
         *([f"**Interim report: {len(missing)} (cell, seed) run(s) not finished yet** ({'; '.join(missing)}). "
            "Cells and verdicts below use the seeds that are there; a verdict needs at least 2 seeds.", ""]
@@ -543,13 +545,19 @@ def _dit_share_table(results: dict[str, list[dict]]) -> list[str]:
     return rows
 
 
+def _quoted(cells: list[str]) -> str:
+    """Cell names in quotes (ssl-method has a cell named "none")."""
+    return "; ".join(f'"{c}"' for c in cells)
+
+
 def _command(out: Path, name: str, scale_name: str, scale: Scale, data: str, split: str, seeds: int,
-             left_out: list[str] | None = None) -> str:
+             left_out: list[str] | None = None, judge_weights: str | Path | None = None) -> str:
     data_arg = "" if data == SCALES[scale_name].data else f" --data {data}"
     kept = [c for c in experiment_cells(name, scale) if c not in (left_out or [])]
     only = f' --only "{";".join(kept)}"' if left_out else ""
+    judge = f" --judge-weights {judge_weights}" if judge_weights is not None else ""
     return (f"tcae repro {name} --scale {scale_name}{data_arg}" + (f" --seeds {seeds}" if seeds > 1 else "")
-            + ("" if split == scale.eval_split else f" --eval-split {split}") + only + f" --out {out}")
+            + ("" if split == scale.eval_split else f" --eval-split {split}") + only + judge + f" --out {out}")
 
 
 def _judge_text(d: dict | None, fd_name: str, scale: Scale, split: str, floor: dict | None) -> str:
