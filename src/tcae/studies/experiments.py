@@ -160,7 +160,7 @@ def one_judge(results: dict[str, dict[int, dict]], judge) -> tuple[dict | None, 
                 chosen_info = chosen_info or info(r)
             elif ident is not None:
                 gen = {k: v for k, v in r["generation"].items() if k not in JUDGED_KEYS}
-                runs[seed] = {**r, "generation": gen, "convergence": [], "judged_by_other": ident}
+                runs[seed] = {**r, "generation": gen, "convergence": []}
                 left.append(f"{cell}, seed {seed}")
     return chosen_info, left
 
